@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine without ROS (see README):
+#   make demo   -> .venv with everything, then `lifelong-ros demo`
+#   make test   -> .venv with everything, then the whole test suite
+# torch==2.13.0 (CPU wheel) is installed first so nothing later can pull a CUDA build.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+DEMO_ARGS ?=
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: setup.py setup.cfg
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/lifelong-ros demo $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest test -q
+
+clean:
+	rm -rf $(VENV) *.egg-info

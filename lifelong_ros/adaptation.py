@@ -1,0 +1,222 @@
+"""Adaptation recipes: what the learner worker does with one request, from store to candidate files.
+
+A recipe reads the new task's demonstrations from the experience store, starts from the parent
+version (or from scratch), trains with a continual strategy (EWC + replay by default; naive and
+joint as baselines), and writes a self-contained candidate directory (ONNX, weights,
+consolidation state, metadata) for the safety gate.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .continual import (
+    EWC,
+    ContinualTrainer,
+    DefaultStrategyOptions,
+    Experience,
+    L2Anchor,
+    OnlineEWC,
+    Plugin,
+    Replay,
+    StoreReplay,
+    SynapticIntelligence,
+    TrainOptions,
+    read_plugin_state,
+)
+from .fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes
+from .learner import AdaptCancelled, AdaptRequest, Candidate
+from .model import PolicyConfig, PolicyNet, bc_loss, export_onnx, load_policy
+from .store import ExperienceStore
+
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.safetensors"
+CONSOLIDATION_FILE = "consolidation.safetensors"
+META_FILE = "meta.json"
+TRAIN_SOURCES = ("demonstration", "correction", "bag")
+NORMALIZER_STD_FLOOR = 0.05  # metres-scale features: never scale a near-constant input by more than 20x
+
+RECIPES = ("ewc_replay", "naive", "joint", "l2", "ewc", "online_ewc", "si", "replay")
+
+
+@dataclass
+class ParentVersion:
+    model: PolicyNet
+    tasks: list[str]
+    consolidation: tuple[dict, dict] | None
+    version: str | None
+
+
+def load_parent(parent_dir: str | Path) -> ParentVersion:
+    """Read a version directory (registry or learner layout): meta.json + weights (+ consolidation)."""
+    from safetensors.torch import load_file
+
+    d = Path(parent_dir)
+    meta = json.loads((d / META_FILE).read_text())
+    weights = load_file(str(d / WEIGHTS_FILE))
+    model = load_policy(meta["config"]["policy"], weights)
+    cons = read_plugin_state(d / CONSOLIDATION_FILE) if (d / CONSOLIDATION_FILE).exists() else None
+    return ParentVersion(model, list(meta["tasks"]), cons, meta.get("id") or meta.get("version"))
+
+
+def _plugins(method: str, replay: StoreReplay | None, opts: dict) -> list[Plugin]:
+    d = DefaultStrategyOptions()
+    lam = float(opts.get("ewc_lambda", d.ewc_lambda))
+    ratio = float(opts.get("replay_ratio", d.replay_ratio))
+    fisher = int(opts.get("fisher_samples", d.fisher_samples))
+    replay_plugin = [Replay(replay, ratio)] if replay is not None else []
+    if method == "ewc_replay":
+        return [OnlineEWC(lam, float(opts.get("ewc_decay", d.ewc_decay)), fisher)] + replay_plugin
+    if method in ("naive", "joint"):
+        return []
+    if method == "l2":
+        return [L2Anchor(float(opts.get("l2_lambda", 1.0)))]
+    if method == "ewc":
+        return [EWC(lam, fisher)]
+    if method == "online_ewc":
+        return [OnlineEWC(lam, float(opts.get("ewc_decay", d.ewc_decay)), fisher)]
+    if method == "si":
+        return [SynapticIntelligence(float(opts.get("si_lambda", 1.0)))]
+    if method == "replay":
+        return replay_plugin
+    raise ValueError(f"unknown adaptation method {method!r}; expected one of {RECIPES}")
+
+
+def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    batch = store.task_arrays(task, split="train", sources=list(TRAIN_SOURCES))
+    if len(batch.obs) == 0:
+        raise ValueError(f"no training demonstrations of task {task!r} in {store.path}; record some first")
+    episodes = batch.episode
+    if shots > 0:
+        keep = list(dict.fromkeys(episodes.tolist()))[:shots]
+        mask = np.isin(episodes, keep)
+        obs, act, episodes = batch.obs[mask], batch.action[mask], episodes[mask]
+    else:
+        obs, act = batch.obs, batch.action
+    used = sorted({str(e) for e in episodes.tolist()})
+    return obs, act, {"task": task, "episodes": used, "records": int(len(obs))}
+
+
+def run_request(
+    req: AdaptRequest,
+    on_progress: Callable[[str, int, float], None],
+    should_stop: Callable[[], bool],
+) -> Candidate:
+    """Train one candidate for ``req`` and write it to ``req.out_dir``. Deterministic under req.seed."""
+    started = time.perf_counter()
+    torch.manual_seed(req.seed)
+    opts = dict(req.options)
+    if req.method not in RECIPES:
+        raise ValueError(f"unknown adaptation method {req.method!r}; expected one of {RECIPES}")
+    on_progress("load", 0, float("nan"))
+    store = ExperienceStore(req.store_path, readonly=True)
+    try:
+        parent = load_parent(req.parent_dir) if req.parent_dir else None
+        tasks = list(parent.tasks) if parent else []
+        if req.task not in tasks:
+            tasks.append(req.task)
+        head = tasks.index(req.task)
+        obs, act, data_used = _task_data(store, req.task, req.shots)
+        if parent is not None:
+            model = parent.model
+            model.ensure_heads(len(tasks))
+        else:
+            cfg = PolicyConfig(
+                obs_dim=store.obs_dim,
+                act_dim=store.act_dim,
+                hidden=tuple(int(h) for h in opts.get("hidden", (256, 256))),
+                num_heads=1,
+                multi_head=bool(opts.get("multi_head", True)),
+            )
+            model = PolicyNet(cfg)
+            model.set_normalizer(obs)
+            with torch.no_grad():
+                model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
+
+        old_tasks = [t for t in tasks if t != req.task and t in store.tasks()]
+        if req.method == "joint":
+            parts = [Experience.from_arrays(obs, act, head, req.task)]
+            for t in old_tasks:
+                b = store.task_arrays(t, split="train", sources=list(TRAIN_SOURCES))
+                if len(b.obs):
+                    parts.append(Experience.from_arrays(b.obs, b.action, tasks.index(t), t))
+            exp = Experience.concat(parts, "joint")
+        else:
+            exp = Experience.from_arrays(obs, act, head, req.task)
+        replay = StoreReplay(store, old_tasks, tasks, seed=req.seed) if old_tasks else None
+        plugins = _plugins(req.method, replay, opts)
+        trainer = ContinualTrainer(
+            model,
+            bc_loss,
+            plugins,
+            TrainOptions(
+                steps=int(req.steps),
+                batch_size=int(opts.get("batch_size", 256)),
+                lr=float(opts.get("lr", 1e-3)),
+                seed=req.seed,
+                progress_every=int(opts.get("progress_every", 50)),
+            ),
+            on_progress=on_progress,
+            should_stop=should_stop,
+        )
+        if parent is not None and parent.consolidation is not None and plugins:
+            tensors, config = parent.consolidation
+            trainer.load_state(tensors, config)
+        result = trainer.train_exp(exp)
+        if result.cancelled:
+            raise AdaptCancelled(f"cancelled at step {result.steps}")
+        train_s = time.perf_counter() - started
+        on_progress("export", result.steps, result.final_loss)
+        return write_candidate(
+            req,
+            model,
+            tasks,
+            trainer,
+            metrics={"final_loss": result.final_loss, "steps": result.steps, "train_s": round(train_s, 3)},
+            data_used=data_used,
+            parent_version=parent.version if parent else None,
+        )
+    finally:
+        store.close()
+
+
+def write_candidate(
+    req: AdaptRequest,
+    model: PolicyNet,
+    tasks: list[str],
+    trainer: ContinualTrainer,
+    metrics: dict,
+    data_used: dict,
+    parent_version: str | None,
+) -> Candidate:
+    """Write ONNX + weights + consolidation state + meta.json into req.out_dir (each file atomically)."""
+    from safetensors.torch import save
+
+    out = Path(req.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    onnx_bytes = export_onnx(model, {"tasks": json.dumps(tasks), "method": req.method})
+    metrics = {**metrics, "export_ms": round((time.perf_counter() - t0) * 1e3, 2)}
+    weights = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
+    atomic_write_bytes(out / MODEL_FILE, onnx_bytes)
+    atomic_write_bytes(out / WEIGHTS_FILE, weights)
+    if trainer.plugins:
+        trainer.save(out / CONSOLIDATION_FILE)
+    meta = {
+        "tasks": tasks,
+        "target_task": req.task,
+        "method": req.method,
+        "parent": parent_version,
+        "config": {"policy": model.config.to_dict(), "request": {"shots": req.shots, "steps": req.steps, "seed": req.seed, "options": req.options}},
+        "data_range": data_used,
+        "metrics": metrics,
+        "onnx_sha256": sha256_bytes(onnx_bytes),
+    }
+    atomic_write_json(out / META_FILE, meta)
+    return Candidate(str(out), str(out / MODEL_FILE), str(out / WEIGHTS_FILE), meta)

@@ -1,0 +1,176 @@
+"""Plumbing every lifelong_ros node shares: declared parameters, QoS choices, /diagnostics, status.
+
+Kept here so each node module is only its wiring: parameters -> core objects, callbacks that
+translate messages and call the core.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from ..fsutil import default_data_dir
+from ..registry_cli import registry_dir as _registry_dir
+from ..registry_cli import store_path
+from . import messages as m
+from .params import Param
+
+KIT = m.RclpyKit()
+
+# ---------------------------------------------------------------------------- QoS, chosen per stream
+# Sensor streams: best effort, keep last — a late observation is worth nothing, and a best-effort
+# subscription matches both reliable and best-effort publishers (robot drivers, `ros2 bag play`).
+SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                        reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+# Commands and per-step outputs: reliable (a reliable publisher matches reliable *and* best-effort
+# subscribers such as ros2_control's), shallow queue so nothing stale is delivered late.
+COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# Experience records: reliable with a deep queue — the buffer should see every served step.
+EXPERIENCE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                            reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+# Announcements (active version, candidates, gate reports): reliable + transient-local, so a node
+# that starts later still receives the last ones ("latched").
+LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
+                       reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+DIAGNOSTICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                             reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+# ---------------------------------------------------------------------------- parameters
+def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:
+    """Declare ``params`` (nodes/params.py) with descriptors, in order, and return their values."""
+    values: dict[str, Any] = {}
+    for p in params:
+        desc = ParameterDescriptor(description=p.description, read_only=p.read_only)
+        default = Parameter.Type.STRING_ARRAY if p.default is None else p.default
+        if p.min is not None or p.max is not None:
+            if isinstance(p.default, float):
+                desc.floating_point_range = [FloatingPointRange(
+                    from_value=float(p.min if p.min is not None else -1e300),
+                    to_value=float(p.max if p.max is not None else 1e300), step=0.0)]
+            elif isinstance(p.default, int) and not isinstance(p.default, bool):
+                desc.integer_range = [IntegerRange(
+                    from_value=int(p.min if p.min is not None else -(2**62)),
+                    to_value=int(p.max if p.max is not None else 2**62), step=1)]
+        value = node.declare_parameter(p.name, default, desc).value
+        if p.default is None and value is None:
+            value = []
+        values[p.name] = value
+    return values
+
+
+def declare_section(node: Node, section: str, config_cls: type) -> dict[str, Any]:
+    """Declare ``section.<field>`` for every field of a core config dataclass (GateConfig, ...), with
+    the dataclass defaults, and return {field: value} for ``config_cls.from_dict``, which validates.
+
+    Dynamically typed, because some fields take a number or a list (e.g. gate.action_low).
+    """
+    import dataclasses
+
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        if f.default is dataclasses.MISSING:
+            continue
+        desc = ParameterDescriptor(description=f"{config_cls.__name__}.{f.name} (see lifelong_ros docs)",
+                                   read_only=True, dynamic_typing=True)
+        values[f.name] = node.declare_parameter(f"{section}.{f.name}", f.default, desc).value
+    return values
+
+
+def data_dir(value: str) -> Path:
+    return Path(value).expanduser() if value else default_data_dir()
+
+
+def store_dir(data: Path) -> Path:
+    """<data dir>/experience.sqlite3: the same layout as the CLI (registry_cli.store_path)."""
+    return store_path(data)
+
+
+def registry_dir(data: Path) -> Path:
+    """<data dir>/registry: the same layout as the CLI."""
+    return _registry_dir(data)
+
+
+def package_config_dir() -> Path:
+    """config/ of the source tree, else share/lifelong_ros/config of the installed package."""
+    src = Path(__file__).resolve().parents[2] / "config"
+    if src.is_dir():
+        return src
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("lifelong_ros")) / "config"
+
+
+def resolve_config_path(value: str, config_dir: str) -> Path:
+    """An absolute path for a spec file named in the params: absolute as given, else under config_dir."""
+    if not value:
+        raise ValueError("spec path parameter is empty; expected a YAML file name or path")
+    p = Path(os.path.expandvars(value)).expanduser()
+    if p.is_absolute():
+        resolved = p
+    else:
+        resolved = (Path(config_dir).expanduser() if config_dir else package_config_dir()) / p
+    if not resolved.is_file():
+        raise FileNotFoundError(f"spec file {value!r} not found (looked at {resolved}); set config_dir or "
+                                f"give an absolute path")
+    return resolved
+
+
+# ---------------------------------------------------------------------------- health
+_LEVELS = {m.OK: DiagnosticStatus.OK, m.WARN: DiagnosticStatus.WARN, m.ERROR: DiagnosticStatus.ERROR,
+           m.STALE: DiagnosticStatus.STALE}
+
+
+class Health:
+    """Publishes the node's ``status()`` on /diagnostics periodically and serves ~/get_status.
+
+    ``status`` must be cheap and non-blocking: it reads counters the node keeps.
+    """
+
+    def __init__(self, node: Node, status: Callable[[], m.Status], period_s: float, hardware_id: str = ""):
+        from lifelong_ros.srv import GetStatus
+
+        self._node = node
+        self._status = status
+        self._hardware_id = hardware_id or os.uname().nodename
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._timer = node.create_timer(period_s, self.publish)
+        self._srv = node.create_service(GetStatus, "~/get_status", self._on_get_status)
+
+    def _safe_status(self) -> m.Status:
+        try:
+            return self._status()
+        except Exception as exc:  # noqa: BLE001 - health reporting must never take the node down
+            return m.Status(m.ERROR, f"status failed: {type(exc).__name__}: {exc}", {})
+
+    def publish(self) -> None:
+        st = self._safe_status()
+        status = DiagnosticStatus(
+            level=_LEVELS[st.level], name=f"lifelong_ros: {self._node.get_fully_qualified_name()}",
+            message=st.message, hardware_id=self._hardware_id,
+            values=m.key_values(KIT, {**st.values, "active_version": st.active_version}),
+        )
+        self._pub.publish(DiagnosticArray(header=_header(self._node), status=[status]))
+
+    def _on_get_status(self, request: Any, response: Any) -> Any:
+        return m.status_response(KIT, self._node.get_fully_qualified_name(), self._safe_status())
+
+
+def _header(node: Node) -> Any:
+    from std_msgs.msg import Header
+
+    return Header(stamp=node.get_clock().now().to_msg(), frame_id="")
+
+
+def now_ns(node: Node) -> int:
+    """The node's clock (ROS time: follows /clock under use_sim_time) in nanoseconds."""
+    return int(node.get_clock().now().nanoseconds)

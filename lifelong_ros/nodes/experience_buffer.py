@@ -1,0 +1,251 @@
+"""ROS 2 node `experience_buffer`: the one writer of the experience store.
+
+Records ExperienceRecord messages (what the policy served, demonstrations) and, while raw-topic
+recording is on, the spec's raw observation/action topics (a teleop stream, `ros2 bag play` of a
+robot's bag), aligned exactly as bag import and the policy server align them. Callbacks only
+decode and enqueue; a writer thread appends batches to the store (store.py), so disk I/O never
+runs in a callback. Never imports torch.
+
+Interfaces:
+  subscribes experience_topics (ExperienceRecord); the spec's topics while raw recording is on
+  services  ~/set_recording (SetRecording), ~/get_status (GetStatus)
+  publishes /diagnostics
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from functools import partial
+from typing import Any
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from lifelong_ros.msg import ExperienceRecord
+from lifelong_ros.srv import SetRecording
+
+from ..spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
+from ..store import ExperienceStore, InvalidRecord, StoreError
+from . import _common as c
+from . import messages as m
+from . import params as P
+
+NODE_NAME = "experience_buffer"
+RAW_SOURCES = ("demonstration", "correction", "bag")
+
+
+class ExperienceBuffer(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        p = c.declare(self, P.EXPERIENCE_BUFFER)
+        self._p = p
+        if p["raw_source"] not in RAW_SOURCES:
+            raise ValueError(f"raw_source {p['raw_source']!r}: expected one of {RAW_SOURCES}")
+        self.spec = load_spec(c.resolve_config_path(p["spec"], p["config_dir"]))
+        path = c.store_dir(c.data_dir(p["data_dir"]))
+        # The single writer; a second writer gets StoreLockedError naming the holder's pid.
+        self.store = ExperienceStore(path, self.spec.obs_dim, self.spec.act_dim, durability=p["durability"])
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._counts = {"received": 0, "written": 0, "rejected": 0, "decode_errors": 0, "write_errors": 0}
+        self._last_error = ""
+        self._recording = bool(p["recording"])
+        self._raw_task, self._raw_source = p["raw_task"], p["raw_source"]
+        self._raw_subs: list = []
+        self._raw_episode, self._raw_step, self._raw_last_ns, self._raw_episodes = "", 0, 0, 0
+        self._run_id = f"raw{self.get_clock().now().nanoseconds // 1_000_000}"
+        self._receive_time = not all(s.has_header for s in (*self.spec.observation.streams, *self.spec.action.streams))
+        self._classes = ros_classes()
+
+        self._group = MutuallyExclusiveCallbackGroup()  # all recording callbacks: one at a time, in order
+        for topic in p["experience_topics"]:
+            self.create_subscription(ExperienceRecord, topic, self._on_experience, c.EXPERIENCE_QOS,
+                                     callback_group=self._group)
+        self.create_service(SetRecording, "~/set_recording", self._on_set_recording, callback_group=self._group)
+        if p["raw_topics"]:
+            self._start_raw()
+        self.health = c.Health(self, self._status, p["diagnostics_period_s"])
+        self._writer = threading.Thread(target=self._write_loop, name="experience-writer", daemon=True)
+        self._writer.start()
+        self.get_logger().info(f"store {path} ({len(self.store)} records); recording {p['experience_topics']}"
+                               + (f" and raw topics {self._raw_topics()}" if self._raw_subs else ""))
+
+    # ------------------------------------------------------------------ experience messages
+    def _on_experience(self, msg: Any) -> None:
+        if not self._recording:
+            return
+        try:
+            step = m.experience_from_msg(msg, self.spec.obs_dim, self.spec.act_dim)
+        except ValueError as exc:
+            self._decode_error(str(exc))
+            return
+        self._enqueue(step)
+
+    def _enqueue(self, step: m.ExperienceStep) -> None:
+        self._counts["received"] += 1
+        self._queue.put(step)
+
+    def _decode_error(self, why: str) -> None:
+        self._counts["decode_errors"] += 1
+        self._last_error = why
+        self.get_logger().warning(why, throttle_duration_sec=5.0)
+
+    # ------------------------------------------------------------------ raw topics (teleop, bag play)
+    def _raw_topics(self) -> list[str]:
+        return self.spec.observation.topics + self.spec.action.topics
+
+    def _start_raw(self) -> None:
+        if self._raw_subs:
+            return
+        self._obs_aligner = StreamAligner(self.spec.observation.topics, self.spec.observation.max_age_s)
+        self._act_aligner = StreamAligner(self.spec.action.topics, self.spec.action.max_age_s)
+        trigger = self.spec.action.streams[0]
+        for stream in self.spec.observation.streams:
+            self._raw_subs.append(self.create_subscription(
+                self._classes(stream.type), stream.topic, partial(self._on_raw, stream, self._obs_aligner, False),
+                c.SENSOR_QOS, callback_group=self._group))
+        for stream in self.spec.action.streams:
+            self._raw_subs.append(self.create_subscription(
+                self._classes(stream.type), stream.topic,
+                partial(self._on_raw, stream, self._act_aligner, stream is trigger),
+                c.SENSOR_QOS, callback_group=self._group))
+
+    def _stop_raw(self) -> None:
+        for sub in self._raw_subs:
+            self.destroy_subscription(sub)
+        self._raw_subs = []
+        self._raw_episode = ""
+
+    def _on_raw(self, stream: Any, aligner: StreamAligner, trigger: bool, msg: Any) -> None:
+        """Raw stream sample -> aligner; each action (first action stream) makes one record."""
+        if not self._recording:
+            return
+        try:
+            value = stream.decode(msg)
+        except SpecError as exc:
+            self._decode_error(str(exc))
+            return
+        stamp = c.now_ns(self) if self._receive_time else header_stamp_ns(msg)
+        aligner.push(stream.topic, stamp, value)
+        if not trigger:
+            return
+        obs_parts, act_parts = self._obs_aligner.get(stamp), self._act_aligner.get(stamp)
+        if obs_parts is None or act_parts is None:
+            self._counts["decode_errors"] += 1
+            self._last_error = f"raw action at t={stamp} dropped: {self._obs_aligner.stale(stamp) or self._act_aligner.stale(stamp)}"
+            return
+        if not self._raw_episode or stamp - self._raw_last_ns > self._p["episode_gap_s"] * 1e9 or stamp < self._raw_last_ns:
+            self._raw_episodes += 1
+            self._raw_episode, self._raw_step = f"{self._run_id}-{self._raw_episodes:05d}", 0
+        self._raw_last_ns = stamp
+        self._enqueue(m.ExperienceStep(
+            stamp_ns=stamp, task=self._raw_task, episode=self._raw_episode, step=self._raw_step, source=self._raw_source,
+            obs=self.spec.observation.assemble(obs_parts), action=self.spec.action.assemble(act_parts)))
+        self._raw_step += 1
+
+    # ------------------------------------------------------------------ service
+    def _on_set_recording(self, request: Any, response: Any) -> Any:
+        if request.source and request.source not in RAW_SOURCES:
+            return self._recording_response(False, f"source {request.source!r}: expected one of {RAW_SOURCES} or ''")
+        if request.enable and request.raw_topics and not (request.task or self._raw_task):
+            return self._recording_response(False, "raw-topic recording needs a task name")
+        self._raw_task = request.task or self._raw_task
+        self._raw_source = request.source or self._raw_source
+        self._recording = bool(request.enable)
+        if self._recording and request.raw_topics:
+            self._start_raw()
+        else:
+            self._stop_raw()
+        what = "recording" if self._recording else "not recording"
+        if self._raw_subs:
+            what += f" (raw topics {self._raw_topics()} as task={self._raw_task!r} source={self._raw_source!r})"
+        self.get_logger().info(what)
+        return self._recording_response(True, what)
+
+    def _recording_response(self, ok: bool, message: str) -> Any:
+        return m.set_recording_response(c.KIT, success=ok, message=message, recording=self._recording,
+                                        raw_topics=bool(self._raw_subs), records_total=len(self.store))
+
+    # ------------------------------------------------------------------ writer thread
+    def _drain(self, first: m.ExperienceStep) -> list:
+        batch = [first]
+        while len(batch) < self._p["batch_size"]:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=self._p["flush_period_s"])
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                continue
+            self._write(self._drain(first))
+
+    def _write(self, batch: list) -> None:
+        try:
+            self._append(batch)
+        except InvalidRecord:
+            for step in batch:  # one bad record rejects a whole batch: salvage the good ones
+                try:
+                    self._append([step])
+                except InvalidRecord as exc:
+                    self._counts["rejected"] += 1
+                    self._last_error = str(exc)
+                    self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
+        except (StoreError, OSError, ValueError) as exc:
+            self._counts["write_errors"] += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"could not write {len(batch)} records: {self._last_error}",
+                                    throttle_duration_sec=5.0)
+
+    def _append(self, batch: list) -> None:
+        cols = m.stack_steps(batch)
+        versions = [s.model_version for s in batch]
+        meta = [{"model_version": v} if v else None for v in versions] if any(versions) else None
+        self.store.append(cols["task"], cols["episode"], cols["step"], cols["obs"], cols["action"],
+                          reward=cols["reward"], done=cols["done"], stamp_ns=cols["stamp_ns"],
+                          source=cols["source"], meta=meta)
+        self._counts["written"] += len(batch)
+
+    # ------------------------------------------------------------------ health, shutdown
+    def _status(self) -> m.Status:
+        values = dict(self._counts, queued=self._queue.qsize(), recording=self._recording,
+                      raw_topics=bool(self._raw_subs), raw_task=self._raw_task, raw_source=self._raw_source,
+                      last_error=self._last_error, store_records=len(self.store))
+        values.update({f"store_{k}": v for k, v in self.store.stats()["by_source"].items()})
+        if self._counts["write_errors"]:
+            return m.Status(m.ERROR, f"store writes failing: {self._last_error}", values)
+        if not self._writer.is_alive():
+            return m.Status(m.ERROR, "writer thread stopped", values)
+        return m.Status(m.OK, "recording" if self._recording else "paused", values)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._writer.join(timeout=10.0)  # flushes what is queued
+        self.store.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ExperienceBuffer()
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""ROS 2 node `learner`: the Adapt action server over the core learner's worker process.
+
+Training runs in the learner's own worker process (learner.py: bounded threads, lower priority),
+never in this node's executor threads. A goal goes: accepted -> progress feedback (phase, step,
+loss) -> candidate registered and announced on ~/candidate -> safety_monitor ~/gate -> result
+with the gate's verdict. Cancel stops the worker job; nothing partial is registered.
+
+Interfaces:
+  action    ~/adapt (Adapt)
+  publishes ~/candidate (ModelVersion, latched), /diagnostics
+  calls     gate (GateCandidate; remap to safety_monitor/gate)
+  services  ~/get_status (GetStatus)
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from typing import Any
+
+import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from lifelong_ros.action import Adapt
+from lifelong_ros.msg import ModelVersion
+from lifelong_ros.srv import GateCandidate
+
+from ..learner import AdaptCancelled, AdaptError, AdaptRequest, Learner
+from ..offline import register_candidate
+from ..registry import ModelRegistry
+from . import _common as c
+from . import messages as m
+from . import params as P
+
+NODE_NAME = "learner"
+
+class LearnerNode(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        p = c.declare(self, P.LEARNER)
+        self._p = p
+        data = c.data_dir(p["data_dir"])
+        self._store_path = c.store_dir(data)
+        self._work_dir = data / "learner"
+        self.registry = ModelRegistry(c.registry_dir(data), recover=False)  # the safety monitor recovers
+        self.learner = Learner(threads=p["threads"], nice=p["nice"])  # spawns the torch worker now
+
+        self._busy_lock = threading.Lock()
+        self._busy: str = ""  # task of the goal being executed
+        self._job = None
+        self._counts = {"goals": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "approved": 0}
+        self._last = ""
+
+        goals = ReentrantCallbackGroup()
+        self._client_group = MutuallyExclusiveCallbackGroup()
+        self._candidate_pub = self.create_publisher(ModelVersion, "~/candidate", c.LATCHED_QOS)
+        self._gate_client = self.create_client(GateCandidate, "gate", callback_group=self._client_group)
+        self._server = ActionServer(
+            self, Adapt, "~/adapt", self._execute,
+            goal_callback=self._on_goal, cancel_callback=self._on_cancel, callback_group=goals,
+        )
+        self.health = c.Health(self, self._status, p["diagnostics_period_s"])
+        self.get_logger().info(f"learner worker pid {self.learner.pid}; store {self._store_path}")
+
+    # ------------------------------------------------------------------ goal lifecycle
+    def _on_goal(self, goal: Any) -> GoalResponse:
+        if not goal.task:
+            self.get_logger().warning("Adapt goal rejected: empty task (expected a task name, e.g. 'reach-v3')")
+            return GoalResponse.REJECT
+        if not (goal.max_seconds >= 0 and math.isfinite(goal.max_seconds)):
+            self.get_logger().warning(f"Adapt goal rejected: max_seconds={goal.max_seconds} (expected >= 0)")
+            return GoalResponse.REJECT
+        with self._busy_lock:
+            if self._busy:
+                self.get_logger().warning(f"Adapt goal for {goal.task!r} rejected: still adapting {self._busy!r}")
+                return GoalResponse.REJECT
+            self._busy = goal.task
+        return GoalResponse.ACCEPT
+
+    def _on_cancel(self, goal_handle: Any) -> CancelResponse:
+        return CancelResponse.ACCEPT
+
+    def _execute(self, goal_handle: Any) -> Any:
+        goal = goal_handle.request
+        self._counts["goals"] += 1
+        t0 = time.monotonic()
+        try:
+            result = self._run(goal_handle, goal, t0)
+        except Exception as exc:  # noqa: BLE001 - a failed goal is reported, the node keeps serving
+            self.get_logger().error(f"Adapt {goal.task!r} failed: {type(exc).__name__}: {exc}")
+            result = m.adapt_result(c.KIT, success=False, message=f"{type(exc).__name__}: {exc}",
+                                    active_version=self.registry.active() or "")
+        finally:
+            self._job = None
+            with self._busy_lock:
+                self._busy = ""
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+            self._counts["cancelled"] += 1
+        elif result.success:
+            goal_handle.succeed()
+            self._counts["succeeded"] += 1
+        else:
+            goal_handle.abort()
+            self._counts["failed"] += 1
+        self._last = f"{goal.task}: {result.message}"
+        return result
+
+    def _run(self, goal_handle: Any, goal: Any, t0: float) -> Any:
+        feedback = _Feedback(goal_handle, t0, self._p["feedback_period_s"])
+        feedback("loading", 0, 0, math.nan, force=True)
+        active = self.registry.active()
+        steps = int(goal.max_steps or self._p["default_steps"])
+        job_id = f"{goal.task}-{uuid.uuid4().hex[:8]}"
+        request = AdaptRequest(
+            task=goal.task, store_path=str(self._store_path), method=goal.method or self._p["default_method"],
+            shots=int(goal.shots), steps=steps, seed=int(self._p["seed"]),
+            parent_dir=str(self.registry.info(active).path) if active else None,
+            out_dir=str(self._work_dir / job_id), job_id=job_id,
+        )
+        self._job = job = self.learner.submit(request, on_progress=lambda ph, st, loss: feedback(ph, st, steps, loss))
+        deadline = t0 + goal.max_seconds if goal.max_seconds > 0 else math.inf
+        while True:
+            if goal_handle.is_cancel_requested or time.monotonic() > deadline:
+                job.cancel()
+            try:
+                candidate = job.result(timeout=0.2)
+                break
+            except TimeoutError:
+                continue
+            except AdaptCancelled:
+                why = "cancelled" if goal_handle.is_cancel_requested else f"time budget of {goal.max_seconds:g} s exceeded"
+                return m.adapt_result(c.KIT, success=False, message=f"adaptation {why}; nothing was registered",
+                                      active_version=self.registry.active() or "")
+            except AdaptError as exc:
+                lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+                self.get_logger().error(str(exc))  # the worker's full traceback
+                return m.adapt_result(c.KIT, success=False, message=f"adaptation failed: {lines[-1][:500]}",
+                                      active_version=self.registry.active() or "")
+
+        feedback("registering", steps, steps, math.nan, force=True)
+        version = register_candidate(self.registry, candidate, parent=active)
+        info = self.registry.info(version)
+        self._candidate_pub.publish(m.model_version_msg(c.KIT, info, c.now_ns(self)))
+        metrics = dict(info.metrics, goal_seconds=time.monotonic() - t0)
+
+        feedback("gating", 0, 0, math.nan, force=True)
+        response, why = self._call_gate(goal_handle, version, activate=not goal.dry_run)
+        if response is None:
+            return m.adapt_result(c.KIT, success=False, message=f"candidate {version} registered, but {why}",
+                                  candidate_version=version, active_version=self.registry.active() or "",
+                                  metrics=metrics)
+        approved = bool(response.report.approved)
+        self._counts["approved"] += approved
+        return m.adapt_result(
+            c.KIT, success=bool(response.success), message=response.message, candidate_version=version,
+            approved=approved, gate_report=response.report, active_version=response.active_version, metrics=metrics,
+        )
+
+    def _call_gate(self, goal_handle: Any, version: str, activate: bool) -> tuple[Any, str]:
+        """Ask the safety monitor for a verdict; (response, "") or (None, why)."""
+        if not self._gate_client.wait_for_service(timeout_sec=10.0):
+            return None, f"no safety monitor answers on {self._gate_client.srv_name}"
+        request = GateCandidate.Request(version=version, activate=activate)
+        future = self._gate_client.call_async(request)
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        deadline = time.monotonic() + self._p["gate_timeout_s"]
+        while not done.wait(0.2):
+            if goal_handle.is_cancel_requested:
+                return None, "the goal was cancelled while the gate was running (the gate still decides)"
+            if time.monotonic() > deadline:
+                return None, f"no gate verdict within {self._p['gate_timeout_s']:g} s"
+        return future.result(), ""
+
+    # ------------------------------------------------------------------ health, shutdown
+    def _status(self) -> m.Status:
+        values = dict(self._counts, worker_pid=self.learner.pid, worker_alive=self.learner.alive(),
+                      busy=self._busy, last=self._last)
+        active = self.registry.active() or ""
+        if not self.learner.alive():
+            return m.Status(m.ERROR, "learner worker process is not running", values, active)
+        if self._busy:
+            return m.Status(m.OK, f"adapting {self._busy}", values, active)
+        return m.Status(m.OK, "idle", values, active)
+
+    def destroy_node(self) -> None:
+        job = self._job
+        if job is not None:
+            job.cancel()
+        self.learner.close()
+        super().destroy_node()
+
+
+class _Feedback:
+    """Publishes Adapt feedback from any thread, at most once per ``period_s`` unless forced."""
+
+    def __init__(self, goal_handle: Any, t0: float, period_s: float):
+        self._gh, self._t0, self._period = goal_handle, t0, period_s
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def __call__(self, phase: str, step: int, total: int, loss: float, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last < self._period:
+                return
+            self._last = now
+        self._gh.publish_feedback(m.adapt_feedback(c.KIT, phase=phase, step=step, total_steps=total, loss=loss,
+                                                   elapsed_s=now - self._t0))
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = LearnerNode()
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""ROS 2 node `safety_monitor`: gates candidates, owns the active pointer, rolls back, watches online.
+
+A thin shell over registry.py, gate.py and watchdog.py (onnxruntime only, never torch). It is the
+one node that moves the active pointer; every move is announced on ~/active (reliable,
+transient-local) so the policy server, and any node that starts later, switch to it.
+
+Interfaces:
+  services  ~/gate (GateCandidate), ~/rollback (Rollback), ~/list_versions (ListVersions),
+            ~/get_status (GetStatus)
+  publishes ~/active (ModelVersion, latched), ~/gate_report (GateReport, latched), /diagnostics
+  subscribes policy_output (PolicyOutput) and episode_result (EpisodeResult) for the watchdog,
+            experience (ExperienceRecord) for the optional shadow stage
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
+from lifelong_ros.srv import GateCandidate, ListVersions, Rollback
+
+from ..gate import GateConfig, SafetyGate, suites_from_store
+from ..registry import ModelRegistry, RegistryError
+from ..store import ExperienceStore
+from ..watchdog import Watchdog, WatchdogConfig, WatchdogEvent
+from . import _common as c
+from . import messages as m
+from . import params as P
+
+NODE_NAME = "safety_monitor"
+
+class SafetyMonitor(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        p = c.declare(self, P.SAFETY_MONITOR)
+        gate_cfg = GateConfig.from_dict(c.declare_section(self, "gate", GateConfig))
+        wd_cfg = WatchdogConfig.from_dict(c.declare_section(self, "watchdog", WatchdogConfig))
+        self._p = p
+        data = c.data_dir(p["data_dir"])
+        self.registry = ModelRegistry(c.registry_dir(data))  # the writer: recovers crashed writes on open
+        self._store_path = c.store_dir(data)
+        self.gate = SafetyGate(self.registry, gate_cfg)
+        self.watchdog = Watchdog(self.registry, None, wd_cfg, on_event=self._on_watchdog_event) \
+            if p["watchdog_enabled"] else None
+
+        self._gate_lock = threading.Lock()  # one evaluation at a time; they are CPU-bound anyway
+        self._shadow: dict[str, Any] | None = None  # {"version", "runner", "activate"} while a shadow runs
+        self._announced: str | None = None
+        self._counts = {"gated": 0, "approved": 0, "rejected": 0, "rollbacks": 0, "watchdog_events": 0}
+        self._last_report = ""
+
+        slow = ReentrantCallbackGroup()  # gate requests may take seconds; they must not block the rest
+        fast = MutuallyExclusiveCallbackGroup()
+        self._active_pub = self.create_publisher(ModelVersion, "~/active", c.LATCHED_QOS)
+        self._report_pub = self.create_publisher(GateReport, "~/gate_report", c.LATCHED_QOS)
+        self.create_service(GateCandidate, "~/gate", self._on_gate, callback_group=slow)
+        self.create_service(Rollback, "~/rollback", self._on_rollback, callback_group=fast)
+        self.create_service(ListVersions, "~/list_versions", self._on_list, callback_group=fast)
+        self.create_subscription(PolicyOutput, "policy_output", self._on_policy_output, c.SENSOR_QOS,
+                                 callback_group=fast)
+        self.create_subscription(EpisodeResult, "episode_result", self._on_episode_result, c.EVENT_QOS,
+                                 callback_group=fast)
+        self.create_subscription(ExperienceRecord, "experience", self._on_experience, c.EXPERIENCE_QOS,
+                                 callback_group=fast)
+        self.create_timer(p["registry_poll_period_s"], self._poll_registry, callback_group=fast)
+        self.health = c.Health(self, self._status, p["diagnostics_period_s"])
+        self._announce_active("startup")
+        self.get_logger().info(f"registry {self.registry.root}, active version: {self.registry.active() or '(none)'}")
+
+    # ------------------------------------------------------------------ active pointer
+    def _announce_active(self, why: str) -> None:
+        active = self.registry.active()
+        if active is None or active == self._announced:
+            return
+        info = self.registry.info(active)
+        self._active_pub.publish(m.model_version_msg(c.KIT, info, c.now_ns(self)))
+        self._announced = active
+        if self.watchdog is not None and self.watchdog.version != active:
+            self.watchdog.arm(active)
+        self.get_logger().info(f"active version {active} announced ({why})")
+
+    def _poll_registry(self) -> None:
+        self._announce_active("registry changed")
+
+    def _promote(self, version: str, reason: str) -> None:
+        self.registry.promote(version, reason=reason)
+        self._announce_active(reason)
+
+    # ------------------------------------------------------------------ gate
+    def _on_gate(self, request: Any, response: Any) -> Any:
+        try:
+            info = self.registry.info(request.version)
+        except RegistryError as exc:
+            return self._refuse(str(exc))
+        if info.decision != "candidate":
+            return self._refuse(f"{request.version} was already decided ({info.decision!r}); only candidates are gated")
+        with self._gate_lock:
+            t0 = time.perf_counter()
+            try:
+                report = self._evaluate(info)
+            except Exception as exc:  # noqa: BLE001 - answer the caller with the reason, keep serving
+                return self._refuse(f"gate could not evaluate {request.version}: {type(exc).__name__}: {exc}")
+            msg = self._report_msg(report, time.perf_counter() - t0)
+            self._report_pub.publish(msg)
+            self._count(report.decision)
+            activate = bool(request.activate) and bool(self._p["auto_activate"])
+            activated = False
+            if report.decision == "pending_shadow":
+                self._shadow = {"version": info.id, "runner": self.gate.shadow_runner(info.id), "activate": activate}
+                message = (f"{info.id} passed the offline checks; shadow stage running for "
+                           f"{self.gate.config.shadow_steps} steps beside {report.active}")
+            elif report.decision == "approved" and activate:
+                try:
+                    self._promote(info.id, f"gate approved ({report.reason()})")
+                    activated, message = True, f"{info.id} approved and active"
+                except (RegistryError, OSError) as exc:
+                    message = f"{info.id} approved but could not be activated: {exc}"
+            else:
+                message = f"{info.id} {report.decision}: {report.reason()}"
+        self.get_logger().info(message)
+        return m.gate_candidate_response(c.KIT, success=True, message=message, report=msg, activated=activated,
+                                         active_version=self.registry.active() or "")
+
+    def _evaluate(self, info: Any) -> Any:
+        """Suites from the store's held-out episodes of every task the candidate serves, then the gate."""
+        store = ExperienceStore(self._store_path, readonly=True)  # the experience_buffer is the writer
+        try:
+            tasks = [t for t in info.tasks if t in set(store.tasks())]
+            suites = suites_from_store(store, tasks, self._p["suite_sources"] or None)
+        finally:
+            store.close()
+        return self.gate.evaluate(info.id, suites)
+
+    def _report_msg(self, report: Any, duration_s: float) -> Any:
+        reports = self.registry.reports(report.candidate)
+        path = str(self.registry.info(report.candidate).path / "reports" / reports[-1]["file"]) if reports else ""
+        self._last_report = f"{report.candidate}: {report.decision} ({report.reason()})"
+        return m.gate_report_msg(
+            c.KIT, stamp_ns=c.now_ns(self), candidate_version=report.candidate, baseline_version=report.active,
+            approved=report.decision == "approved", reason="" if report.passed else report.reason(),
+            checks=m.gate_checks(report.checks), report_path=path, duration_s=duration_s,
+        )
+
+    def _count(self, decision: str) -> None:
+        self._counts["gated"] += 1
+        if decision in ("approved", "rejected"):
+            self._counts[decision] += 1
+
+    def _refuse(self, message: str) -> Any:
+        self.get_logger().warning(message)
+        return m.gate_candidate_response(c.KIT, success=False, message=message,
+                                         active_version=self.registry.active() or "")
+
+    def _on_experience(self, msg: Any) -> None:
+        """Feed the shadow stage with live observations the policy server served."""
+        shadow = self._shadow
+        if shadow is None or msg.source != "policy":
+            return
+        runner = shadow["runner"]
+        runner.step(m.as_f32(msg.observation), msg.task)
+        if runner.done:
+            self._shadow = None
+            report = self.gate.conclude_shadow(shadow["version"], runner)
+            self._report_pub.publish(self._report_msg(report, report.duration_ms / 1e3))
+            self._count(report.decision)
+            if report.decision == "approved" and shadow["activate"]:
+                self._promote(shadow["version"], f"gate approved after shadow ({report.reason()})")
+
+    # ------------------------------------------------------------------ rollback, listing
+    def _on_rollback(self, request: Any, response: Any) -> Any:
+        previous = self.registry.active() or ""
+        try:
+            tr = self.registry.rollback(request.version or None, reason="~/rollback service")
+        except (RegistryError, OSError) as exc:
+            self.get_logger().warning(f"rollback refused: {exc}")
+            return m.rollback_response(c.KIT, success=False, message=f"rollback refused: {exc}",
+                                       active_version=self.registry.active() or "", previous_version=previous)
+        self._counts["rollbacks"] += 1
+        self._announce_active(f"rollback from {tr.from_version}")
+        return m.rollback_response(c.KIT, success=True, message=f"rolled back {tr.from_version} -> {tr.to_version}",
+                                   active_version=tr.to_version, previous_version=previous)
+
+    def _on_list(self, request: Any, response: Any) -> Any:
+        try:
+            infos = self.registry.list([request.state] if request.state else None)
+        except ValueError as exc:
+            self.get_logger().warning(str(exc))
+            infos = []
+        infos = infos[::-1][: request.limit or None]
+        now = c.now_ns(self)
+        versions = [m.model_version_msg(c.KIT, i, now) for i in infos]
+        return m.list_versions_response(c.KIT, versions, self.registry.active() or "")
+
+    # ------------------------------------------------------------------ watchdog
+    def _on_policy_output(self, msg: Any) -> None:
+        if self.watchdog is not None:
+            self.watchdog.observe_action(m.as_f32(msg.action), msg.model_version)
+
+    def _on_episode_result(self, msg: Any) -> None:
+        if self.watchdog is not None and msg.controller == "policy":
+            self.watchdog.observe_episode(msg.success, msg.model_version or None, msg.task)
+
+    def _on_watchdog_event(self, ev: WatchdogEvent) -> None:
+        self._counts["watchdog_events"] += 1
+        self.get_logger().error(f"watchdog tripped on {ev.version}: {ev.signal}={ev.value:.3g} > {ev.threshold:.3g}; "
+                                f"rolled back to {ev.rolled_back_to or '(nothing: ' + str(ev.error) + ')'}")
+        self._announce_active("watchdog rollback")
+
+    # ------------------------------------------------------------------ health
+    def _status(self) -> m.Status:
+        active = self.registry.active() or ""
+        values = dict(self._counts, registry=str(self.registry.root), last_gate=self._last_report,
+                      shadow=self._shadow["version"] if self._shadow else "")
+        if self.watchdog is not None:
+            values.update({f"watchdog_{k}": v for k, v in self.watchdog.status().items()})
+        if not active:
+            return m.Status(m.WARN, "no active version yet", values, active)
+        return m.Status(m.OK, f"active {active}", values, active)
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SafetyMonitor()
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""ROS 2 node `sim_bridge`: the embedded Meta-World simulator as a robot on the ROS graph.
+
+So the whole loop runs without Gazebo or hardware: at a fixed rate it publishes the observation on
+the spec's observation topics and applies the action received on the spec's action topics (one
+step per action; the observation is republished if no action arrives). With controller:=expert
+Meta-World's scripted expert acts instead and every step is published as a demonstration, which
+the experience buffer records — how a new task is taught in the demo. A thin shell over sim.py.
+
+Interfaces:
+  publishes the spec's observation topics, ~/episode_result (EpisodeResult), ~/demonstrations
+            (ExperienceRecord, expert only), ~/task (std_msgs/String, latched), /diagnostics
+  subscribes the spec's action topics, policy_output (PolicyOutput; the version that acted)
+  services  ~/get_status (GetStatus)
+  parameters task, controller and paused can be changed at run time (`ros2 param set`)
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from std_msgs.msg import String
+
+from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
+
+from ..sim import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks
+from ..spec import SpecError, load_spec, ros_classes
+from . import _common as c
+from . import messages as m
+from . import params as P
+
+NODE_NAME = "sim_bridge"
+CONTROLLERS = ("policy", "expert")
+
+
+class SimBridge(Node):
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        p = c.declare(self, P.SIM_BRIDGE)
+        self._p = p
+        self.spec = load_spec(c.resolve_config_path(p["spec"], p["config_dir"]))
+        if (self.spec.obs_dim, self.spec.act_dim) != (OBS_DIM, ACT_DIM):
+            raise ValueError(f"spec {p['spec']!r} maps {self.spec.obs_dim} -> {self.spec.act_dim} values; the "
+                             f"Meta-World simulator needs {OBS_DIM} -> {ACT_DIM} (use config/spec_metaworld.yaml)")
+        self._check_task(p["task"])
+        self._check_controller(p["controller"])
+        self._task, self._controller, self._paused = p["task"], p["controller"], p["paused"]
+        self._classes = ros_classes()
+        self._sim: MetaWorldSim | None = None
+        self._expert = None
+        self._obs: np.ndarray | None = None
+        self._obs_stamp = 0
+        self._last_publish = 0.0
+        self._last_step = time.monotonic()
+        self._action_parts: dict[str, np.ndarray] = {}
+        self._pending: np.ndarray | None = None
+        self._version = ""  # model version of the last applied policy action
+        self._run_id = f"sim{time.time_ns() // 1_000_000}"
+        self._k = -1  # episode counter
+        self._steps, self._reward = 0, 0.0
+        self._counts = {"episodes": 0, "successes": 0, "steps": 0, "republished": 0, "bad_actions": 0}
+        self._last_result = ""
+
+        self._obs_pubs = {s.topic: self.create_publisher(self._classes(s.type), s.topic, c.SENSOR_QOS)
+                          for s in self.spec.observation.streams}
+        for s in self.spec.action.streams:
+            self.create_subscription(self._classes(s.type), s.topic, partial(self._on_action, s), c.SENSOR_QOS)
+        self.create_subscription(PolicyOutput, "policy_output", self._on_policy_output, c.EVENT_QOS)
+        self._result_pub = self.create_publisher(EpisodeResult, "~/episode_result", c.EVENT_QOS)
+        self._demo_pub = self.create_publisher(ExperienceRecord, "~/demonstrations", c.EXPERIENCE_QOS)
+        self._task_pub = self.create_publisher(String, "~/task", c.LATCHED_QOS)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(1.0 / p["rate_hz"], self._tick)
+        self.health = c.Health(self, self._status, p["diagnostics_period_s"])
+        self.get_logger().info(f"Meta-World {self._task} at {p['rate_hz']:g} Hz, controller {self._controller}")
+
+    # ------------------------------------------------------------------ parameters
+    @staticmethod
+    def _check_task(task: str) -> None:
+        if task not in available_tasks():
+            raise ValueError(f"unknown Meta-World task {task!r}; expected one of {available_tasks()}")
+
+    @staticmethod
+    def _check_controller(controller: str) -> None:
+        if controller not in CONTROLLERS:
+            raise ValueError(f"controller {controller!r}: expected one of {CONTROLLERS}")
+
+    def _on_set_parameters(self, params: list) -> SetParametersResult:
+        try:
+            for prm in params:
+                if prm.name == "task":
+                    self._check_task(prm.value)
+                elif prm.name == "controller":
+                    self._check_controller(prm.value)
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        for prm in params:
+            if prm.name == "task":
+                self._task = prm.value  # the next episode uses it (and announces it on ~/task)
+            elif prm.name == "controller":
+                self._controller = prm.value
+            elif prm.name == "paused":
+                self._paused = bool(prm.value)
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ actions in
+    def _on_action(self, stream: Any, msg: Any) -> None:
+        try:
+            self._action_parts[stream.topic] = stream.decode(msg)
+        except SpecError as exc:
+            self._counts["bad_actions"] += 1
+            self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
+            return
+        if len(self._action_parts) == len(self.spec.action.streams):
+            self._pending = self.spec.action.assemble([self._action_parts[t] for t in self.spec.action.topics])
+            self._action_parts = {}
+
+    def _on_policy_output(self, msg: Any) -> None:
+        self._version = msg.model_version
+
+    # ------------------------------------------------------------------ the loop
+    def _tick(self) -> None:
+        if self._paused:
+            return
+        if self._obs is None:
+            self._start_episode()
+            return
+        if self._controller == "expert":
+            action = self._expert(self._obs)
+        else:
+            action, self._pending = self._pending, None
+            if action is None:
+                if time.monotonic() - self._last_publish > self._p["command_timeout_s"]:
+                    self._counts["republished"] += 1
+                    self._publish_obs()  # a best-effort message may have been dropped
+                return
+        self._step(np.clip(np.asarray(action, np.float32), -1.0, 1.0))
+
+    def _start_episode(self) -> None:
+        if self._sim is None or self._sim.env_name != self._task:
+            if self._sim is not None:
+                self._sim.close()
+            self._sim = MetaWorldSim(self._task, self._p["steps_after_success"], self._p["max_steps"])
+            self._expert = self._sim.expert()
+            self._task_pub.publish(String(data=self._task))
+        self._k += 1
+        self._obs = self._sim.reset(self._seed())
+        self._steps, self._reward, self._pending = 0, 0.0, None
+        self._publish_obs()
+
+    def _seed(self) -> int:
+        return int(self._p["seed"]) + self._k
+
+    def _episode(self) -> str:
+        return f"{self._run_id}-{self._k:05d}"
+
+    def _step(self, action: np.ndarray) -> None:
+        obs, reward, done, info = self._sim.step(action)
+        if self._controller == "expert":
+            self._demo_pub.publish(m.experience_msg(c.KIT, m.ExperienceStep(
+                stamp_ns=self._obs_stamp, task=self._sim.env_name, episode=self._episode(), step=self._steps,
+                source="demonstration", obs=self._obs, action=action, reward=reward, done=done)))
+        self._steps += 1
+        self._reward += reward
+        self._counts["steps"] += 1
+        self._last_step = time.monotonic()
+        if done:
+            self._finish_episode(bool(info["success"]))
+            self._start_episode()
+        else:
+            self._obs = obs
+            self._publish_obs()
+
+    def _finish_episode(self, success: bool) -> None:
+        self._counts["episodes"] += 1
+        self._counts["successes"] += success
+        self._result_pub.publish(m.episode_result_msg(
+            c.KIT, stamp_ns=c.now_ns(self), task=self._sim.env_name, episode=self._episode(), seed=self._seed(),
+            success=success, steps=self._steps, total_reward=self._reward, controller=self._controller,
+            model_version=self._version if self._controller == "policy" else ""))
+        self._last_result = f"{self._sim.env_name} seed {self._seed()}: {'success' if success else 'failure'} in {self._steps} steps"
+
+    def _publish_obs(self) -> None:
+        self._obs_stamp = c.now_ns(self)
+        for topic, msg in self.spec.observation.encode(self._obs, self._classes, self._obs_stamp).items():
+            self._obs_pubs[topic].publish(msg)
+        self._last_publish = time.monotonic()
+
+    # ------------------------------------------------------------------ health, shutdown
+    def _status(self) -> m.Status:
+        values = dict(self._counts, task=self._task, controller=self._controller, paused=self._paused,
+                      episode=self._episode() if self._k >= 0 else "", step=self._steps, last_episode=self._last_result)
+        if self._paused:
+            return m.Status(m.OK, "paused", values, self._version)
+        idle = time.monotonic() - self._last_step
+        if self._controller == "policy" and idle > 5 * self._p["command_timeout_s"]:
+            return m.Status(m.WARN, f"no action from the policy for {idle:.1f} s", values, self._version)
+        return m.Status(m.OK, f"{self._task} ({self._controller}), episode {self._k}", values, self._version)
+
+    def destroy_node(self) -> None:
+        if self._sim is not None:
+            self._sim.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimBridge()
+        rclpy.spin(node, executor=SingleThreadedExecutor())
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""The embedded simulator: Meta-World manipulation tasks behind a small interface of ours.
+
+A task is data (an environment name plus a variation seed), not a code path. Demonstrations come
+from Meta-World's scripted experts. Episodes end a configurable number of steps after the first
+success, so evaluation costs tens of steps instead of 500.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+OBS_DIM = 39
+ACT_DIM = 4
+ACTION_LOW = -1.0
+ACTION_HIGH = 1.0
+
+# gymnasium/Meta-World are chatty about things that do not concern us (deprecations, float64 obs).
+warnings.filterwarnings("ignore", module="gymnasium")
+warnings.filterwarnings("ignore", module="metaworld")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _metaworld():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import metaworld
+        import metaworld.env_dict
+        import metaworld.policies
+        import metaworld.types
+    return metaworld
+
+
+def available_tasks() -> list[str]:
+    return sorted(_metaworld().env_dict.ALL_V3_ENVIRONMENTS)
+
+
+@dataclass(frozen=True)
+class SimTask:
+    """One task variation: a Meta-World environment name and the seed that places objects/goal."""
+
+    env_name: str
+    seed: int
+
+
+@dataclass
+class Episode:
+    obs: np.ndarray  # [T, 39] float32, the observation each action was taken from
+    action: np.ndarray  # [T, 4] float32
+    reward: np.ndarray  # [T] float32
+    done: np.ndarray  # [T] bool, True on the last step
+    success: bool
+    task: SimTask
+
+
+class MetaWorldSim:
+    """One Meta-World environment; ``reset(seed)`` picks the variation deterministically.
+
+    The goal is part of the observation (Meta-World's multi-task setting), so one policy can
+    serve every variation of a task.
+    """
+
+    def __init__(self, env_name: str, steps_after_success: int = 10, max_steps: int = 500):
+        mw = _metaworld()
+        if env_name not in mw.env_dict.ALL_V3_ENVIRONMENTS:
+            raise ValueError(f"unknown Meta-World task {env_name!r}; expected one of {available_tasks()}")
+        if steps_after_success < 0 or max_steps < 1:
+            raise ValueError(f"need steps_after_success >= 0 and max_steps >= 1, got {steps_after_success}, {max_steps}")
+        self.env_name = env_name
+        self.steps_after_success = steps_after_success
+        self.max_steps = min(max_steps, 500)
+        self._cls = mw.env_dict.ALL_V3_ENVIRONMENTS[env_name]
+        self._kwargs = dict(mw.env_dict.ML1_ARGS_KWARGS[env_name]["kwargs"])
+        self._kwargs.pop("task_id", None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._env = self._cls()
+        # Multi-task setting: the goal is observed (partially_observable=False), so one policy
+        # serves every variation. set_task needs a placeholder variation; reset() replaces it.
+        space = self._env._random_reset_space
+        data = dict(self._kwargs, rand_vec=(space.low + space.high) / 2, env_cls=self._cls, partially_observable=False)
+        self._env.set_task(mw.types.Task(env_name=env_name, data=pickle.dumps(data)))
+        self._t = 0
+        self._success_at: int | None = None
+
+    def reset(self, seed: int) -> np.ndarray:
+        """Start an episode of variation ``seed``; returns the first observation (float32 [39]).
+
+        Meta-World samples the variation itself (object/goal placement, resampling invalid ones)
+        from its np_random, which we seed: the same seed always gives the same variation.
+        """
+        env = self._env
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True
+        env.seed(int(seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obs, _ = env.reset()
+        self._t = 0
+        self._success_at = None
+        return obs.astype(np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict]:
+        """Apply ``action`` (clipped to [-1, 1]); ``done`` once max_steps or success + grace elapsed."""
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(ACT_DIM), ACTION_LOW, ACTION_HIGH)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obs, reward, _, _, info = self._env.step(a)
+        self._t += 1
+        if self._success_at is None and info.get("success", 0.0) >= 1.0:
+            self._success_at = self._t
+        success = self._success_at is not None
+        done = self._t >= self.max_steps or (success and self._t - self._success_at >= self.steps_after_success)
+        return obs.astype(np.float32), float(reward), done, {"success": success}
+
+    def expert(self) -> Callable[[np.ndarray], np.ndarray]:
+        """Meta-World's scripted expert for this task."""
+        policy = _metaworld().policies.ENV_POLICY_MAP[self.env_name]()
+        return lambda obs: np.asarray(policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
+
+    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int) -> Episode:
+        obs = self.reset(seed)
+        rows_obs, rows_act, rewards = [], [], []
+        done, info = False, {"success": False}
+        while not done:
+            act = np.asarray(policy(obs), dtype=np.float32).reshape(ACT_DIM)
+            rows_obs.append(obs)
+            rows_act.append(act)
+            obs, reward, done, info = self.step(act)
+            rewards.append(reward)
+        n = len(rows_obs)
+        done_flags = np.zeros(n, dtype=bool)
+        done_flags[-1] = True
+        return Episode(
+            obs=np.stack(rows_obs),
+            action=np.clip(np.stack(rows_act), ACTION_LOW, ACTION_HIGH),
+            reward=np.asarray(rewards, dtype=np.float32),
+            done=done_flags,
+            success=bool(info["success"]),
+            task=SimTask(self.env_name, int(seed)),
+        )
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def collect_demonstrations(
+    env_name: str,
+    seeds: Iterable[int],
+    steps_after_success: int = 10,
+    max_steps: int = 500,
+    only_successful: bool = True,
+    sim: MetaWorldSim | None = None,
+    progress: bool = False,
+) -> list[Episode]:
+    """Expert episodes for each seed (failed expert episodes dropped unless ``only_successful`` is False)."""
+    sim = sim or MetaWorldSim(env_name, steps_after_success, max_steps)
+    expert = sim.expert()
+    seeds = list(seeds)
+    iterator: Iterable[int] = seeds
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(seeds, desc=f"demos {env_name}", unit="ep", leave=False)
+    episodes = [sim.run_episode(expert, s) for s in iterator]
+    return [e for e in episodes if e.success or not only_successful]
+
+
+def evaluate(
+    policy: Callable[[np.ndarray], np.ndarray],
+    env_name: str,
+    seeds: Sequence[int],
+    steps_after_success: int = 0,
+    max_steps: int = 500,
+    sim: MetaWorldSim | None = None,
+) -> float:
+    """Closed-loop success rate of ``policy`` over the variations ``seeds``."""
+    if len(seeds) == 0:
+        raise ValueError("evaluate needs at least one seed")
+    sim = sim or MetaWorldSim(env_name, steps_after_success, max_steps)
+    return float(np.mean([sim.run_episode(policy, s).success for s in seeds]))
+
+
+def stack_episodes(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate episodes into (obs [N, 39], action [N, 4]) training arrays."""
+    if not episodes:
+        raise ValueError("no episodes to stack")
+    return np.concatenate([e.obs for e in episodes]), np.concatenate([e.action for e in episodes])

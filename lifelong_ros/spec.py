@@ -1,0 +1,506 @@
+"""Observation/action specs: how standard ROS messages map to the policy's flat float32 vectors.
+
+One YAML file names the topics, message types and fields that make up the observation and the
+action; bag import/export and the ROS nodes all use it, so they build identical vectors. The
+conversions read and write messages by field name, so they work on rosbags dataclasses and on
+rclpy messages alike; outgoing messages are built from classes the caller resolves.
+
+YAML layout (see config/spec_metaworld.yaml)::
+
+    observation:
+      max_age_s: 0.1            # a stream sample older than this (vs the step time) is stale
+      streams:                  # concatenated in this order
+        - {topic: /joint_states, type: sensor_msgs/msg/JointState, joints: [j1, j2], fields: [position, velocity]}
+        - {topic: /ee_pose, type: geometry_msgs/msg/PoseStamped}            # x y z qx qy qz qw
+        - {topic: /features, type: std_msgs/msg/Float32MultiArray, slice: [0, 16]}   # or size: 16
+    action:
+      streams:
+        - {topic: /cmd, type: std_msgs/msg/Float32MultiArray, size: 4}
+"""
+from __future__ import annotations
+
+import array
+import bisect
+import dataclasses
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import yaml
+
+JOINT_STATE = "sensor_msgs/msg/JointState"
+POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
+FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
+SUPPORTED_TYPES = (JOINT_STATE, POSE_STAMPED, FLOAT32_ARRAY)
+JOINT_FIELDS = ("position", "velocity", "effort")
+POSE_FIELDS = {"position": ("x", "y", "z"), "orientation": ("x", "y", "z", "w")}
+DEFAULT_MAX_AGE_S = 0.1
+
+MessageClasses = Callable[[str], type]
+
+
+class SpecError(ValueError):
+    """The spec YAML is invalid, or a message does not match the spec."""
+
+
+def normalize_type(name: str) -> str:
+    """'sensor_msgs/JointState' -> 'sensor_msgs/msg/JointState'."""
+    parts = str(name).strip("/").split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    return "/".join(parts)
+
+
+# ---------------------------------------------------------------------------------- message classes
+def rosbags_classes(typestore: Any = None) -> MessageClasses:
+    """Resolve message type names to rosbags dataclasses (default: the ROS 2 Jazzy typestore)."""
+    if typestore is None:
+        from rosbags.typesys import Stores, get_typestore
+
+        typestore = get_typestore(Stores.ROS2_JAZZY)
+
+    def resolve(name: str) -> type:
+        try:
+            return typestore.types[normalize_type(name)]
+        except KeyError:
+            raise SpecError(f"message type {name!r} is not in the rosbags typestore") from None
+
+    return resolve
+
+
+def ros_classes() -> MessageClasses:
+    """Resolve message type names to rclpy message classes (imports e.g. ``sensor_msgs.msg``)."""
+
+    def resolve(name: str) -> type:
+        pkg, _, cls = normalize_type(name).split("/")
+        return getattr(importlib.import_module(f"{pkg}.msg"), cls)
+
+    return resolve
+
+
+def _seq(cls: type, values: np.ndarray, dtype: str) -> Any:
+    """A primitive sequence as the message library wants it: numpy for rosbags, array.array for rclpy."""
+    if dataclasses.is_dataclass(cls):
+        return np.ascontiguousarray(values, dtype=np.float32 if dtype == "f" else np.float64)
+    return array.array(dtype, np.asarray(values, dtype=np.float32 if dtype == "f" else np.float64).tobytes())
+
+
+def _header(classes: MessageClasses, stamp_ns: int, frame_id: str) -> Any:
+    time_cls = classes("builtin_interfaces/msg/Time")
+    header_cls = classes("std_msgs/msg/Header")
+    return header_cls(stamp=time_cls(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)), frame_id=frame_id)
+
+
+def header_stamp_ns(msg: Any) -> int:
+    """The header stamp of a stamped message in nanoseconds."""
+    st = msg.header.stamp
+    return int(st.sec) * 1_000_000_000 + int(st.nanosec)
+
+
+# ------------------------------------------------------------------------------------------- streams
+@dataclass(frozen=True)
+class StreamSpec:
+    """One topic's contribution to a vector."""
+
+    topic: str
+    type: str
+
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def has_header(self) -> bool:
+        return self.type != FLOAT32_ARRAY
+
+    def decode(self, msg: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class JointStateStream(StreamSpec):
+    """JointState values of named joints (in this order), field-major: all positions, then velocities..."""
+
+    joints: tuple[str, ...] = ()
+    fields: tuple[str, ...] = ("position",)
+    frame_id: str = ""
+
+    @property
+    def dim(self) -> int:
+        return len(self.joints) * len(self.fields)
+
+    def joint_index(self, names: Sequence[str]) -> np.ndarray:
+        pos = {n: i for i, n in enumerate(names)}
+        missing = [j for j in self.joints if j not in pos]
+        if missing:
+            raise SpecError(f"JointState on {self.topic} has no joint(s) {missing}; it has {list(names)}")
+        return np.array([pos[j] for j in self.joints], dtype=np.int64)
+
+    def decode(self, msg: Any) -> np.ndarray:
+        idx = self.joint_index(msg.name)
+        out = np.empty(self.dim, dtype=np.float32)
+        k = len(self.joints)
+        for i, f in enumerate(self.fields):
+            vals = np.asarray(getattr(msg, f), dtype=np.float64)
+            if vals.shape[0] != len(msg.name):
+                raise SpecError(
+                    f"JointState on {self.topic}: {f} has {vals.shape[0]} values for {len(msg.name)} joints; "
+                    f"the spec needs {f} of {list(self.joints)}"
+                )
+            out[i * k : (i + 1) * k] = vals[idx]
+        return out
+
+    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
+        cls = classes(JOINT_STATE)
+        vec = _check_vec(vec, self.dim, self.topic)
+        k = len(self.joints)
+        arrays = {f: _seq(cls, np.zeros(0), "d") for f in JOINT_FIELDS}
+        for i, f in enumerate(self.fields):
+            arrays[f] = _seq(cls, vec[i * k : (i + 1) * k], "d")
+        return cls(header=_header(classes, stamp_ns, self.frame_id), name=list(self.joints), **arrays)
+
+
+@dataclass(frozen=True)
+class PoseStream(StreamSpec):
+    """PoseStamped as position xyz and/or orientation quaternion xyzw."""
+
+    fields: tuple[str, ...] = ("position", "orientation")
+    frame_id: str = ""
+
+    @property
+    def dim(self) -> int:
+        return sum(len(POSE_FIELDS[f]) for f in self.fields)
+
+    def decode(self, msg: Any) -> np.ndarray:
+        pose = msg.pose
+        vals = [getattr(getattr(pose, f), c) for f in self.fields for c in POSE_FIELDS[f]]
+        return np.array(vals, dtype=np.float32)
+
+    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
+        vec = _check_vec(vec, self.dim, self.topic).astype(np.float64)
+        parts = {"position": np.zeros(3), "orientation": np.array([0.0, 0.0, 0.0, 1.0])}
+        k = 0
+        for f in self.fields:
+            n = len(POSE_FIELDS[f])
+            parts[f] = vec[k : k + n]
+            k += n
+        point = classes("geometry_msgs/msg/Point")(**{c: float(v) for c, v in zip("xyz", parts["position"])})
+        quat = classes("geometry_msgs/msg/Quaternion")(**{c: float(v) for c, v in zip("xyzw", parts["orientation"])})
+        pose = classes("geometry_msgs/msg/Pose")(position=point, orientation=quat)
+        return classes(POSE_STAMPED)(header=_header(classes, stamp_ns, self.frame_id), pose=pose)
+
+
+@dataclass(frozen=True)
+class Float32ArrayStream(StreamSpec):
+    """A slice [start, stop) of Float32MultiArray.data; with ``exact`` the message length must be stop."""
+
+    start: int = 0
+    stop: int = 0
+    exact: bool = True
+
+    @property
+    def dim(self) -> int:
+        return self.stop - self.start
+
+    def decode(self, msg: Any) -> np.ndarray:
+        data = np.asarray(msg.data, dtype=np.float32)
+        n = data.shape[0]
+        if (self.exact and n != self.stop) or n < self.stop:
+            want = f"exactly {self.stop}" if self.exact else f"at least {self.stop}"
+            raise SpecError(f"Float32MultiArray on {self.topic} has {n} values; the spec expects {want}")
+        return data[self.start : self.stop].copy()
+
+    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
+        cls = classes(FLOAT32_ARRAY)
+        vec = _check_vec(vec, self.dim, self.topic)
+        data = np.zeros(self.stop, dtype=np.float32)
+        data[self.start :] = vec
+        layout = classes("std_msgs/msg/MultiArrayLayout")(dim=[], data_offset=0)
+        return cls(layout=layout, data=_seq(cls, data, "f"))
+
+
+def _check_vec(vec: np.ndarray, dim: int, topic: str) -> np.ndarray:
+    vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+    if vec.shape[0] != dim:
+        raise SpecError(f"{topic}: got {vec.shape[0]} values; the spec maps {dim} values to this topic")
+    return vec
+
+
+# ------------------------------------------------------------------------------------------- vectors
+@dataclass(frozen=True)
+class VectorSpec:
+    """Streams concatenated in order into one float32 vector."""
+
+    streams: tuple[StreamSpec, ...]
+    max_age_s: float = DEFAULT_MAX_AGE_S
+
+    @property
+    def dim(self) -> int:
+        return sum(s.dim for s in self.streams)
+
+    @property
+    def topics(self) -> list[str]:
+        return [s.topic for s in self.streams]
+
+    def slices(self) -> list[slice]:
+        out, k = [], 0
+        for s in self.streams:
+            out.append(slice(k, k + s.dim))
+            k += s.dim
+        return out
+
+    def decode(self, msgs: Mapping[str, Any]) -> np.ndarray:
+        """{topic: message} -> vector; a missing topic raises SpecError naming it."""
+        missing = [t for t in self.topics if t not in msgs]
+        if missing:
+            raise SpecError(f"no message for topic(s) {missing}; the spec needs {self.topics}")
+        return np.concatenate([s.decode(msgs[s.topic]) for s in self.streams]).astype(np.float32, copy=False)
+
+    def assemble(self, parts: Sequence[np.ndarray]) -> np.ndarray:
+        """Concatenate per-stream vectors (e.g. from a StreamAligner) into the full vector."""
+        return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> dict[str, Any]:
+        """vector -> {topic: message}, messages built from ``classes`` (rosbags_classes() / ros_classes())."""
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if vec.shape[0] != self.dim:
+            raise SpecError(f"vector has {vec.shape[0]} values; the spec's streams {self.topics} need {self.dim}")
+        return {s.topic: s.encode(vec[sl], classes, stamp_ns) for s, sl in zip(self.streams, self.slices())}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Observation and action specs loaded from one YAML file."""
+
+    observation: VectorSpec
+    action: VectorSpec
+    name: str = ""
+
+    @property
+    def obs_dim(self) -> int:
+        return self.observation.dim
+
+    @property
+    def act_dim(self) -> int:
+        return self.action.dim
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "observation": _vector_to_dict(self.observation), "action": _vector_to_dict(self.action)}
+
+
+def _vector_to_dict(v: VectorSpec) -> dict:
+    streams = []
+    for s in v.streams:
+        d: dict[str, Any] = {"topic": s.topic, "type": s.type}
+        if isinstance(s, JointStateStream):
+            d.update(joints=list(s.joints), fields=list(s.fields))
+        elif isinstance(s, PoseStream):
+            d.update(fields=list(s.fields))
+        elif isinstance(s, Float32ArrayStream):
+            if s.exact and s.start == 0:
+                d["size"] = s.stop
+            else:
+                d["slice"] = [s.start, s.stop]
+        if getattr(s, "frame_id", ""):
+            d["frame_id"] = s.frame_id
+        streams.append(d)
+    return {"max_age_s": v.max_age_s, "streams": streams}
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_spec(path: str | os.PathLike) -> Spec:
+    """Load and validate a spec YAML; errors name the file, the key path and what was expected."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"cannot read spec {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec {path} is not valid YAML: {exc}") from exc
+    return spec_from_dict(data, where=str(path))
+
+
+def spec_from_dict(data: Any, where: str = "spec") -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping with 'observation' and 'action', got {type(data).__name__}")
+    unknown = set(data) - {"name", "observation", "action"}
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; expected name, observation, action")
+    for key in ("observation", "action"):
+        if key not in data:
+            raise SpecError(f"{where}: missing '{key}'")
+    obs = _vector_from_dict(data["observation"], f"{where}: observation")
+    act = _vector_from_dict(data["action"], f"{where}: action")
+    clash = set(obs.topics) & set(act.topics)
+    if clash:
+        raise SpecError(f"{where}: topic(s) {sorted(clash)} appear in both observation and action")
+    return Spec(observation=obs, action=act, name=str(data.get("name", "")))
+
+
+def _vector_from_dict(d: Any, where: str) -> VectorSpec:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected a mapping with 'streams', got {d!r}")
+    unknown = set(d) - {"streams", "max_age_s"}
+    if unknown:
+        raise SpecError(f"{where}: unknown key(s) {sorted(unknown)}; expected streams, max_age_s")
+    max_age = d.get("max_age_s", DEFAULT_MAX_AGE_S)
+    if isinstance(max_age, bool) or not isinstance(max_age, (int, float)) or not max_age > 0:
+        raise SpecError(f"{where}.max_age_s: expected a positive number of seconds, got {max_age!r}")
+    streams = d.get("streams")
+    if not isinstance(streams, list) or not streams:
+        raise SpecError(f"{where}.streams: expected a non-empty list of streams, got {streams!r}")
+    parsed = tuple(_stream_from_dict(s, f"{where}.streams[{i}]") for i, s in enumerate(streams))
+    topics = [s.topic for s in parsed]
+    dup = sorted({t for t in topics if topics.count(t) > 1})
+    if dup:
+        raise SpecError(f"{where}.streams: topic(s) {dup} listed more than once")
+    return VectorSpec(streams=parsed, max_age_s=float(max_age))
+
+
+def _names(value: Any, where: str, allowed: Sequence[str] | None = None) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SpecError(f"{where}: expected a non-empty list of names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise SpecError(f"{where}: duplicate names in {value!r}")
+    if allowed is not None:
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise SpecError(f"{where}: unknown value(s) {bad}; expected some of {list(allowed)}")
+    return tuple(value)
+
+
+def _stream_from_dict(d: Any, where: str) -> StreamSpec:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected a mapping with topic and type, got {d!r}")
+    topic = d.get("topic")
+    if not isinstance(topic, str) or not topic.startswith("/"):
+        raise SpecError(f"{where}.topic: expected an absolute topic name like '/joint_states', got {topic!r}")
+    if "type" not in d:
+        raise SpecError(f"{where}: missing 'type' (one of {list(SUPPORTED_TYPES)})")
+    typ = normalize_type(d["type"])
+    frame_id = d.get("frame_id", "")
+    if not isinstance(frame_id, str):
+        raise SpecError(f"{where}.frame_id: expected a string, got {frame_id!r}")
+
+    def check_keys(allowed: set[str]) -> None:
+        unknown = set(d) - allowed - {"topic", "type"}
+        if unknown:
+            raise SpecError(f"{where}: unknown key(s) {sorted(unknown)} for {typ}; expected some of {sorted(allowed)}")
+
+    if typ == JOINT_STATE:
+        check_keys({"joints", "fields", "frame_id"})
+        joints = _names(d.get("joints"), f"{where}.joints")
+        fields = _names(d.get("fields", ["position"]), f"{where}.fields", JOINT_FIELDS)
+        return JointStateStream(topic=topic, type=typ, joints=joints, fields=fields, frame_id=frame_id)
+    if typ == POSE_STAMPED:
+        check_keys({"fields", "frame_id"})
+        fields = _names(d.get("fields", ["position", "orientation"]), f"{where}.fields", tuple(POSE_FIELDS))
+        return PoseStream(topic=topic, type=typ, fields=fields, frame_id=frame_id)
+    if typ == FLOAT32_ARRAY:
+        check_keys({"size", "slice"})
+        if ("size" in d) == ("slice" in d):
+            raise SpecError(f"{where}: give exactly one of 'size: N' (message has exactly N values) or 'slice: [start, stop]'")
+        if "size" in d:
+            size = d["size"]
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise SpecError(f"{where}.size: expected a positive int, got {size!r}")
+            return Float32ArrayStream(topic=topic, type=typ, start=0, stop=size, exact=True)
+        sl = d["slice"]
+        if (
+            not isinstance(sl, list)
+            or len(sl) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in sl)
+            or not 0 <= sl[0] < sl[1]
+        ):
+            raise SpecError(f"{where}.slice: expected [start, stop] with 0 <= start < stop, got {sl!r}")
+        return Float32ArrayStream(topic=topic, type=typ, start=sl[0], stop=sl[1], exact=False)
+    raise SpecError(f"{where}.type: unsupported message type {d['type']!r}; supported: {list(SUPPORTED_TYPES)}")
+
+
+# ---------------------------------------------------------------------------------------- alignment
+class StreamAligner:
+    """Nearest-earlier-sample alignment of several streams, with a max age.
+
+    Streaming use (the policy server): ``push(topic, stamp_ns, value)`` as messages arrive, then
+    ``get(t_ns)`` returns one value per topic, each the latest sample at or before ``t_ns`` no
+    older than ``max_age_s``, or None (``stale(t_ns)`` says why). Batch use (bag import):
+    ``StreamAligner.align(trigger_ns, [stamps per topic], max_age_ns)`` does the same with numpy.
+    """
+
+    def __init__(self, topics: Sequence[str], max_age_s: float, history: int = 64) -> None:
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s={max_age_s!r}: expected a positive number of seconds")
+        if history < 1:
+            raise ValueError(f"history={history!r}: expected >= 1")
+        self.topics = list(topics)
+        self.max_age_ns = int(round(max_age_s * 1e9))
+        self.history = history
+        self._stamps: dict[str, list[int]] = {t: [] for t in self.topics}
+        self._values: dict[str, list[Any]] = {t: [] for t in self.topics}
+
+    def push(self, topic: str, stamp_ns: int, value: Any) -> None:
+        if topic not in self._stamps:
+            raise KeyError(f"topic {topic!r} is not aligned here; topics: {self.topics}")
+        stamps, values = self._stamps[topic], self._values[topic]
+        stamp_ns = int(stamp_ns)
+        if not stamps or stamp_ns >= stamps[-1]:
+            stamps.append(stamp_ns)
+            values.append(value)
+        else:  # out of order: keep sorted
+            i = bisect.bisect_right(stamps, stamp_ns)
+            stamps.insert(i, stamp_ns)
+            values.insert(i, value)
+        if len(stamps) > self.history:
+            del stamps[0], values[0]
+
+    def _pick(self, topic: str, t_ns: int) -> tuple[Any, str | None]:
+        stamps = self._stamps[topic]
+        i = bisect.bisect_right(stamps, t_ns) - 1
+        if i < 0:
+            return None, "no sample yet" if not stamps else f"no sample at or before t={t_ns} (oldest kept: {stamps[0]})"
+        age = t_ns - stamps[i]
+        if age > self.max_age_ns:
+            return None, f"latest sample is {age / 1e9:.3f}s old (max_age {self.max_age_ns / 1e9:.3f}s)"
+        return self._values[topic][i], None
+
+    def get(self, t_ns: int) -> list[Any] | None:
+        out = []
+        for t in self.topics:
+            v, why = self._pick(t, int(t_ns))
+            if why is not None:
+                return None
+            out.append(v)
+        return out
+
+    def stale(self, t_ns: int) -> dict[str, str]:
+        """{topic: reason} for every topic ``get(t_ns)`` could not use."""
+        return {t: why for t in self.topics if (why := self._pick(t, int(t_ns))[1]) is not None}
+
+    @staticmethod
+    def align(trigger_ns: np.ndarray, stamps: Sequence[np.ndarray], max_age_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """For each trigger time, the index of the nearest earlier-or-equal sample in each stream.
+
+        ``stamps`` must each be sorted. Returns (index [T, K] int64, valid [T, K] bool); invalid
+        where a stream has no sample at or before the trigger or the sample is older than max_age.
+        """
+        trigger_ns = np.asarray(trigger_ns, dtype=np.int64)
+        idx = np.zeros((trigger_ns.shape[0], len(stamps)), dtype=np.int64)
+        valid = np.zeros_like(idx, dtype=bool)
+        for k, st in enumerate(stamps):
+            st = np.asarray(st, dtype=np.int64)
+            i = np.searchsorted(st, trigger_ns, side="right") - 1
+            ok = i >= 0
+            ic = np.clip(i, 0, None)
+            if st.shape[0]:
+                ok &= (trigger_ns - st[np.minimum(ic, st.shape[0] - 1)]) <= max_age_ns
+            else:
+                ok[:] = False
+            idx[:, k] = ic
+            valid[:, k] = ok
+        return idx, valid
