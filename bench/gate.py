@@ -29,17 +29,11 @@ def _collect(tasks, start, n, desc):
     from tqdm import tqdm
 
     from lifelong_ros import sim
-    from lifelong_ros.registry_cli import _variation_ok
 
     out = {}
     for t in tqdm(tasks, desc=desc, unit="task", file=sys.stderr):
         env = sim.MetaWorldSim(t, steps_after_success=10)
-        seeds, seed = [], start
-        while len(seeds) < n:  # skip variations Meta-World's reset would loop on forever
-            if _variation_ok(env, seed):
-                seeds.append(seed)
-            seed += 1
-        out[t] = sim.collect_demonstrations(t, seeds, sim=env)
+        out[t] = sim.collect_demonstrations(t, range(start, start + n), sim=env)
     return out
 
 

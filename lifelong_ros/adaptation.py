@@ -30,15 +30,11 @@ from .continual import (
     TrainOptions,
     read_plugin_state,
 )
-from .fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes
-from .learner import AdaptCancelled, AdaptRequest, Candidate
+from .fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
+from .learner import CONSOLIDATION_FILE, META_FILE, MODEL_FILE, WEIGHTS_FILE, AdaptCancelled, AdaptRequest, Candidate
 from .model import PolicyConfig, PolicyNet, bc_loss, export_onnx, load_policy
 from .store import ExperienceStore
 
-MODEL_FILE = "model.onnx"
-WEIGHTS_FILE = "weights.safetensors"
-CONSOLIDATION_FILE = "consolidation.safetensors"
-META_FILE = "meta.json"
 TRAIN_SOURCES = ("demonstration", "correction", "bag")
 NORMALIZER_STD_FLOOR = 0.05  # metres-scale features: never scale a near-constant input by more than 20x
 
@@ -59,6 +55,10 @@ def load_parent(parent_dir: str | Path) -> ParentVersion:
 
     d = Path(parent_dir)
     meta = json.loads((d / META_FILE).read_text())
+    recorded = {WEIGHTS_FILE: meta.get("weights_sha256"), CONSOLIDATION_FILE: meta.get("files", {}).get(CONSOLIDATION_FILE, {}).get("sha256")}
+    for name, sha in recorded.items():  # registry versions record sha256s: never train on a corrupted parent
+        if sha and (d / name).exists() and sha256_file(d / name) != sha:
+            raise ValueError(f"parent {d}: {name} does not match the sha256 recorded at registration")
     weights = load_file(str(d / WEIGHTS_FILE))
     model = load_policy(meta["config"]["policy"], weights)
     cons = read_plugin_state(d / CONSOLIDATION_FILE) if (d / CONSOLIDATION_FILE).exists() else None

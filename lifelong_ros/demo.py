@@ -23,6 +23,7 @@ from .fsutil import atomic_write_json, default_data_dir
 from .gate import GateConfig, SafetyGate, suites_from_store
 from .learner import AdaptJob, AdaptRequest, Learner
 from .metrics import plot_matrix, summarize
+from .offline import register_candidate
 from .registry import ModelRegistry
 from .runtime import PolicyRuntime
 from .sim import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations
@@ -53,8 +54,8 @@ class DemoSettings:
     @classmethod
     def quick(cls, base: "DemoSettings") -> "DemoSettings":
         """The smoke-test loop: same sequence, far fewer demonstrations, steps and episodes."""
-        return cls(**{**asdict(base), "demos_per_task": 8, "heldout_demos_per_task": 3, "eval_episodes": 4,
-                      "steps": 300, "max_steps": 150})
+        caps = {"demos_per_task": 15, "heldout_demos_per_task": 3, "eval_episodes": 5, "steps": 400, "max_steps": 150}
+        return cls(**{**asdict(base), **{k: min(getattr(base, k), v) for k, v in caps.items()}})
 
 
 def settings_from_config(path: str | None) -> DemoSettings:
@@ -185,11 +186,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             learn_s = time.perf_counter() - t_learn
             served = (loop.steps - served_before) if loop else 0
 
-            version = registry.register(
-                candidate.onnx_path, tasks=candidate.metadata["tasks"], method=settings.method, parent=active,
-                weights=candidate.weights_path, config=candidate.metadata["config"],
-                data_range=candidate.metadata["data_range"], metrics=candidate.metadata["metrics"], target_task=task,
-            )
+            version = register_candidate(registry, candidate, parent=active)
             t_gate = time.perf_counter()
             report = gate.evaluate(version, suites_from_store(store, candidate.metadata["tasks"]), task)
             gate_s = time.perf_counter() - t_gate
@@ -205,7 +202,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     registry.promote(version, runtime=runtime)
                     swap_ms = round((time.perf_counter() - t_swap) * 1e3, 2)
             time_to_adapt = time.perf_counter() - t_last_demo
-            verdict = "approved" if report.passed else f"rejected ({report.reason})"
+            verdict = "approved" if report.passed else f"rejected ({report.reason()})"
             print(f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; time to adapt {time_to_adapt:.1f} s "
                   f"(learning {learn_s:.1f} s, {served} policy steps served meanwhile)")
 

@@ -20,6 +20,12 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+# Files of a candidate directory (the registry keeps the same names in a version directory).
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.safetensors"
+CONSOLIDATION_FILE = "consolidation.safetensors"
+META_FILE = "meta.json"
+
 ProgressFn = Callable[[str, int, float], None]
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .fsutil import default_data_dir
-from .learner import AdaptCancelled, AdaptRequest, Candidate, Learner
+from .learner import CONSOLIDATION_FILE, AdaptCancelled, AdaptRequest, Candidate, Learner
 from .registry import ModelRegistry
 from .registry_cli import registry_dir, store_path
 
@@ -38,8 +38,10 @@ def register_candidate(registry: ModelRegistry, candidate: Candidate, parent: st
     weights = Path(candidate.weights_path).read_bytes() if candidate.weights_path else None
     extra = {k: v for k, v in meta.items()
              if k not in ("tasks", "method", "parent", "config", "data_range", "metrics", "target_task", "onnx_sha256")}
+    consolidation = Path(candidate.out_dir) / CONSOLIDATION_FILE
     return registry.register(
         candidate.onnx_path, tasks=list(meta["tasks"]), method=str(meta.get("method") or "unknown"),
+        files={CONSOLIDATION_FILE: consolidation} if consolidation.exists() else None,
         parent=parent if parent is not None else meta.get("parent"), weights=weights,
         config=meta.get("config") or {}, data_range=meta.get("data_range") or {},
         metrics=meta.get("metrics") or {}, target_task=meta.get("target_task"),

@@ -47,6 +47,7 @@ META_FILE = "meta.json"
 REPORTS_DIR = "reports"
 SAFETENSORS_FILE = "weights.safetensors"
 TORCH_FILE = "weights.pt"
+_FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 HISTORY_LIMIT = 1000
 _ID_RE = re.compile(r"^v(\d{4,})")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")
@@ -511,8 +512,12 @@ class ModelRegistry:
         metrics: Mapping[str, Any] | None = None,
         target_task: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        files: Mapping[str, bytes | os.PathLike | str] | None = None,
     ) -> str:
         """Store a new candidate version atomically and return its id (v0001, v0002, ...).
+
+        ``files`` are further artifacts stored beside the model (name -> bytes or path), e.g. the
+        learner's consolidation state, so a version directory is all a child version needs.
 
         ``tasks`` is the ordered task list (index = head index). ``onnx`` may be bytes or a path
         (streamed); ``weights`` a state dict (numpy or torch; stored as safetensors) or the bytes or
@@ -545,6 +550,12 @@ class ModelRegistry:
             w_sha = w_size = None
             if wblob is not None:
                 w_sha, w_size = self._write_payload(bdir / wfile, wblob)
+            extra_files = {}
+            for name, src in (files or {}).items():
+                if not _FILE_RE.match(name) or name in (MODEL_FILE, META_FILE, SAFETENSORS_FILE, TORCH_FILE):
+                    raise ValueError(f"extra file name {name!r} must be a plain file name other than the model/meta/weights files")
+                sha, size = self._write_payload(bdir / name, src)
+                extra_files[name] = {"sha256": sha, "size": size}
             (bdir / REPORTS_DIR).mkdir()
             with self._lock():
                 vid = self._next_id()
@@ -554,7 +565,8 @@ class ModelRegistry:
                     "state": "candidate", "onnx_sha256": onnx_sha, "onnx_size": onnx_size,
                     "weights_file": wfile, "weights_sha256": w_sha, "weights_size": w_size,
                     "config": dict(config or {}), "data_range": dict(data_range or {}),
-                    "metrics": dict(metrics or {}), "extra": dict(extra or {}), "state_history": [],
+                    "metrics": dict(metrics or {}), "extra": dict(extra or {}), "files": extra_files,
+                    "state_history": [],
                 }
                 atomic_write_json(bdir / META_FILE, meta)
                 fsync_dir(bdir)

@@ -58,26 +58,10 @@ def sim_rollout_fn(seed_base: int = 100_000, max_steps: int = 500) -> Callable[[
                 f["task_id"] = tid
             return pol.session.run(None, f)[0][0]
 
-        env, wins, seed = envs[task], 0, seed_base
-        for _ in range(n):
-            while not _variation_ok(env, seed):
-                seed += 1
-            wins += bool(env.run_episode(policy, seed).success)
-            seed += 1
-        return wins
+        env = envs[task]
+        return sum(bool(env.run_episode(policy, seed_base + k).success) for k in range(n))
 
     return rollout
-
-
-def _variation_ok(env: Any, seed: int) -> bool:
-    """False for variations whose object and goal Meta-World would place too close together: its
-    reset re-samples in a loop that never ends once the variation is fixed (metaworld 3.1.1, e.g.
-    reach-v3 seed 12). Mirrors sim.MetaWorldSim.reset's draw; drop once sim.py guards it."""
-    import numpy as np
-
-    space = env._env._random_reset_space
-    rv = np.random.default_rng(int(seed)).uniform(space.low, space.high, size=space.low.size)
-    return rv.size < 6 or float(np.linalg.norm(rv[:2] - rv[-3:-1])) >= 0.25
 
 
 def _load_gate_config(path: str | None):

@@ -1,0 +1,72 @@
+"""The standalone loop end to end on a tiny budget: store, learner process, gate, hot-swap, results."""
+import json
+
+import numpy as np
+import pytest
+
+from lifelong_ros.cli import main as cli_main
+from lifelong_ros.demo import DemoSettings, run_demo, settings_from_config
+from lifelong_ros.registry import ModelRegistry
+from lifelong_ros.store import ExperienceStore
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def test_demo_loop_learns_two_tasks_serves_while_learning_and_writes_results(tmp_path):
+    settings = DemoSettings(
+        tasks=["reach-v3", "button-press-topdown-v3"], demos_per_task=6, heldout_demos_per_task=2, eval_episodes=2,
+        steps=150, max_steps=120, options={"hidden": [64, 64], "batch_size": 128},
+    )
+    results = run_demo(settings, tmp_path, progress=False)
+
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["tasks"] == settings.tasks
+    m = np.array([[np.nan if v is None else v for v in row] for row in on_disk["success_matrix"]])
+    assert m.shape == (2, 2) and np.isnan(m[0, 1])  # a task is evaluated only once it has been learned
+    assert (tmp_path / "success_matrix.png").stat().st_size > 1000
+
+    first, second = on_disk["updates"]
+    assert (first["version"], second["version"]) == ("v0001", "v0002")
+    assert second["parent"] == "v0001"
+    assert first["decision"] == "approved" and np.isfinite(m[0, 0])
+    # the policy kept serving in closed loop while the learner trained the second task
+    assert second["served_steps_during_learning"] > 0
+    assert second["timings_s"]["time_to_adapt"] >= second["timings_s"]["learning"] > 0
+
+    registry = ModelRegistry(tmp_path / "data" / "registry")
+    expected_active = "v0002" if second["decision"] == "approved" else "v0001"
+    assert registry.active() == expected_active
+    if second["decision"] == "approved":
+        assert np.isfinite(m[1]).all() and second["timings_s"]["swap_ms"] is not None
+    else:
+        assert second["failed_checks"]
+
+    store = ExperienceStore(results["paths"]["store"], readonly=True)
+    try:
+        sources = set(store.task_arrays("reach-v3", split="all").source.tolist())
+        assert {"demonstration", "policy"} <= sources
+        assert len(store.task_arrays("button-press-topdown-v3", split="heldout")) > 0
+    finally:
+        store.close()
+
+
+def test_config_file_drives_the_demo_settings(tmp_path):
+    cfg = tmp_path / "params.yaml"
+    cfg.write_text(
+        "/**:\n  ros__parameters:\n    tasks: [reach-v3]\n"
+        "demo:\n  ros__parameters:\n    demos_per_task: 7\n    method: naive\n    gate:\n      latency_budget_ms: 2.0\n"
+    )
+    s = settings_from_config(str(cfg))
+    assert (s.demos_per_task, s.method, s.gate) == (7, "naive", {"latency_budget_ms": 2.0})
+    assert s.tasks == ["reach-v3"]
+    quick = DemoSettings.quick(s)  # caps the budget, never raises it
+    assert quick.demos_per_task == 7 and quick.steps < s.steps and quick.eval_episodes < s.eval_episodes
+
+
+def test_cli_lists_the_demo_and_store_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "import-bag", "export-bag", "store", "registry", "gate", "offline-learn"):
+        assert command in out
