@@ -26,7 +26,8 @@ from .registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 
-OBS_INPUT, TASK_INPUT, ACTION_OUTPUT = "obs", "task_id", "action"  # model.py's ONNX I/O names
+from .interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
+from .runtime import session_options  # the policy server's settings, so gate latencies match production
 DEFAULT_SOURCES = ("demonstration", "correction")
 _BATCH = 8192
 
@@ -234,20 +235,6 @@ def _normalise_suites(suites: Mapping[str, RegressionSuite] | Sequence[Regressio
 
 
 # ---------------------------------------------------------------------------------------- onnx
-def session_options(threads: int = 1) -> ort.SessionOptions:
-    """The policy server's session settings (runtime.session_options), so gate latencies match
-    production. Kept here because the gate must load without torch (a test checks both agree)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return so
-
-
 class OnnxPolicy:
     """An onnxruntime session over a policy's ONNX bytes, with batched and single-observation calls."""
 

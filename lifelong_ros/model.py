@@ -14,9 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-OBS_INPUT = "obs"
-TASK_INPUT = "task_id"
-ACTION_OUTPUT = "action"
+from .interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
 ONNX_OPSET = 17
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .fsutil import sha256_bytes
-from .model import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
+from .interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
 
 ModelSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
 
@@ -182,6 +182,9 @@ def _signature(session: ort.InferenceSession, version: str, meta: dict[str, str]
     if act.type != "tensor(float)" or len(act.shape) != 2:
         raise ModelLoadError(f"{where}: output {ACTION_OUTPUT!r} is {act.type} with shape {act.shape}; "
                              "expected tensor(float) with shape [batch, act_dim]")
+    if _dim(obs.shape[0]) is not None:
+        raise ModelLoadError(f"{where}: input {OBS_INPUT!r} has a fixed batch size {obs.shape[0]} (shape {obs.shape}); "
+                             "expected a dynamic batch axis (export with dynamic_axes, as model.export_onnx does)")
     has_task = TASK_INPUT in inputs
     if has_task and (inputs[TASK_INPUT].type != "tensor(int64)" or len(inputs[TASK_INPUT].shape) != 1):
         t = inputs[TASK_INPUT]

@@ -34,7 +34,9 @@ import yaml
 JOINT_STATE = "sensor_msgs/msg/JointState"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
-SUPPORTED_TYPES = (JOINT_STATE, POSE_STAMPED, FLOAT32_ARRAY)
+FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"  # what ros2_control's forward command controllers take
+ARRAY_TYPES = {FLOAT32_ARRAY: "f", FLOAT64_ARRAY: "d"}  # message type -> element type code
+SUPPORTED_TYPES = (JOINT_STATE, POSE_STAMPED, FLOAT32_ARRAY, FLOAT64_ARRAY)
 JOINT_FIELDS = ("position", "velocity", "effort")
 POSE_FIELDS = {"position": ("x", "y", "z"), "orientation": ("x", "y", "z", "w")}
 DEFAULT_MAX_AGE_S = 0.1
@@ -114,7 +116,7 @@ class StreamSpec:
 
     @property
     def has_header(self) -> bool:
-        return self.type != FLOAT32_ARRAY
+        return self.type not in ARRAY_TYPES
 
     def decode(self, msg: Any) -> np.ndarray:
         raise NotImplementedError
@@ -198,7 +200,7 @@ class PoseStream(StreamSpec):
 
 @dataclass(frozen=True)
 class Float32ArrayStream(StreamSpec):
-    """A slice [start, stop) of Float32MultiArray.data; with ``exact`` the message length must be stop."""
+    """A slice [start, stop) of Float32/Float64MultiArray.data; with ``exact`` the message length must be stop."""
 
     start: int = 0
     stop: int = 0
@@ -213,16 +215,17 @@ class Float32ArrayStream(StreamSpec):
         n = data.shape[0]
         if (self.exact and n != self.stop) or n < self.stop:
             want = f"exactly {self.stop}" if self.exact else f"at least {self.stop}"
-            raise SpecError(f"Float32MultiArray on {self.topic} has {n} values; the spec expects {want}")
+            raise SpecError(f"{self.type.rsplit('/', 1)[-1]} on {self.topic} has {n} values; the spec expects {want}")
         return data[self.start : self.stop].copy()
 
     def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
-        cls = classes(FLOAT32_ARRAY)
+        cls = classes(self.type)
+        code = ARRAY_TYPES[self.type]
         vec = _check_vec(vec, self.dim, self.topic)
-        data = np.zeros(self.stop, dtype=np.float32)
+        data = np.zeros(self.stop, dtype=np.float32 if code == "f" else np.float64)
         data[self.start :] = vec
         layout = classes("std_msgs/msg/MultiArrayLayout")(dim=[], data_offset=0)
-        return cls(layout=layout, data=_seq(cls, data, "f"))
+        return cls(layout=layout, data=_seq(cls, data, code))
 
 
 def _check_vec(vec: np.ndarray, dim: int, topic: str) -> np.ndarray:
@@ -402,7 +405,7 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
         check_keys({"fields", "frame_id"})
         fields = _names(d.get("fields", ["position", "orientation"]), f"{where}.fields", tuple(POSE_FIELDS))
         return PoseStream(topic=topic, type=typ, fields=fields, frame_id=frame_id)
-    if typ == FLOAT32_ARRAY:
+    if typ in ARRAY_TYPES:
         check_keys({"size", "slice"})
         if ("size" in d) == ("slice" in d):
             raise SpecError(f"{where}: give exactly one of 'size: N' (message has exactly N values) or 'slice: [start, stop]'")

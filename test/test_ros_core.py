@@ -125,9 +125,6 @@ def test_spec_named_in_each_config_loads(config, dims):
     from lifelong_ros import spec as spec_mod
 
     path = ROOT / "config" / _sections(ROOT / "config" / config)["/**"]["spec"]
-    if "Float64MultiArray" in path.read_text() and not any("Float64MultiArray" in t for t in spec_mod.SUPPORTED_TYPES):
-        pytest.xfail("spec.py does not support std_msgs/msg/Float64MultiArray yet, which ros2_control's forward "
-                     "command controllers take (the Gazebo humanoid's action stream)")
     spec = spec_mod.load_spec(path)
     assert (spec.obs_dim, spec.act_dim) == dims
 

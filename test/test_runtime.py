@@ -240,6 +240,8 @@ BAD_MODELS = [
     ("bit flip caught by sha256", _flip_weight_byte, "ORIGINAL", ["sha256 mismatch"]),
     ("nan output", lambda m, p: _nan_model(), None, ["non-finite actions", "task id(s) [1]", "refusing to serve"]),
     ("other input name", lambda m, p: _linear_model_named("x"), None, ["expected an input named 'obs'"]),
+    ("fixed batch size", lambda m, p: _linear_model_named("obs", dynamic=False), None,
+     ["fixed batch size 1", "dynamic batch axis"]),
 ]
 
 
@@ -248,7 +250,7 @@ def _write(path, data: bytes):
     return path
 
 
-def _linear_model_named(input_name: str) -> bytes:
+def _linear_model_named(input_name: str, dynamic: bool = True) -> bytes:
     import io
     import warnings
 
@@ -256,7 +258,8 @@ def _linear_model_named(input_name: str) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(torch.nn.Linear(OBS, ACT), (torch.zeros(1, OBS),), buf, input_names=[input_name],
-                          output_names=["action"], dynamo=False)
+                          output_names=["action"], dynamo=False,
+                          dynamic_axes={input_name: {0: "batch"}, "action": {0: "batch"}} if dynamic else None)
     return buf.getvalue()
 
 
