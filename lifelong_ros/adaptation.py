@@ -36,6 +36,7 @@ from .model import PolicyConfig, PolicyNet, bc_loss, export_onnx, load_policy
 from .store import ExperienceStore
 
 TRAIN_SOURCES = ("demonstration", "correction", "bag")
+CHECKPOINT_FILE = "checkpoint.pt"  # in the job's out_dir: resubmitting the same job resumes from it
 NORMALIZER_STD_FLOOR = 0.05  # metres-scale features: never scale a near-constant input by more than 20x
 
 RECIPES = ("ewc_replay", "naive", "joint", "l2", "ewc", "online_ewc", "si", "replay")
@@ -115,6 +116,7 @@ def run_request(
     if req.method not in RECIPES:
         raise ValueError(f"unknown adaptation method {req.method!r}; expected one of {RECIPES}")
     on_progress("load", 0, float("nan"))
+    Path(req.out_dir).mkdir(parents=True, exist_ok=True)
     store = ExperienceStore(req.store_path, readonly=True)
     try:
         parent = load_parent(req.parent_dir) if req.parent_dir else None
@@ -161,6 +163,8 @@ def run_request(
                 lr=float(opts.get("lr", 1e-3)),
                 seed=req.seed,
                 progress_every=int(opts.get("progress_every", 50)),
+                checkpoint_path=str(Path(req.out_dir) / CHECKPOINT_FILE),
+                checkpoint_every=int(opts.get("checkpoint_every", 200)),
             ),
             on_progress=on_progress,
             should_stop=should_stop,

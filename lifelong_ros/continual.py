@@ -60,6 +60,8 @@ class TrainOptions:
     grad_clip: float | None = None  # max global grad norm, None = off
     seed: int = 0
     progress_every: int = 10  # on_progress cadence in steps (the last step is always reported)
+    checkpoint_path: str | None = None  # resume file: a restarted job continues from its last checkpoint
+    checkpoint_every: int = 200  # steps between checkpoints (when checkpoint_path is set)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.progress_every < 1:
@@ -68,6 +70,8 @@ class TrainOptions:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
 
 @dataclass
@@ -131,7 +135,12 @@ class ContinualTrainer:
         losses: list[float] = []
         cancelled = False
         started = time.perf_counter()
-        for step in range(1, opt.steps + 1):
+        first = 1
+        resumed = self._load_checkpoint(exp, optimizer, gen)
+        if resumed is not None:
+            first, order, cursor, losses = resumed
+            self._report("resume", first - 1, losses[-1] if losses else float("nan"))
+        for step in range(first, opt.steps + 1):
             if self.should_stop is not None and self.should_stop():
                 cancelled = True
                 break
@@ -167,6 +176,8 @@ class ContinualTrainer:
             losses.append(value)
             if step % opt.progress_every == 0 or step == opt.steps:
                 self._report("train", step, value)
+            if opt.checkpoint_path and step % opt.checkpoint_every == 0 and step < opt.steps:
+                self._save_checkpoint(exp, optimizer, gen, step, order, cursor, losses)
         tail = losses[-20:]
         final = sum(tail) / len(tail) if tail else float("nan")
         if not cancelled:
@@ -176,7 +187,40 @@ class ContinualTrainer:
                 p.after_training_exp(ctx)
             self.experiences_seen += 1
         model.eval()
+        if not cancelled and opt.checkpoint_path and os.path.exists(opt.checkpoint_path):
+            os.unlink(opt.checkpoint_path)  # finished: a rerun must start over, not resume
         return ExpResult(exp.name, len(losses), final, cancelled, time.perf_counter() - started, losses)
+
+    # --- checkpoint / resume within one experience --------------------------------------------
+    def _save_checkpoint(self, exp, optimizer, gen, step, order, cursor, losses) -> None:
+        import io
+
+        tensors, config = plugin_state(self.plugins)
+        state = {
+            "exp": exp.name, "n": len(exp), "step": step, "cursor": cursor, "order": order, "losses": losses,
+            "model": self.model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
+            "plugins": tensors, "plugin_config": json.dumps(config),
+        }
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.options.checkpoint_path, buf.getvalue())
+
+    def _load_checkpoint(self, exp, optimizer, gen):
+        """(next step, order, cursor, losses) from a checkpoint of this same experience, else None."""
+        path = self.options.checkpoint_path
+        if not path or not os.path.exists(path):
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state["exp"] != exp.name or state["n"] != len(exp):
+            raise ValueError(
+                f"checkpoint {path} is for experience {state['exp']!r} with {state['n']} samples, not "
+                f"{exp.name!r} with {len(exp)}; delete it to start over"
+            )
+        self.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        load_plugin_state(self.plugins, state["plugins"], json.loads(state["plugin_config"]))
+        return state["step"] + 1, state["order"], state["cursor"], list(state["losses"])
 
     # --- persistence of consolidation state ---------------------------------------------------
     def state(self) -> tuple[dict[str, Tensor], dict]:

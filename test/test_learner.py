@@ -130,3 +130,27 @@ def test_second_task_grows_a_head_and_ewc_state_travels_through_the_registry(lea
     # The parent's Fisher (carried in its registry directory) anchors the backbone: a strong EWC
     # penalty moves it far less than naive fine-tuning does.
     assert backbone_shift("online_ewc", 1e4) < 0.2 * backbone_shift("naive", 0.0)
+
+
+def test_a_job_killed_mid_training_resumes_from_its_checkpoint_to_the_same_result(store_path, tmp_path):
+    opts = dict(SMALL, checkpoint_every=20, progress_every=5)
+    reference = tmp_path / "ref"
+    with Learner(threads=1, nice=0) as lr:
+        ref = lr.submit(_request(store_path, tmp_path, "ref", steps=200, options=opts)).result(timeout=120)
+        job = lr.submit(_request(store_path, tmp_path, "resumed", steps=200, options=opts))
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "resumed" / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(lr.pid, signal.SIGKILL)
+        with pytest.raises(AdaptError):
+            job.result(timeout=30)
+    assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "model.onnx").exists()
+    with Learner(threads=1, nice=0) as lr:
+        events = []
+        cand = lr.submit(_request(store_path, tmp_path, "resumed", steps=200, options=opts), lambda *e: events.append(e)).result(timeout=120)
+    resumes = [e for e in events if e[0] == "resume"]
+    assert resumes and resumes[0][1] >= 20 and resumes[0][1] % 20 == 0
+    assert min(e[1] for e in events if e[0] == "train") > resumes[0][1]  # no step was trained twice
+    assert Path(cand.weights_path).read_bytes() == Path(ref.weights_path).read_bytes()
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+    assert reference.exists()
