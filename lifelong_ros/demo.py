@@ -25,6 +25,7 @@ from .learner import AdaptJob, AdaptRequest, Learner
 from .metrics import plot_matrix, summarize
 from .offline import register_candidate
 from .registry import ModelRegistry
+from .registry_cli import sim_rollout_fn
 from .runtime import PolicyRuntime
 from .sim import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations
 from .store import ExperienceStore
@@ -48,6 +49,8 @@ class DemoSettings:
     steps_after_success: int = 10
     max_steps: int = 500
     learner_threads: int = 1
+    serve_rate_hz: float = 100.0  # control rate of the closed loop while learning (0 = as fast as possible)
+    gate_rollouts: int = 0  # > 0: the gate also runs this many closed-loop episodes per task and model
     options: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
 
@@ -86,6 +89,7 @@ class ClosedLoop:
         self.sims: dict[str, MetaWorldSim] = {}
         self.latencies_us: list[float] = []
         self.steps = 0
+        self.late_ticks = 0  # control ticks that started late (the loop could not keep the rate)
         self.episodes = 0
         self.versions_seen: set[str] = set()
 
@@ -97,11 +101,21 @@ class ClosedLoop:
     def run_until(self, job: AdaptJob, task: str, head: int, seed: int) -> None:
         """Serve episodes of ``task`` until ``job`` finishes; every served step is stored as experience."""
         sim = self.sim(task)
+        period = 1.0 / self.settings.serve_rate_hz if self.settings.serve_rate_hz > 0 else 0.0
+        next_tick = time.perf_counter()
         while not job.done():
             obs = sim.reset(seed)
             rows_o, rows_a = [], []
             done = False
             while not done and not job.done():
+                if period:  # a robot's controller ticks at a fixed rate; sleeping leaves the CPU to the learner
+                    next_tick += period
+                    delay = next_tick - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    else:
+                        self.late_ticks += 1
+                        next_tick = max(next_tick, time.perf_counter() - period)  # no catch-up burst
                 t0 = time.perf_counter_ns()
                 out = self.runtime.infer(obs, head)
                 self.latencies_us.append((time.perf_counter_ns() - t0) / 1e3)
@@ -148,7 +162,12 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
         shutil.rmtree(data)  # a demo run starts from an empty robot
     store = ExperienceStore(data / "experience.sqlite", OBS_DIM, ACT_DIM)
     registry = ModelRegistry(data / "registry")
-    gate = SafetyGate(registry, GateConfig.from_dict(settings.gate))
+    gate_cfg = dict(settings.gate)
+    rollout_fn = None
+    if settings.gate_rollouts > 0:
+        gate_cfg["rollout_episodes"] = settings.gate_rollouts
+        rollout_fn = sim_rollout_fn(seed_base=HELDOUT_SEED0, max_steps=settings.max_steps)
+    gate = SafetyGate(registry, GateConfig.from_dict(gate_cfg))
     tasks = settings.tasks
     n = len(tasks)
     matrix = np.full((n, n), np.nan)
@@ -177,6 +196,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
 
             job = learner.submit(request, on_progress)
             served_before = loop.steps if loop else 0
+            late_before = loop.late_ticks if loop else 0
             t_learn = time.perf_counter()
             if loop is not None:  # keep serving the last learned task while the learner works
                 prev = tasks[i - 1]
@@ -185,10 +205,11 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             bar.close()
             learn_s = time.perf_counter() - t_learn
             served = (loop.steps - served_before) if loop else 0
+            late = (loop.late_ticks - late_before) if loop else 0
 
             version = register_candidate(registry, candidate, parent=active)
             t_gate = time.perf_counter()
-            report = gate.evaluate(version, suites_from_store(store, candidate.metadata["tasks"]), task)
+            report = gate.evaluate(version, suites_from_store(store, candidate.metadata["tasks"]), task, rollout_fn=rollout_fn)
             gate_s = time.perf_counter() - t_gate
             swap_ms = None
             if report.passed:
@@ -204,7 +225,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             time_to_adapt = time.perf_counter() - t_last_demo
             verdict = "approved" if report.passed else f"rejected ({report.reason()})"
             print(f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; time to adapt {time_to_adapt:.1f} s "
-                  f"(learning {learn_s:.1f} s, {served} policy steps served meanwhile)")
+                  f"(learning {learn_s:.1f} s, meanwhile {served} policy steps served at {served / learn_s:.0f} Hz)")
 
             active = registry.active()
             head_of = {t: k for k, t in enumerate(registry.info(active).tasks)} if active else {}
@@ -221,6 +242,8 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                               "gate": round(gate_s, 3), "swap_ms": swap_ms,
                               "train": candidate.metadata["metrics"].get("train_s")},
                 "served_steps_during_learning": served,
+                "serving_rate_hz_during_learning": round(served / learn_s, 1) if served else None,
+                "late_control_ticks_during_learning": late,
                 "final_loss": candidate.metadata["metrics"].get("final_loss"),
             })
     lat = np.asarray(loop.latencies_us) if loop and loop.latencies_us else np.zeros(0)
@@ -246,7 +269,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_config(args.config)
     if args.quick:
         settings = DemoSettings.quick(settings)
-    for name in ("method", "steps", "seed"):
+    for name in ("method", "steps", "seed", "gate_rollouts"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     if args.tasks:
@@ -272,6 +295,7 @@ def add_cli(sub) -> None:
     p.add_argument("--method", help="adaptation recipe (default from config: ewc_replay)")
     p.add_argument("--steps", type=int, help="optimiser steps per adaptation")
     p.add_argument("--seed", type=int)
+    p.add_argument("--gate-rollouts", type=int, metavar="N", help="also gate on N closed-loop episodes per task (slower, stricter)")
     p.add_argument("--tasks", help="comma-separated Meta-World task names (default from config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

@@ -75,6 +75,7 @@ def _worker_main(jobs: "mp.Queue", events: "mp.Queue", cancel_flags: Any, thread
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimiser imports torch._dynamo (~4 s): pay it now
     from lifelong_ros.adaptation import run_request
 
     while True:
