@@ -160,7 +160,7 @@ class PolicyServer(Node):
 
     def _head(self, runtime: PolicyRuntime) -> int | None:
         """Head of the current task in the serving model; None when it has none (then we do not act)."""
-        if runtime.num_heads == 1:  # single-head (task-agnostic) model
+        if runtime.metadata.get("multi_head") == "false":  # single-head (task-agnostic) model
             return 0
         tasks = self._model_tasks.get(runtime.version, [])
         return tasks.index(self._task) if self._task in tasks else None
