@@ -50,6 +50,7 @@ class DemoSettings:
     max_steps: int = 500
     learner_threads: int = 1
     serve_rate_hz: float = 100.0  # control rate of the closed loop while learning (0 = as fast as possible)
+    gate_enabled: bool = True  # False only for baselines: every candidate is promoted unchecked
     gate_rollouts: int = 0  # > 0: the gate also runs this many closed-loop episodes per task and model
     options: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
@@ -198,9 +199,9 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             served_before = loop.steps if loop else 0
             late_before = loop.late_ticks if loop else 0
             t_learn = time.perf_counter()
-            if loop is not None:  # keep serving the last learned task while the learner works
-                prev = tasks[i - 1]
-                loop.run_until(job, prev, registry.info(active).tasks.index(prev), EVAL_SEED0 + 10_000 * i)
+            if loop is not None:  # keep serving the newest task the active model knows while the learner works
+                known = registry.info(active).tasks
+                loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
             candidate = job.result()
             bar.close()
             learn_s = time.perf_counter() - t_learn
@@ -209,10 +210,15 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
 
             version = register_candidate(registry, candidate, parent=active)
             t_gate = time.perf_counter()
-            report = gate.evaluate(version, suites_from_store(store, candidate.metadata["tasks"]), task, rollout_fn=rollout_fn)
+            if settings.gate_enabled:
+                report = gate.evaluate(version, suites_from_store(store, candidate.metadata["tasks"]), task, rollout_fn=rollout_fn)
+                passed, failed, reason = report.passed, report.failed, report.reason()
+            else:  # baseline runs only: what the robot would run without a safety gate
+                registry.set_decision(version, "approved", reason="gate disabled (demo --no-gate baseline)")
+                passed, failed, reason = True, [], ""
             gate_s = time.perf_counter() - t_gate
             swap_ms = None
-            if report.passed:
+            if passed:
                 if runtime is None:  # the first approved version: start serving
                     onnx_bytes, sha = registry.load_for_serving(version)
                     runtime = PolicyRuntime(onnx_bytes, version, expected_sha256=sha)
@@ -222,23 +228,28 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     t_swap = time.perf_counter()
                     registry.promote(version, runtime=runtime)
                     swap_ms = round((time.perf_counter() - t_swap) * 1e3, 2)
-            time_to_adapt = time.perf_counter() - t_last_demo
-            verdict = "approved" if report.passed else f"rejected ({report.reason()})"
-            print(f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; time to adapt {time_to_adapt:.1f} s "
+            to_verdict = time.perf_counter() - t_last_demo  # last demonstration -> serving (or rejected)
+            time_to_adapt = to_verdict if passed else None
+            verdict = ("approved" if settings.gate_enabled else "disabled") if passed else f"rejected ({reason})"
+            what = "time to adapt" if passed else "production unchanged; time to verdict"
+            print(f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; {what} {to_verdict:.1f} s "
                   f"(learning {learn_s:.1f} s, meanwhile {served} policy steps served at {served / learn_s:.0f} Hz)")
 
             active = registry.active()
             head_of = {t: k for k, t in enumerate(registry.info(active).tasks)} if active else {}
-            for j in range(i + 1):
+            for j in range(i + 1):  # a task whose update the gate rejected is not served: success 0
                 if tasks[j] in head_of and loop is not None:
                     matrix[i, j] = loop.success(tasks[j], head_of[tasks[j]], settings.eval_episodes)
+                else:
+                    matrix[i, j] = 0.0
             row = " ".join("  -  " if np.isnan(v) else f"{v:5.2f}" for v in matrix[i])
             print(f"  success after {task}: {row}")
             updates.append({
                 "task": task, "version": version, "parent": request.parent_dir and Path(request.parent_dir).name,
-                "method": settings.method, "decision": "approved" if report.passed else "rejected",
-                "failed_checks": report.failed, "demonstration_records": records,
-                "timings_s": {"time_to_adapt": round(time_to_adapt, 3), "learning": round(learn_s, 3),
+                "method": settings.method, "decision": "approved" if passed else "rejected",
+                "gate": "on" if settings.gate_enabled else "off", "failed_checks": failed, "demonstration_records": records,
+                "timings_s": {"time_to_adapt": time_to_adapt and round(time_to_adapt, 3),
+                              "time_to_verdict": round(to_verdict, 3), "learning": round(learn_s, 3),
                               "gate": round(gate_s, 3), "swap_ms": swap_ms,
                               "train": candidate.metadata["metrics"].get("train_s")},
                 "served_steps_during_learning": served,
@@ -269,7 +280,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_config(args.config)
     if args.quick:
         settings = DemoSettings.quick(settings)
-    for name in ("method", "steps", "seed", "gate_rollouts"):
+    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     if args.tasks:
@@ -295,6 +306,8 @@ def add_cli(sub) -> None:
     p.add_argument("--method", help="adaptation recipe (default from config: ewc_replay)")
     p.add_argument("--steps", type=int, help="optimiser steps per adaptation")
     p.add_argument("--seed", type=int)
+    p.add_argument("--no-gate", dest="gate_enabled", action="store_false", default=None,
+                   help="baseline only: promote every candidate without the safety gate")
     p.add_argument("--gate-rollouts", type=int, metavar="N", help="also gate on N closed-loop episodes per task (slower, stricter)")
     p.add_argument("--tasks", help="comma-separated Meta-World task names (default from config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
