@@ -39,7 +39,7 @@ TRAIN_SOURCES = ("demonstration", "correction", "bag")
 CHECKPOINT_FILE = "checkpoint.pt"  # in the job's out_dir: resubmitting the same job resumes from it
 NORMALIZER_STD_FLOOR = 0.05  # metres-scale features: never scale a near-constant input by more than 20x
 
-RECIPES = ("ewc_replay", "naive", "joint", "l2", "ewc", "online_ewc", "si", "replay")
+RECIPES = ("ewc_replay", "meta_ewc_replay", "naive", "joint", "l2", "ewc", "online_ewc", "si", "replay")
 
 
 @dataclass
@@ -72,7 +72,7 @@ def _plugins(method: str, replay: StoreReplay | None, opts: dict) -> list[Plugin
     ratio = float(opts.get("replay_ratio", d.replay_ratio))
     fisher = int(opts.get("fisher_samples", d.fisher_samples))
     replay_plugin = [Replay(replay, ratio)] if replay is not None else []
-    if method == "ewc_replay":
+    if method in ("ewc_replay", "meta_ewc_replay"):
         return [OnlineEWC(lam, float(opts.get("ewc_decay", d.ewc_decay)), fisher)] + replay_plugin
     if method in ("naive", "joint"):
         return []
@@ -87,6 +87,65 @@ def _plugins(method: str, replay: StoreReplay | None, opts: dict) -> list[Plugin
     if method == "replay":
         return replay_plugin
     raise ValueError(f"unknown adaptation method {method!r}; expected one of {RECIPES}")
+
+
+def init_head_by_meta_learning(
+    model: PolicyNet,
+    store: ExperienceStore,
+    old_tasks: list[str],
+    head: int,
+    obs: np.ndarray,
+    act: np.ndarray,
+    opts: dict,
+    seed: int,
+    on_progress: Callable[[str, int, float], None],
+    should_stop: Callable[[], bool],
+) -> dict:
+    """The fast path for a new task: a meta-learned head initialisation, then a few head-only steps.
+
+    MAML over the frozen backbone's features (ANIL: only the head adapts) on the tasks the robot
+    already knows gives an initial head that few gradient steps turn into a good one; that head is
+    then adapted to the new task's demonstrations before the whole network is consolidated with
+    EWC + replay. Cheap: features are computed once, the meta-model is one linear layer.
+    """
+    from .meta import MetaConfig, MetaLearner
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    k = int(opts.get("meta_shots", 64))  # support (and query) rows per meta-task
+    with torch.no_grad():
+        feats = {}
+        for t in old_tasks:
+            b = store.sample(min(4096, 50 * k), tasks=t, split="train", rng=seed)
+            feats[t] = (model.features(torch.as_tensor(b.obs)), torch.as_tensor(b.action))
+        linear = torch.nn.Linear(model.feature_dim, model.config.act_dim)
+        linear.weight.copy_(model.head_w[:head].mean(0).T)
+        linear.bias.copy_(model.head_b[:head].mean(0))
+    cfg = MetaConfig("maml", inner_lr=float(opts.get("meta_inner_lr", 0.05)), inner_steps=int(opts.get("meta_inner_steps", 3)),
+                     outer_lr=float(opts.get("meta_outer_lr", 1e-3)), seed=seed)
+    learner = MetaLearner(linear, cfg)
+
+    def draw(g: torch.Generator):
+        xs, ys, xq, yq = [], [], [], []
+        for i in torch.randint(0, len(old_tasks), (int(opts.get("meta_batch", 8)),), generator=g).tolist():
+            f, a = feats[old_tasks[i]]
+            rows = torch.randint(0, f.shape[0], (2 * k,), generator=g)
+            xs.append(f[rows[:k]]), ys.append(a[rows[:k]]), xq.append(f[rows[k:]]), yq.append(a[rows[k:]])
+        return (torch.stack(xs),), torch.stack(ys), (torch.stack(xq),), torch.stack(yq)
+
+    losses = learner.meta_train(draw, int(opts.get("meta_iterations", 200)), on_progress, should_stop)
+    if should_stop():
+        raise AdaptCancelled("cancelled during meta-training")
+    with torch.no_grad():  # adapt the meta-learned head to the new task's demonstrations (head only)
+        new_f, new_a = model.features(torch.as_tensor(obs)), torch.as_tensor(act)
+    fast = learner.adapted_params((new_f,), new_a, steps=int(opts.get("head_steps", 50)))
+    with torch.no_grad():
+        model.head_w[head] = fast["weight"].T
+        model.head_b[head] = fast["bias"]
+        head_loss = float(torch.mean((new_f @ fast["weight"].T + fast["bias"] - new_a) ** 2))
+    on_progress("adapt-head", len(losses), head_loss)
+    return {"meta_iterations": len(losses), "meta_loss": losses[-1] if losses else None,
+            "head_loss_after_adapt": head_loss, "meta_s": round(time.perf_counter() - t0, 3)}
 
 
 def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -169,6 +228,9 @@ def run_request(
             on_progress=on_progress,
             should_stop=should_stop,
         )
+        meta_metrics = {}
+        if req.method == "meta_ewc_replay" and old_tasks and head == model.num_heads - 1:
+            meta_metrics = init_head_by_meta_learning(model, store, old_tasks, head, obs, act, opts, req.seed, on_progress, should_stop)
         if parent is not None and parent.consolidation is not None and plugins:
             tensors, config = parent.consolidation
             trainer.load_state(tensors, config)
@@ -182,7 +244,7 @@ def run_request(
             model,
             tasks,
             trainer,
-            metrics={"final_loss": result.final_loss, "steps": result.steps, "train_s": round(train_s, 3)},
+            metrics={"final_loss": result.final_loss, "steps": result.steps, "train_s": round(train_s, 3), **meta_metrics},
             data_used=data_used,
             parent_version=parent.version if parent else None,
         )

@@ -154,3 +154,15 @@ def test_a_job_killed_mid_training_resumes_from_its_checkpoint_to_the_same_resul
     assert Path(cand.weights_path).read_bytes() == Path(ref.weights_path).read_bytes()
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
     assert reference.exists()
+
+
+def test_meta_recipe_starts_the_new_head_from_a_meta_learned_init_then_consolidates(learner, store_path, tmp_path):
+    first = learner.submit(_request(store_path, tmp_path, "m1", steps=150)).result(timeout=120)
+    events = []
+    opts = dict(SMALL, meta_iterations=40, meta_shots=16, head_steps=30)
+    cand = learner.submit(_request(store_path, tmp_path, "m2", task="task-b", method="meta_ewc_replay", steps=20,
+                                   parent_dir=first.out_dir, options=opts), lambda *e: events.append(e)).result(timeout=120)
+    phases = [e[0] for e in events]
+    assert phases.index("meta-train") < phases.index("adapt-head") < phases.index("train")
+    m = cand.metadata["metrics"]
+    assert m["meta_iterations"] == 40 and m["head_loss_after_adapt"] < 1.0 and cand.metadata["tasks"] == ["task-a", "task-b"]

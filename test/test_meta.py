@@ -48,10 +48,10 @@ def test_maml_second_order_meta_gradient_matches_finite_differences():
         p = dict(model.named_parameters())[name]
         with torch.no_grad():
             p[idx] += eps
-        up = float(meta_objective(model, batch, 0.05))
+        up = float(meta_objective(model, batch, 0.05).detach())
         with torch.no_grad():
             p[idx] -= 2 * eps
-        down = float(meta_objective(model, batch, 0.05))
+        down = float(meta_objective(model, batch, 0.05).detach())
         with torch.no_grad():
             p[idx] += eps
         assert abs(grads[name][idx].item() - (up - down) / (2 * eps)) < 1e-6
