@@ -827,9 +827,17 @@ class SafetyGate:
         detail = {"candidate_p50_ms": p50c, "candidate_p99_ms": best_c, "samples": cfg.latency_samples,
                   "rounds": cfg.latency_rounds, "threads": cfg.intra_op_threads,
                   "statistic": "best p99 over rounds (candidate and active interleaved)"}
+        ok = best_c <= cfg.latency_budget_ms
+        rule = "p99 <= budget"
         if fa is not None:
             detail.update(active_p99_ms=best_a, ratio_vs_active=best_c / best_a if best_a > 0 else None)
-        return CheckResult("latency_p99", bool(best_c <= cfg.latency_budget_ms), best_c, cfg.latency_budget_ms,
+            # Over budget while production, measured interleaved on the same rows, is just as slow
+            # means the machine is loaded, not that the candidate is slower: judge it relative to
+            # production then (the median must still fit the budget).
+            rule = "p99 <= budget, or (p50 <= budget and p99 <= active p99 * shadow_max_latency_ratio)"
+            ok = ok or (p50c <= cfg.latency_budget_ms and best_c <= best_a * cfg.shadow_max_latency_ratio)
+        detail["rule"] = rule
+        return CheckResult("latency_p99", bool(ok), best_c, cfg.latency_budget_ms,
                            detail=detail, data="single observations drawn from the suites")
 
     def _rollout_checks(self, rollout_fn, cbytes, cand, cinfo, act, ainfo, suites, target, progress) -> list[CheckResult]:
