@@ -118,8 +118,12 @@ def init_head_by_meta_learning(
         for t in old_tasks:
             b = store.sample(min(4096, 50 * k), tasks=t, split="train", rng=seed)
             feats[t] = (model.features(torch.as_tensor(b.obs)), torch.as_tensor(b.action))
+        # Gradient steps on a linear head are stable only for lr < 2 / (largest eigenvalue of the
+        # feature covariance): learn on features scaled to unit mean squared norm, unscale at the end.
+        scale = float(torch.cat([f for f, _ in feats.values()]).pow(2).sum(1).mean().sqrt().clamp_min(1e-6))
+        feats = {t: (f / scale, a) for t, (f, a) in feats.items()}
         linear = torch.nn.Linear(model.feature_dim, model.config.act_dim)
-        linear.weight.copy_(model.head_w[:head].mean(0).T)
+        linear.weight.copy_(model.head_w[:head].mean(0).T * scale)
         linear.bias.copy_(model.head_b[:head].mean(0))
     cfg = MetaConfig("maml", inner_lr=float(opts.get("meta_inner_lr", 0.05)), inner_steps=int(opts.get("meta_inner_steps", 3)),
                      outer_lr=float(opts.get("meta_outer_lr", 1e-3)), seed=seed)
@@ -137,12 +141,14 @@ def init_head_by_meta_learning(
     if should_stop():
         raise AdaptCancelled("cancelled during meta-training")
     with torch.no_grad():  # adapt the meta-learned head to the new task's demonstrations (head only)
-        new_f, new_a = model.features(torch.as_tensor(obs)), torch.as_tensor(act)
+        new_f, new_a = model.features(torch.as_tensor(obs)) / scale, torch.as_tensor(act)
     fast = learner.adapted_params((new_f,), new_a, steps=int(opts.get("head_steps", 50)))
+    head_loss = float(torch.mean((new_f @ fast["weight"].T + fast["bias"] - new_a) ** 2))
+    if not np.isfinite(head_loss):
+        raise FloatingPointError(f"meta-learned head diverged (loss {head_loss}); lower meta_inner_lr")
     with torch.no_grad():
-        model.head_w[head] = fast["weight"].T
+        model.head_w[head] = fast["weight"].T / scale
         model.head_b[head] = fast["bias"]
-        head_loss = float(torch.mean((new_f @ fast["weight"].T + fast["bias"] - new_a) ** 2))
     on_progress("adapt-head", len(losses), head_loss)
     return {"meta_iterations": len(losses), "meta_loss": losses[-1] if losses else None,
             "head_loss_after_adapt": head_loss, "meta_s": round(time.perf_counter() - t0, 3)}
