@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lifelong_ros.fsutil import default_data_dir  # noqa: E402
 from lifelong_ros.meta import MetaConfig, MetaLearner, mse  # noqa: E402
 
 STEPS = (0, 1, 10)
@@ -122,12 +123,12 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=None, help="meta-iterations per method and seed (default 10,000)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--methods", default="maml,fomaml,reptile,metasgd,pretrained")
-    ap.add_argument("--out", default="bench_out", help="directory for the plot")
+    ap.add_argument("--out", default=None, help="directory for the plot (default: <data dir>/bench)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     iterations = args.iterations or (1500 if args.quick else 10_000)
     results = run(args.methods.split(","), iterations, list(range(args.seeds)))
-    out = Path(args.out)
+    out = Path(args.out) if args.out else default_data_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     plot(results, out / "sinusoid.png")
     print(json.dumps({"benchmark": "sinusoid", "iterations": iterations, "seeds": args.seeds, "meta_batch": 25,
