@@ -25,7 +25,7 @@ from .learner import AdaptJob, AdaptRequest, Learner
 from .metrics import plot_matrix, summarize
 from .offline import register_candidate
 from .registry import ModelRegistry
-from .registry_cli import sim_rollout_fn
+from .registry_cli import registry_dir, sim_rollout_fn, store_path
 from .runtime import PolicyRuntime
 from .sim import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations
 from .store import ExperienceStore
@@ -161,8 +161,8 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     data = out / "data"
     if data.exists():
         shutil.rmtree(data)  # a demo run starts from an empty robot
-    store = ExperienceStore(data / "experience.sqlite", OBS_DIM, ACT_DIM)
-    registry = ModelRegistry(data / "registry")
+    store = ExperienceStore(store_path(data), OBS_DIM, ACT_DIM)
+    registry = ModelRegistry(registry_dir(data))
     gate_cfg = dict(settings.gate)
     rollout_fn = None
     if settings.gate_rollouts > 0:
