@@ -72,7 +72,7 @@ def meta_train(net: PolicyNet, data: dict, iterations: int, seed: int) -> Policy
             ts.append(torch.zeros(rows, dtype=torch.long)), tq.append(torch.zeros(rows, dtype=torch.long))
         return (torch.stack(xs), torch.stack(ts)), torch.stack(ys), (torch.stack(xq), torch.stack(tq)), torch.stack(yq)
 
-    learner = MetaLearner(net, MetaConfig("fomaml", inner_lr=0.05, inner_steps=5, outer_lr=1e-3, seed=seed))
+    learner = MetaLearner(net, MetaConfig("fomaml", inner_lr=0.01, inner_steps=5, outer_lr=1e-3, seed=seed))
     learner.meta_train(draw, iterations)
     return net.eval()
 
@@ -82,7 +82,13 @@ def success(net: PolicyNet, sim: MetaWorldSim, episodes: int) -> float:
         with torch.no_grad():
             return net(torch.as_tensor(obs)[None], torch.zeros(1, dtype=torch.long))[0].numpy()
 
-    return float(np.mean([sim.run_episode(policy, EVAL_SEED0 + k).success for k in range(episodes)]))
+    wins = 0
+    for k in range(episodes):
+        try:
+            wins += sim.run_episode(policy, EVAL_SEED0 + k).success
+        except ValueError:  # a non-finite action: a failed episode (the network diverged)
+            pass
+    return wins / episodes
 
 
 def main() -> None:

@@ -106,7 +106,10 @@ class MetaWorldSim:
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict]:
         """Apply ``action`` (clipped to [-1, 1]); ``done`` once max_steps or success + grace elapsed."""
-        a = np.clip(np.asarray(action, dtype=np.float64).reshape(ACT_DIM), ACTION_LOW, ACTION_HIGH)
+        a = np.asarray(action, dtype=np.float64).reshape(ACT_DIM)
+        if not np.isfinite(a).all():  # MuJoCo would go unstable (and print to stdout) on NaN controls
+            raise ValueError(f"action {a.tolist()} is not finite; expected {ACT_DIM} finite values in [-1, 1]")
+        a = np.clip(a, ACTION_LOW, ACTION_HIGH)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             obs, reward, _, _, info = self._env.step(a)

@@ -56,3 +56,11 @@ def test_unknown_task_and_bad_limits_are_rejected():
         MetaWorldSim("reach-v3", max_steps=0)
     with pytest.raises(ValueError, match="at least one seed"):
         evaluate(lambda o: o[:4], "reach-v3", [])
+
+
+def test_non_finite_actions_are_refused_before_they_reach_mujoco(reach):
+    reach.reset(0)
+    with pytest.raises(ValueError, match="not finite"):
+        reach.step(np.array([0.0, np.nan, 0.0, 0.0]))
+    obs, _, _, _ = reach.step(np.zeros(ACT_DIM))  # the episode goes on
+    assert np.isfinite(obs).all()
