@@ -111,7 +111,6 @@ def init_head_by_meta_learning(
     from .meta import MetaConfig, MetaLearner
 
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
     k = int(opts.get("meta_shots", 64))  # support (and query) rows per meta-task
     with torch.no_grad():
         feats = {}

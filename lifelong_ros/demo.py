@@ -8,7 +8,6 @@ a success matrix R[i][j] (after learning task i, success on task j) and the time
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field

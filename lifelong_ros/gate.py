@@ -26,7 +26,7 @@ from .registry import ModelRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 
-from .interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
+from .interface import OBS_INPUT, TASK_INPUT
 from .runtime import session_options  # the policy server's settings, so gate latencies match production
 DEFAULT_SOURCES = ("demonstration", "correction")
 _BATCH = 8192

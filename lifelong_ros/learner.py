@@ -14,8 +14,7 @@ import os
 import queue
 import threading
 import traceback
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -230,13 +229,3 @@ class Learner:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def request_to_dict(request: AdaptRequest) -> dict:
-    return asdict(request)
-
-
-def ensure_out_dir(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    p.mkdir(parents=True, exist_ok=True)
-    return p

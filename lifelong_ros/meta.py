@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -181,10 +181,3 @@ def loop_meta_grads(model: nn.Module, batch: TaskBatch, inner_lr: float, loss_fn
         total = total + loss_fn(functional_call(model, fast, tuple(x[t] for x in xq)), yq[t])
     total = total / ys.shape[0]
     return dict(zip(names, torch.autograd.grad(total, params)))
-
-
-def stack_tasks(tasks: Sequence[tuple[tuple[Tensor, ...], Tensor, tuple[Tensor, ...], Tensor]]) -> TaskBatch:
-    """Stack per-task (xs, ys, xq, yq) tuples (equal K) into one batch with a leading task dimension."""
-    xs = tuple(torch.stack([t[0][i] for t in tasks]) for i in range(len(tasks[0][0])))
-    xq = tuple(torch.stack([t[2][i] for t in tasks]) for i in range(len(tasks[0][2])))
-    return xs, torch.stack([t[1] for t in tasks]), xq, torch.stack([t[3] for t in tasks])

@@ -191,7 +191,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
         print(json.dumps(rep.to_dict(), indent=2, default=str))
     else:
         print(rep.summary())
-        print(f"suites: " + ", ".join(f"{d['task']}={d['samples']}" for d in rep.data) + f" from {spath}")
+        print("suites: " + ", ".join(f"{d['task']}={d['samples']}" for d in rep.data) + f" from {spath}")
     return EXIT_APPROVED if rep.decision in ("approved", "pending_shadow") else EXIT_REJECTED
 
 
