@@ -43,7 +43,7 @@ class DemoSettings:
     heldout_demos_per_task: int = 10
     eval_episodes: int = 20
     steps: int = 2000
-    method: str = "ewc_replay"
+    method: str = "meta_ewc_replay"
     seed: int = 0
     steps_after_success: int = 10
     max_steps: int = 500
