@@ -102,10 +102,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not infos:
         print(f"no versions in {reg.root}")
         return 0
-    print(f"{'ID':<7} {'STATE':<10} {'PARENT':<7} {'METHOD':<14} {'CREATED':<24} TASKS / GATE")
+    print(f"{'ID':<7} {'STATE':<10} {'PARENT':<7} {'METHOD':<16} {'CREATED':<24} TASKS / GATE")
     for i in infos:
         mark = "*" if i.state == "active" else " "
-        print(f"{i.id + mark:<7} {i.state:<10} {i.parent or '-':<7} {i.method[:14]:<14} {i.created[:23]:<24} "
+        print(f"{i.id + mark:<7} {i.state:<10} {i.parent or '-':<7} {i.method[:16]:<16} {i.created[:23]:<24} "
               f"{','.join(i.tasks)}")
         line = _gate_line(reg, i.id)
         if line:
