@@ -12,9 +12,13 @@ Design (the hot path is ``infer``; everything else is kept off it):
   ``swap`` builds, checks and warms the new snapshot on the runtime's own builder thread (run at
   a lower CPU priority on Linux), then replaces the reference in one assignment — atomic under
   the GIL. Inference never takes a lock and never waits on a swap.
-* Swaps are serialised (one builder thread, plus a lock). The snapshot that was serving before the
-  latest swap is kept alive until the next swap, so the last reference to an old session is almost
-  always dropped by the swapping thread: a control thread never pays for tearing a session down.
+* Swaps are serialised (one builder thread, plus a lock). Retired snapshots stay loaded (the last
+  ``keep_warm`` of them), so the last reference to an old session is almost always dropped by the
+  builder thread (a control thread never pays for tearing a session down), and swapping back to a
+  recent version (rollback) builds nothing.
+* In one Python process the builder shares the GIL with the control thread: building a session
+  holds it for ~0.1-0.2 ms at a time, and each hold can delay one inference call. Swaps are
+  arranged so a cold swap holds it as few times as possible (see ``_evict_warm``).
 * Sessions run single-threaded by default (``intra_op_num_threads=1``: the work happens on the
   calling thread, no pool to wake up), sequential execution, all graph optimisations, and thread
   spinning disabled so idle pool threads (with ``intra_op_threads > 1``) do not burn the cores the
@@ -31,6 +35,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Union
@@ -64,13 +69,15 @@ class PolicyOutput(NamedTuple):
 
 @dataclass(frozen=True)
 class SwapReport:
-    """What a successful swap did and how long it took (build = load + check + warm-up)."""
+    """What a successful swap did and how long it took (build = read + verify + load + check +
+    warm-up; ``reused``: the model was still loaded from an earlier swap, nothing was built)."""
 
     old_version: str
     new_version: str
     sha256: str
     build_ms: float
     total_ms: float
+    reused: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ class _Snapshot:
     """Everything ``infer`` needs about one loaded model. Never mutated once published."""
 
     __slots__ = ("session", "run", "version", "sha256", "signature", "num_heads", "obs_dim", "act_dim",
-                 "obs_shape", "has_task", "task_ones", "out_names", "metadata", "build_ms")
+                 "obs_shape", "has_task", "task_ones", "out_names", "metadata")
 
     def __init__(self, session: ort.InferenceSession, version: str, sha256: str, signature: ModelSignature,
                  num_heads: int, has_task: bool, metadata: dict[str, str]):
@@ -138,7 +145,16 @@ class _Snapshot:
         self.task_ones = tuple(ones)
         self.out_names = [ACTION_OUTPUT]
         self.metadata = metadata
-        self.build_ms = 0.0
+
+    def relabel(self, version: str) -> "_Snapshot":
+        """The same loaded model under another version id (same bytes registered twice)."""
+        if version == self.version:
+            return self
+        twin = object.__new__(_Snapshot)
+        for name in _Snapshot.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin.version = version
+        return twin
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -273,8 +289,8 @@ def _warm_up(snap: _Snapshot) -> None:
             snap.run = fast
 
 
-def _load(model: ModelSource, version: str, expected_sha256: str | None, options: ort.SessionOptions) -> _Snapshot:
-    t0 = time.perf_counter()
+def _read_verified(model: ModelSource, version: str, expected_sha256: str | None) -> tuple[bytes, str]:
+    """The model's bytes and their sha256, which must equal ``expected_sha256`` when given."""
     if not isinstance(version, str) or not version:
         raise ValueError(f"version must be a non-empty string, got {version!r}")
     data = _read_model(model, version)
@@ -282,6 +298,15 @@ def _load(model: ModelSource, version: str, expected_sha256: str | None, options
     if expected_sha256 is not None and sha != expected_sha256.strip().lower():
         raise ModelLoadError(f"sha256 mismatch for model {version!r}: expected {expected_sha256}, got {sha} "
                              f"({len(data)} bytes); refusing to serve it")
+    return data, sha
+
+
+def _build(data: bytes, sha: str, version: str, options: ort.SessionOptions,
+           before_build: Callable[[], None] | None = None) -> _Snapshot:
+    """Build, check and warm a session for verified model bytes. ``before_build`` runs just before
+    the session constructor (see PolicyRuntime._evict_warm for why)."""
+    if before_build is not None:
+        before_build()
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad models
@@ -291,7 +316,6 @@ def _load(model: ModelSource, version: str, expected_sha256: str | None, options
     sig, has_task = _signature(session, version, meta)
     snap = _Snapshot(session, version, sha, sig, _num_heads(meta, has_task, version), has_task, meta)
     _warm_up(snap)
-    snap.build_ms = (time.perf_counter() - t0) * 1e3
     return snap
 
 
@@ -302,14 +326,20 @@ class PolicyRuntime:
     ``model`` is the ONNX model as bytes (as the registry hands it out) or a path to a file.
     ``expected_sha256``, when given, must match the bytes exactly. Raises ModelLoadError if the
     initial model cannot be served.
+
+    The ``keep_warm`` models served most recently before the current one stay loaded, so a swap
+    back to one of them (a rollback, or flipping between two versions) only switches a reference:
+    no session is built or torn down, and the control thread is not disturbed at all.
     """
 
     def __init__(self, model: ModelSource, version: str, expected_sha256: str | None = None,
-                 intra_op_threads: int = 1, *, build_niceness: int = 10):
+                 intra_op_threads: int = 1, *, build_niceness: int = 10, keep_warm: int = 2):
         if not isinstance(intra_op_threads, int) or intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
         if not isinstance(build_niceness, int) or not 0 <= build_niceness <= 19:
             raise ValueError(f"build_niceness must be an integer in [0, 19], got {build_niceness!r}")
+        if not isinstance(keep_warm, int) or keep_warm < 1:
+            raise ValueError(f"keep_warm must be an integer >= 1, got {keep_warm!r}")
         self._intra_op_threads = intra_op_threads
         self._build_niceness = build_niceness
         self._options = session_options(intra_op_threads)
@@ -317,8 +347,12 @@ class PolicyRuntime:
         self._builder_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._builder_ident: list[int | None] = [None]  # set by the builder thread when it starts
-        self._snap: _Snapshot = _load(model, version, expected_sha256, self._options)
-        self._retired: _Snapshot | None = None
+        self._snap: _Snapshot = _build(*_read_verified(model, version, expected_sha256), version, self._options)
+        # Models retired by swaps, oldest first, keyed by sha256. Only the builder touches it.
+        self._keep_warm = keep_warm
+        self._warm: OrderedDict[str, _Snapshot] = OrderedDict()
+        self._warm_versions: tuple[str, ...] = ()  # for stats(), which other threads call
+        self._reused_swaps = 0
         self._calls = 0
         self._errors = 0
         self._swaps = 0
@@ -423,8 +457,14 @@ class PolicyRuntime:
     def _swap_now(self, model: ModelSource, version: str, expected_sha256: str | None, t0: float) -> SwapReport:
         with self._swap_lock:
             try:
-                new = _load(model, version, expected_sha256, self._options)
+                data, sha = _read_verified(model, version, expected_sha256)
                 old = self._snap
+                if sha == old.sha256:
+                    new, reused = old.relabel(version), True
+                elif sha in self._warm:
+                    new, reused = self._warm[sha].relabel(version), True
+                else:
+                    new, reused = _build(data, sha, version, self._options, self._evict_warm), False
                 why = old.signature.mismatch(new.signature)
                 if why:
                     raise ModelLoadError(f"model {version!r} is not a drop-in replacement for {old.version!r}: {why}")
@@ -437,16 +477,32 @@ class PolicyRuntime:
                 self._failed_swaps += 1
                 self._last_swap_error = str(exc)
                 raise
+            build_ms = (time.perf_counter() - t0) * 1e3
             self._snap = new  # the switch: one reference assignment
-            # Keep the previous model alive until the next swap so an inference thread still using
-            # it never drops the last reference (tearing a session down is not free). Replacing
-            # ``_retired`` here drops the one before, on this thread.
-            self._retired = old
+            # The model just replaced stays loaded (an inference thread may still be using it, and
+            # a swap back to it is then free); the oldest beyond keep_warm go at the next build.
+            self._warm.pop(new.sha256, None)
+            if old.sha256 != new.sha256:
+                self._warm[old.sha256] = old
+            self._warm_versions = tuple(w.version for w in self._warm.values())
             self._swaps += 1
+            self._reused_swaps += reused
             total_ms = (time.perf_counter() - t0) * 1e3
             self._last_swap_ms = total_ms
             self._last_swap_error = None
-        return SwapReport(old.version, new.version, new.sha256, new.build_ms, total_ms)
+        return SwapReport(old.version, new.version, new.sha256, build_ms, total_ms, reused)
+
+    def _evict_warm(self) -> None:
+        """Tear down the oldest kept models so that, with the one about to be retired, at most
+        ``keep_warm`` stay loaded. Runs on the builder thread just before a session constructor.
+
+        Destroying an onnxruntime session holds the GIL for ~0.1 ms, and so does the start of the
+        session constructor; every such hold can stall one inference call on the control thread.
+        Doing the teardown immediately before the constructor merges the two holds into one, so a
+        cold swap disturbs one call where it disturbed two (measured with bench/serving.py)."""
+        while len(self._warm) >= self._keep_warm:
+            self._warm.popitem(last=False)
+        self._warm_versions = tuple(w.version for w in self._warm.values())
 
     # -- introspection -------------------------------------------------------------------------
     @property
@@ -482,7 +538,8 @@ class PolicyRuntime:
         """Counters for health reporting (call/error counts are approximate under concurrent callers)."""
         s = self._snap
         return {"version": s.version, "sha256": s.sha256, "num_heads": s.num_heads, "calls": self._calls,
-                "errors": self._errors, "swaps": self._swaps, "failed_swaps": self._failed_swaps,
+                "errors": self._errors, "swaps": self._swaps, "reused_swaps": self._reused_swaps,
+                "failed_swaps": self._failed_swaps, "warm_versions": list(self._warm_versions),
                 "last_swap_ms": self._last_swap_ms, "last_swap_error": self._last_swap_error}
 
     def __repr__(self) -> str:

@@ -312,14 +312,14 @@ def test_swap_builds_on_a_background_thread_not_the_callers(models, monkeypatch)
     import lifelong_ros.runtime as runtime_mod
 
     seen = []
-    real_load = runtime_mod._load
+    real_build = runtime_mod._build
 
     def spy(*args, **kwargs):
         seen.append(threading.current_thread().name)
-        return real_load(*args, **kwargs)
+        return real_build(*args, **kwargs)
 
     rt = PolicyRuntime(models["v1"], "v1")
-    monkeypatch.setattr(runtime_mod, "_load", spy)
+    monkeypatch.setattr(runtime_mod, "_build", spy)
     rt.swap(models["v2"], "v2")
     assert seen and seen[0].startswith("policy-runtime-build") and seen[0] != threading.current_thread().name
     rt.close()
@@ -330,7 +330,7 @@ def test_concurrent_swaps_are_serialised(models, monkeypatch):
 
     active, most = [0], [0]
     lock = threading.Lock()
-    real_load = runtime_mod._load
+    real_build = runtime_mod._build
 
     def counting_load(*args, **kwargs):
         with lock:
@@ -338,13 +338,13 @@ def test_concurrent_swaps_are_serialised(models, monkeypatch):
             most[0] = max(most[0], active[0])
         try:
             time.sleep(0.005)  # widen the window in which an overlap would show
-            return real_load(*args, **kwargs)
+            return real_build(*args, **kwargs)
         finally:
             with lock:
                 active[0] -= 1
 
-    rt = PolicyRuntime(models["v1"], "v1")
-    monkeypatch.setattr(runtime_mod, "_load", counting_load)
+    rt = PolicyRuntime(models["v1"], "v1", keep_warm=1)  # 3 versions round-robin: every swap builds
+    monkeypatch.setattr(runtime_mod, "_build", counting_load)
     order = ["v2", "v3", "v1", "v2", "v3", "v1"]
     reports: list[SwapReport] = []
     threads = [threading.Thread(target=lambda v=v: reports.append(rt.swap(models[v], v))) for v in order]
@@ -361,9 +361,11 @@ def test_concurrent_swaps_are_serialised(models, monkeypatch):
     assert sorted(r.old_version for r in reports) == sorted(["v1"] + news)
 
 
-def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_pool):
+@pytest.mark.parametrize("keep_warm", [1, 2], ids=["every-swap-builds", "swaps-reuse-loaded-models"])
+def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_pool, keep_warm):
     """Acceptance: zero failed calls; every output equals bit for bit what its tagged version
-    computes for that input."""
+    computes for that input. Three versions round-robin: with keep_warm=1 every swap builds a
+    new session, with keep_warm=2 every swap after the first two reuses a loaded one."""
     versions = list(models)
     refs = {}
     for v in versions:
@@ -372,7 +374,7 @@ def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_p
             np.stack([sess.run(["action"], {"obs": obs_pool[i:i + 1], "task_id": np.array([k], np.int64)})[0][0]
                       for i in range(len(obs_pool))])
             for k in range(HEADS)])  # [head, obs, act]
-    rt = PolicyRuntime(models["v1"], "v1")
+    rt = PolicyRuntime(models["v1"], "v1", keep_warm=keep_warm)
     stop = threading.Event()
     errors: list[BaseException] = []
     log_i, log_k, log_v, log_a = [], [], [], []
@@ -400,12 +402,16 @@ def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_p
             v = versions[(swaps + 1) % len(versions)]
             assert rt.swap(models[v], v).new_version == v
             swaps += 1
+            seen_calls = len(log_v)  # let the serving thread run a few calls on each version
+            while len(log_v) < seen_calls + 5 and worker.is_alive():
+                time.sleep(0.0001)
     finally:
         stop.set()
         worker.join(timeout=60)
     assert not errors, errors
     assert rt.stats()["errors"] == 0
     assert swaps >= 200
+    assert rt.stats()["reused_swaps"] == (0 if keep_warm == 1 else swaps - 2)
     calls = len(log_v)
     assert calls > 1000
     actions = np.stack(log_a)
@@ -422,6 +428,38 @@ def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_p
     # The tag changed many times while the thread was calling: it really ran across the swaps.
     changes = sum(a != b for a, b in zip(log_v, log_v[1:]))
     assert changes >= 50, changes
+
+
+def test_swap_back_to_a_recent_version_reuses_its_loaded_session(models, obs_pool, monkeypatch):
+    import lifelong_ros.runtime as runtime_mod
+
+    rt = PolicyRuntime(models["v1"], "v1", keep_warm=2)
+    assert not rt.swap(models["v2"], "v2").reused
+    assert not rt.swap(models["v3"], "v3").reused
+    assert rt.stats()["warm_versions"] == ["v1", "v2"]
+    builds = []
+    monkeypatch.setattr(runtime_mod, "_build", lambda *a, **k: builds.append(a) or pytest.fail("built"))
+    rep = rt.swap(models["v1"], "v1", expected_sha256=sha256_bytes(models["v1"]))  # rollback: nothing built
+    assert rep.reused and (rep.old_version, rep.new_version) == ("v3", "v1") and not builds
+    assert_still_serving(rt, "v1", models["v1"], obs_pool[3])
+    assert rt.stats()["warm_versions"] == ["v2", "v3"]
+    # The same bytes registered again under another id: served under the new id, nothing built.
+    rep = rt.swap(models["v2"], "v2-again")
+    assert rep.reused and rt.infer(obs_pool[0]).version == "v2-again"
+    np.testing.assert_array_equal(rt.infer(obs_pool[0], 1).action, reference(models["v2"], obs_pool[0], 1)[0])
+    # A reused model still has to match its sha256.
+    with pytest.raises(ModelLoadError, match="sha256 mismatch"):
+        rt.swap(models["v3"], "v3", expected_sha256=sha256_bytes(models["v1"]))
+    assert rt.stats()["reused_swaps"] == 2 and not builds
+
+
+def test_keep_warm_bounds_how_many_retired_models_stay_loaded(models):
+    rt = PolicyRuntime(models["v1"], "v1", keep_warm=1)
+    for v in ("v2", "v3", "v1", "v2"):
+        assert not rt.swap(models[v], v).reused  # round-robin over 3 with room for 1: always built
+        assert len(rt.stats()["warm_versions"]) == 1
+    with pytest.raises(ValueError, match="keep_warm"):
+        PolicyRuntime(models["v1"], "v1", keep_warm=0)
 
 
 def test_stats_count_calls_errors_and_swaps(models, obs_pool):
