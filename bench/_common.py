@@ -42,7 +42,7 @@ class HParams:
     online_ewc_lambda: float = 100.0
     online_ewc_decay: float = 1.0
     si_c: float = 1.0
-    replay_ratio: float = 0.5
+    replay_ratio: float | str = 0.5
     ewc_replay_lambda: float = 100.0
     memory_per_task: int = 100
     fisher_samples: int = 512

@@ -69,7 +69,7 @@ def load_parent(parent_dir: str | Path) -> ParentVersion:
 def _plugins(method: str, replay: StoreReplay | None, opts: dict) -> list[Plugin]:
     d = DefaultStrategyOptions()
     lam = float(opts.get("ewc_lambda", d.ewc_lambda))
-    ratio = float(opts.get("replay_ratio", d.replay_ratio))
+    ratio = opts.get("replay_ratio", d.replay_ratio)  # a fraction, or "balanced" (Replay checks it)
     fisher = int(opts.get("fisher_samples", d.fisher_samples))
     replay_plugin = [Replay(replay, ratio)] if replay is not None else []
     if method in ("ewc_replay", "meta_ewc_replay"):

@@ -310,7 +310,7 @@ class DefaultStrategyOptions:
     ewc_lambda: float = 100.0
     ewc_decay: float = 1.0
     fisher_samples: int = 1024
-    replay_ratio: float = 0.5
+    replay_ratio: float | str = 0.5
 
 
 def default_strategy(replay: ReplaySource, options: DefaultStrategyOptions = DefaultStrategyOptions()) -> list[Plugin]:

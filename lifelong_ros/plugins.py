@@ -24,6 +24,7 @@ class ReplaySource(Protocol):
     """``source(n) -> (x [n, ...], task_idx [n] int64, y [n, ...])`` of earlier tasks' samples.
 
     May return fewer rows than asked (zero when nothing is stored yet); the plugin then replays less.
+    Sources also say how many tasks they replay (``num_tasks``), which balanced replay needs.
     """
 
     def __call__(self, n: int) -> Triple: ...
@@ -437,21 +438,32 @@ class SynapticIntelligence(Plugin):
 # replay
 # ---------------------------------------------------------------------------------------------
 class Replay(Plugin):
-    """Experience replay: each batch of n new samples gets round(n * ratio / (1 - ratio)) replayed ones.
+    """Experience replay: each batch of n new samples gets replayed samples of earlier tasks.
 
-    So ``ratio`` is the fraction of every mixed batch that comes from ``source`` (earlier tasks); the
-    current task keeps its full batch size, and every method sees the same new-data budget.
+    ``ratio`` (a float in [0, 1)) is the fraction of every mixed batch that comes from ``source``:
+    round(n * ratio / (1 - ratio)) replayed samples. ``ratio="balanced"`` gives every earlier task
+    as many samples as the new one (n per task the source holds), the composition joint training
+    on all tasks has; the batch then grows with the number of tasks. Either way the current task
+    keeps its full batch size, so every method sees the same new-data budget.
     """
 
     name = "replay"
+    BALANCED = "balanced"
 
-    def __init__(self, source: ReplaySource, ratio: float = 0.5):
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"replay ratio must be in [0, 1), got {ratio}")
+    def __init__(self, source: ReplaySource, ratio: float | str = 0.5):
+        if ratio != self.BALANCED:
+            try:
+                ratio = float(ratio)
+            except (TypeError, ValueError):
+                raise ValueError(f"replay ratio must be a number in [0, 1) or {self.BALANCED!r}, got {ratio!r}") from None
+            if not 0.0 <= ratio < 1.0:
+                raise ValueError(f"replay ratio must be in [0, 1) or {self.BALANCED!r}, got {ratio}")
         self.source = source
-        self.ratio = float(ratio)
+        self.ratio = ratio
 
     def replay_count(self, n_new: int) -> int:
+        if self.ratio == self.BALANCED:
+            return n_new * _task_count(self.source)
         return int(round(n_new * self.ratio / (1.0 - self.ratio)))
 
     def replay_batch(self, ctx: ExpContext, n_new: int) -> Triple | None:
@@ -463,6 +475,14 @@ class Replay(Plugin):
 
     def config(self) -> dict:
         return {**super().config(), "ratio": self.ratio}
+
+
+def _task_count(source: ReplaySource) -> int:
+    """How many earlier tasks ``source`` replays (its ``num_tasks``); balanced replay needs it."""
+    n = getattr(source, "num_tasks", None)
+    if n is None:
+        raise TypeError(f"balanced replay needs a source with num_tasks; {type(source).__name__} has none")
+    return int(n)
 
 
 class MemoryBuffer(Plugin):
@@ -504,6 +524,10 @@ class MemoryBuffer(Plugin):
             ys.append(y[sel])
         return torch.cat(xs), torch.cat(ts), torch.cat(ys)
 
+    @property
+    def num_tasks(self) -> int:
+        return len(self.items)
+
     def config(self) -> dict:
         return {**super().config(), "per_task": self.per_task, "tasks": len(self.items)}
 
@@ -534,6 +558,10 @@ class StoreReplay:
         self.head_of = {name: i for i, name in enumerate(task_order)}
         self.sampler = sampler
         self.rng = np.random.default_rng(seed)
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
 
     def __call__(self, n: int) -> Triple:
         if not self.tasks or n <= 0:

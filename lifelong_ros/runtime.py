@@ -456,6 +456,7 @@ class PolicyRuntime:
 
     def _swap_now(self, model: ModelSource, version: str, expected_sha256: str | None, t0: float) -> SwapReport:
         with self._swap_lock:
+            started = time.perf_counter()
             try:
                 data, sha = _read_verified(model, version, expected_sha256)
                 old = self._snap
@@ -477,7 +478,7 @@ class PolicyRuntime:
                 self._failed_swaps += 1
                 self._last_swap_error = str(exc)
                 raise
-            build_ms = (time.perf_counter() - t0) * 1e3
+            build_ms = (time.perf_counter() - started) * 1e3
             self._snap = new  # the switch: one reference assignment
             # The model just replaced stays loaded (an inference thread may still be using it, and
             # a swap back to it is then free); the oldest beyond keep_warm go at the next build.

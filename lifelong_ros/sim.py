@@ -87,22 +87,63 @@ class MetaWorldSim:
         self._t = 0
         self._success_at: int | None = None
 
-    def reset(self, seed: int) -> np.ndarray:
+    def reset(self, seed: int, placement: np.ndarray | None = None) -> np.ndarray:
         """Start an episode of variation ``seed``; returns the first observation (float32 [39]).
 
         Meta-World samples the variation itself (object/goal placement, resampling invalid ones)
         from its np_random, which we seed: the same seed always gives the same variation.
+        ``placement`` instead gives the variation explicitly, as Meta-World's placement vector
+        (object coordinates, then goal coordinates; see ``placement_space``), e.g. to keep one goal
+        while moving the object. ValueError if the task's placement rules reject it.
         """
         env = self._env
-        env._freeze_rand_vec = False
-        env.seeded_rand_vec = True
-        env.seed(int(seed))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obs, _ = env.reset()
+        if placement is None:
+            env._freeze_rand_vec = False
+            env.seeded_rand_vec = True
+            env.seed(int(seed))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obs, _ = env.reset()
+        else:
+            obs = self._reset_to(np.asarray(placement, dtype=np.float64))
         self._t = 0
         self._success_at = None
         return obs.astype(np.float32)
+
+    @property
+    def placement_space(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(low, high, goal_dims) of placement vectors: the last ``goal_dims`` entries place the goal."""
+        space = self._env._random_reset_space
+        return space.low.copy(), space.high.copy(), int(np.asarray(self._env.goal_space.low).size)
+
+    def _reset_to(self, vec: np.ndarray) -> np.ndarray:
+        low, high, _ = self.placement_space
+        if vec.shape != low.shape or not np.all((vec >= low - 1e-9) & (vec <= high + 1e-9)):
+            raise ValueError(f"placement {vec.tolist()} is outside {self.env_name}'s placement space "
+                             f"[{low.tolist()}, {high.tolist()}]")
+        env = self._env
+        calls = [0]
+
+        def fixed() -> np.ndarray:
+            # Meta-World redraws placements that break a task rule (e.g. object too near the goal);
+            # with a fixed vector that loop would never end, so many draws in one reset mean
+            # "rejected" (a valid reset draws a few times at most).
+            calls[0] += 1
+            if calls[0] > 20:
+                raise ValueError(f"placement {vec.tolist()} breaks {self.env_name}'s placement rules")
+            return vec.copy()
+
+        env._freeze_rand_vec = True
+        env._last_rand_vec = vec.copy()
+        env._get_state_rand_vec = fixed  # instance attribute: shadows the method for this reset
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                obs, _ = env.reset()
+        finally:
+            del env._get_state_rand_vec
+            env._freeze_rand_vec = False
+        return obs
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict]:
         """Apply ``action`` (clipped to [-1, 1]); ``done`` once max_steps or success + grace elapsed."""
@@ -125,8 +166,9 @@ class MetaWorldSim:
         policy = _metaworld().policies.ENV_POLICY_MAP[self.env_name]()
         return lambda obs: np.asarray(policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
 
-    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int) -> Episode:
-        obs = self.reset(seed)
+    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int,
+                    placement: np.ndarray | None = None) -> Episode:
+        obs = self.reset(seed, placement)
         rows_obs, rows_act, rewards = [], [], []
         done, info = False, {"success": False}
         while not done:

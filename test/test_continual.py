@@ -258,6 +258,36 @@ def test_replay_mixes_old_task_samples_at_the_configured_ratio():
     assert 0.4 < share_a < 0.6  # task-balanced over the two stored tasks
 
 
+def test_balanced_replay_gives_every_earlier_task_the_new_tasks_share():
+    memory = MemoryBuffer(per_task=40, seed=0)
+    seen: list[torch.Tensor] = []
+
+    def recording_loss(model, x, t, y):
+        seen.append(t.clone())
+        return bc_loss(model, x, t, y)
+
+    model = PolicyNet(PolicyConfig(obs_dim=4, act_dim=2, hidden=(8,), num_heads=4))
+    trainer = ContinualTrainer(model, recording_loss, [Replay(memory, "balanced"), memory],
+                               TrainOptions(steps=300, batch_size=20))
+    for k in range(3):
+        seen.clear()
+        trainer.train_exp(Experience.from_arrays(torch.randn(60, 4), torch.randn(60, 2), k, f"t{k}"))
+        for t in seen:  # 20 new + 20 per earlier task: joint training's composition
+            assert len(t) == 20 * (k + 1) and int((t == k).sum()) == 20
+        if k == 2:
+            old = torch.cat([t[t != 2] for t in seen])
+            assert 0.4 < float((old == 0).float().mean()) < 0.6
+    assert trainer.plugins[0].config()["ratio"] == "balanced"
+
+
+def test_balanced_replay_needs_a_source_that_counts_its_tasks():
+    replay = Replay(lambda n: (torch.zeros(n, 4), torch.zeros(n, dtype=torch.int64), torch.zeros(n, 2)), "balanced")
+    with pytest.raises(TypeError, match="num_tasks"):
+        replay.replay_count(8)
+    with pytest.raises(ValueError, match="'balanced'"):
+        Replay(MemoryBuffer(), "everything")
+
+
 def test_replay_with_empty_memory_trains_on_new_data_only():
     memory = MemoryBuffer(per_task=10)
     seen = []
@@ -465,6 +495,7 @@ def test_store_replay_samples_earlier_tasks_train_split_with_model_head_indices(
         store.append_episode("reach", "held", np.full((10, 3), 99.0, np.float32), np.zeros((10, 2), np.float32), split="heldout")
         order = ["push", "reach", "pick"]  # the model's head order differs from insertion order
         replay = StoreReplay(store, ["reach", "push"], order, seed=0)
+        assert replay.num_tasks == 2 and Replay(replay, "balanced").replay_count(16) == 32
         x, t, y = replay(400)
         assert x.dtype == torch.float32 and t.dtype == torch.int64 and x.shape == (400, 3)
         assert set(t.tolist()) == {0, 1}

@@ -64,3 +64,31 @@ def test_non_finite_actions_are_refused_before_they_reach_mujoco(reach):
         reach.step(np.array([0.0, np.nan, 0.0, 0.0]))
     obs, _, _, _ = reach.step(np.zeros(ACT_DIM))  # the episode goes on
     assert np.isfinite(obs).all()
+
+
+def test_an_explicit_placement_fixes_object_and_goal():
+    sim = MetaWorldSim("pick-place-v3", steps_after_success=0, max_steps=150)
+    low, high, goal_dims = sim.placement_space
+    assert goal_dims == 3 and low.shape == high.shape == (6,)
+    goal = np.array([0.05, 0.85, 0.2])
+    for obj in ([-0.08, 0.62, 0.02], [0.07, 0.66, 0.02]):
+        vec = np.concatenate([obj, goal])
+        obs = sim.reset(0, vec)
+        np.testing.assert_allclose(obs[4:7], obj, atol=1e-3)  # object position
+        np.testing.assert_allclose(obs[-3:], goal, atol=1e-6)  # goal position
+        assert sim.run_episode(sim.expert(), 0, placement=vec).success
+    # Seeded variations still work (and still differ from the fixed placement) afterwards.
+    assert not np.allclose(sim.reset(7)[-3:], goal)
+
+
+def test_placements_outside_the_space_or_against_the_task_rules_are_refused():
+    sim = MetaWorldSim("pick-place-v3")
+    with pytest.raises(ValueError, match="outside pick-place-v3's placement space"):
+        sim.reset(0, np.array([0.0, 0.65, 0.02, 0.0, 0.85]))  # wrong length
+    with pytest.raises(ValueError, match="outside"):
+        sim.reset(0, np.array([0.5, 0.65, 0.02, 0.0, 0.85, 0.1]))
+    # pick-place wants the object >= 0.15 from the goal in x-y; Meta-World would redraw forever.
+    with pytest.raises(ValueError, match="breaks pick-place-v3's placement rules"):
+        sim.reset(0, np.array([0.0, 0.7, 0.02, 0.0, 0.8, 0.1]))
+    obs = sim.reset(0, np.array([0.0, 0.6, 0.02, 0.0, 0.9, 0.1]))  # the sim is still usable
+    np.testing.assert_allclose(obs[-3:], [0.0, 0.9, 0.1], atol=1e-6)
