@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lifelong_ros.fsutil import default_data_dir  # noqa: E402
@@ -75,25 +76,35 @@ def evaluate(learner: MetaLearner, k: int, tasks: int = 200) -> list[float]:
 
 def run(methods: list[str], iterations: int, seeds: list[int]) -> dict:
     results: dict = {}
+    bar = tqdm(total=len(methods) * len(seeds) * iterations, desc="meta-train", unit="it", file=sys.stderr)
     for method in methods:
         per_seed = {"k5": [], "k10": []}
         t0 = time.perf_counter()
         for seed in seeds:
             torch.manual_seed(seed)
             model = mlp()
+            bar.set_postfix_str(f"{method} seed {seed}")
             if method == "pretrained":
                 pretrain(model, iterations, seed)
                 learner = MetaLearner(model, MetaConfig("fomaml", seed=seed))  # only its adapt() is used
+                bar.update(iterations)
             else:
                 learner = MetaLearner(model, MetaConfig(method, seed=seed))
-                learner.meta_train(task_batch(10), iterations)
+                done = [0]
+
+                def advance(_phase: str, it: int, _loss: float, done=done) -> None:
+                    bar.update(it - done[0])
+                    done[0] = it
+
+                learner.meta_train(task_batch(10), iterations, on_progress=advance, progress_every=100)
             for k in (5, 10):
                 per_seed[f"k{k}"].append(evaluate(learner, k))
         entry = {key: np.mean(v, 0).round(4).tolist() for key, v in per_seed.items()}
         entry.update({f"{key}_std": np.std(v, 0).round(4).tolist() for key, v in per_seed.items()})
         entry["train_s_per_seed"] = round((time.perf_counter() - t0) / len(seeds), 1)
         results[method] = entry
-        print(f"{method}: k10 {entry['k10']} k5 {entry['k5']}", file=sys.stderr)
+        bar.write(f"{method}: k10 {entry['k10']} k5 {entry['k5']}", file=sys.stderr)
+    bar.close()
     return results
 
 

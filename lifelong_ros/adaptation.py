@@ -225,6 +225,7 @@ def run_request(
                 steps=int(req.steps),
                 batch_size=int(opts.get("batch_size", 256)),
                 lr=float(opts.get("lr", 1e-3)),
+                lr_final=float(opts["lr_final"]) if opts.get("lr_final") is not None else None,
                 seed=req.seed,
                 progress_every=int(opts.get("progress_every", 50)),
                 checkpoint_path=str(Path(req.out_dir) / CHECKPOINT_FILE),

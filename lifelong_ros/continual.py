@@ -56,6 +56,7 @@ class TrainOptions:
     steps: int = 1000  # optimiser steps per experience
     batch_size: int = 64  # current-task samples per step (replay adds on top)
     lr: float = 1e-3  # Adam, a fresh optimiser per experience
+    lr_final: float | None = None  # cosine decay from lr to this over the experience; None = constant lr
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max global grad norm, None = off
     seed: int = 0
@@ -68,6 +69,16 @@ class TrainOptions:
             raise ValueError(f"steps, batch_size and progress_every must be >= 1, got {self.steps}, {self.batch_size}, {self.progress_every}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
+        if self.lr_final is not None and not 0 <= self.lr_final <= self.lr:
+            raise ValueError(f"lr_final must be in [0, lr={self.lr}] or None, got {self.lr_final}")
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimiser step ``step`` (1-based): constant, or cosine from lr to
+        lr_final. A function of the step alone, so a resumed job follows the same schedule."""
+        if self.lr_final is None or self.steps == 1:
+            return self.lr
+        frac = (step - 1) / (self.steps - 1)
+        return self.lr_final + (self.lr - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac))
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
         if self.checkpoint_every < 1:
@@ -154,6 +165,9 @@ class ContinualTrainer:
                 x = torch.cat([x] + [b[0].to(x.dtype) for b in extra])
                 t = torch.cat([t] + [b[1] for b in extra])
                 y = torch.cat([y] + [b[2].to(y.dtype) for b in extra])
+            if opt.lr_final is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = opt.lr_at(step)
             optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(model, x, t, y)
             value = float(loss.detach())

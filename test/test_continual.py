@@ -16,6 +16,7 @@ from lifelong_ros.continual import (
     L2Anchor,
     MemoryBuffer,
     OnlineEWC,
+    Plugin,
     Replay,
     SynapticIntelligence,
     TrainOptions,
@@ -506,3 +507,40 @@ def test_store_replay_samples_earlier_tasks_train_split_with_model_head_indices(
             StoreReplay(store, ["drawer"], order)
     finally:
         store.close()
+
+
+# ------------------------------------------------------------------------------- learning rate
+def test_cosine_learning_rate_runs_from_lr_to_lr_final():
+    opts = TrainOptions(steps=50, lr=1e-3, lr_final=1e-5)
+    rates = [opts.lr_at(s) for s in range(1, 51)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert TrainOptions(steps=50, lr=1e-3).lr_at(50) == 1e-3
+    with pytest.raises(ValueError, match="lr_final"):
+        TrainOptions(lr=1e-3, lr_final=1e-2)
+
+
+def test_trainer_applies_the_schedule_step_by_step():
+    class StepSizes(Plugin):
+        name = "step_sizes"
+
+        def __init__(self):
+            self.prev, self.sizes = None, []
+
+        def after_update(self, model):
+            flat = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+            if self.prev is not None:
+                self.sizes.append(float((flat - self.prev).abs().max()))
+            self.prev = flat
+
+    def sizes(lr_final):
+        spy = StepSizes()
+        torch.manual_seed(0)
+        ContinualTrainer(small_policy(), bc_loss, [spy], TrainOptions(steps=40, lr=1e-2, lr_final=lr_final)).train_exp(
+            regression_task(0, 0))
+        return spy.sizes
+
+    constant, decayed = sizes(None), sizes(0.0)
+    # Adam's steps are about lr in size: the decayed run's last steps shrink to nothing.
+    assert decayed[-1] < 1e-4 < 1e-3 < constant[-1]
+    assert decayed[0] == pytest.approx(constant[0], rel=1e-2)
