@@ -42,7 +42,7 @@ EVAL_SEEDS = range(5000, 6000)  # held-out variations for closed-loop success
 # 0.89 vs joint 0.96, forgetting 0.13 (3 seeds, 10 rollouts, constant lr). Other values as
 # `--tune` chose on held-out demonstration BC loss; see "hparams" in the JSON. The learning rate
 # decays (cosine) within each task for every method: with a constant rate closed-loop success
-# swung from one evaluation to the next (joint's own "forgetting" was 0.06).
+# swung from one evaluation to the next (joint's own "forgetting" was 0.05-0.06).
 TUNED = HParams(memory_per_task=100_000, replay_ratio="balanced")
 
 GRID = {

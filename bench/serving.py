@@ -3,7 +3,7 @@
 Prints one JSON object. Same model (MLP 39->256->256->4, 5 heads), same process, single
 observations. Arms are measured in interleaved blocks (the order rotates every round) so load from
 other processes on a shared machine hits all of them alike. Two arms run while another thread
-swaps every 10 ms: "during swaps" flips between two versions (after the first two swaps both
+swaps every 10 ms: "during swaps" flips between two versions (after the first swap both
 stay loaded, as in a rollback, so a swap is a reference switch); "during cold swaps" cycles
 through more versions than the runtime keeps loaded, so every swap reads, hashes, builds, checks
 and warms a new onnxruntime session and tears an old one down.

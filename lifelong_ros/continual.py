@@ -71,6 +71,10 @@ class TrainOptions:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
         if self.lr_final is not None and not 0 <= self.lr_final <= self.lr:
             raise ValueError(f"lr_final must be in [0, lr={self.lr}] or None, got {self.lr_final}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (1-based): constant, or cosine from lr to
@@ -79,10 +83,6 @@ class TrainOptions:
             return self.lr
         frac = (step - 1) / (self.steps - 1)
         return self.lr_final + (self.lr - self.lr_final) * 0.5 * (1.0 + math.cos(math.pi * frac))
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
 
 @dataclass

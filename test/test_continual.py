@@ -393,6 +393,10 @@ def test_bad_experiences_and_plugin_sets_are_rejected_with_the_offending_value()
         OnlineEWC(decay=1.5)
     with pytest.raises(ValueError, match="steps"):
         TrainOptions(steps=0)
+    with pytest.raises(ValueError, match="grad_clip"):
+        TrainOptions(grad_clip=0.0)
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainOptions(checkpoint_every=0)
 
 
 # ---------------------------------------------------------------------------- persistence
