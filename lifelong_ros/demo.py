@@ -302,7 +302,7 @@ def add_cli(sub) -> None:
     p.add_argument("--out", help="directory for results.json, the heatmap and the run's data (default: under the data dir)")
     p.add_argument("--quick", action="store_true", help="shortened loop for smoke tests (< 2 min)")
     p.add_argument("--config", help="ROS 2 params file to read (default: config/lifelong.yaml)")
-    p.add_argument("--method", help="adaptation recipe (default from config: ewc_replay)")
+    p.add_argument("--method", help="adaptation recipe (default from config: meta_ewc_replay)")
     p.add_argument("--steps", type=int, help="optimiser steps per adaptation")
     p.add_argument("--seed", type=int)
     p.add_argument("--no-gate", dest="gate_enabled", action="store_false", default=None,
