@@ -1,6 +1,6 @@
 """Shared pieces of the continual benchmarks: the method table, the sequence runner, JSON assembly.
 
-Every method runs through the same loop (lifelong_ros.continual) with the same step budget, so the
+Every method runs through the same loop (lifelong_ros.learning.trainer) with the same step budget, so the
 numbers differ only by the consolidation plugins; naive and joint are run next to each of them.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from lifelong_ros import metrics
-from lifelong_ros.continual import (
+from lifelong_ros.learning import metrics
+from lifelong_ros.learning.trainer import (
     EWC,
     ContinualTrainer,
     DefaultStrategyOptions,

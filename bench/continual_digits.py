@@ -24,9 +24,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import METHODS, HParams, acceptance, hparams_json, method_table, run_sequence, seeded  # noqa: E402
 
-from lifelong_ros import metrics  # noqa: E402
-from lifelong_ros.continual import Experience, TrainOptions, cross_entropy_loss  # noqa: E402
-from lifelong_ros.model import PolicyConfig, PolicyNet  # noqa: E402
+from lifelong_ros.learning import metrics  # noqa: E402
+from lifelong_ros.learning.trainer import Experience, TrainOptions, cross_entropy_loss  # noqa: E402
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet  # noqa: E402
 
 SCENARIOS = ("task_il", "class_il", "domain_il")
 SPLIT_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))

@@ -24,10 +24,10 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import METHODS, HParams, acceptance, hparams_json, method_table, run_sequence, seeded  # noqa: E402
 
-from lifelong_ros import metrics  # noqa: E402
-from lifelong_ros.continual import Experience, TrainOptions  # noqa: E402
-from lifelong_ros.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
-from lifelong_ros.sim import MetaWorldSim, collect_demonstrations, evaluate, stack_episodes  # noqa: E402
+from lifelong_ros.learning import metrics  # noqa: E402
+from lifelong_ros.learning.trainer import Experience, TrainOptions  # noqa: E402
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
+from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations, evaluate, stack_episodes  # noqa: E402
 
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3")
 QUICK_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-open-v3")

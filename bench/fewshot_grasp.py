@@ -30,9 +30,9 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifelong_ros.meta import MetaConfig, MetaLearner  # noqa: E402
-from lifelong_ros.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
-from lifelong_ros.sim import MetaWorldSim, stack_episodes  # noqa: E402
+from lifelong_ros.learning.meta import MetaConfig, MetaLearner  # noqa: E402
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
+from lifelong_ros.sim.metaworld import MetaWorldSim, stack_episodes  # noqa: E402
 
 TASK = "pick-place-v3"
 METHODS = ("scratch", "pretrained", "meta")

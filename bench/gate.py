@@ -28,7 +28,7 @@ DEFAULT_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v
 def _collect(tasks, start, n, desc):
     from tqdm import tqdm
 
-    from lifelong_ros import sim
+    from lifelong_ros.sim import metaworld as sim
 
     out = {}
     for t in tqdm(tasks, desc=desc, unit="task", file=sys.stderr):
@@ -41,7 +41,7 @@ def _train(model, data, steps, lr=1e-3, seed=0):
     import torch
     from tqdm import tqdm
 
-    from lifelong_ros.model import bc_loss
+    from lifelong_ros.learning.model import bc_loss
 
     g = torch.Generator().manual_seed(seed)
     obs = torch.as_tensor(np.concatenate([d[0] for d in data]))
@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from lifelong_ros.gate import GateConfig, OnnxPolicy, RegressionSuite, SafetyGate
-    from lifelong_ros.model import PolicyConfig, PolicyNet, export_onnx
-    from lifelong_ros.registry import ModelRegistry
-    from lifelong_ros.registry_cli import sim_rollout_fn
-    from lifelong_ros.sim import stack_episodes
+    from lifelong_ros.safety.gate import GateConfig, OnnxPolicy, RegressionSuite, SafetyGate
+    from lifelong_ros.learning.model import PolicyConfig, PolicyNet, export_onnx
+    from lifelong_ros.safety.registry import ModelRegistry
+    from lifelong_ros.sim.rollout import sim_rollout_fn
+    from lifelong_ros.sim.metaworld import stack_episodes
 
     tasks = list(args.tasks)
     t0 = time.perf_counter()

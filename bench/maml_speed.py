@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifelong_ros.meta import MetaConfig, MetaLearner, loop_meta_grads  # noqa: E402
+from lifelong_ros.learning.meta import MetaConfig, MetaLearner, loop_meta_grads  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sinusoid import mlp, task_batch  # noqa: E402

@@ -25,8 +25,8 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from lifelong_ros.model import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT, PolicyConfig, PolicyNet, export_onnx
-from lifelong_ros.runtime import PolicyRuntime, session_options
+from lifelong_ros.learning.model import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT, PolicyConfig, PolicyNet, export_onnx
+from lifelong_ros.serving.runtime import PolicyRuntime, session_options
 
 OBS_DIM, ACT_DIM, HIDDEN, HEADS = 39, 4, (256, 256), 5
 SWAP_PERIOD_S = 0.010

@@ -21,8 +21,8 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifelong_ros.fsutil import default_data_dir  # noqa: E402
-from lifelong_ros.meta import MetaConfig, MetaLearner, mse  # noqa: E402
+from lifelong_ros.paths import data_dir as default_data_dir  # noqa: E402
+from lifelong_ros.learning.meta import MetaConfig, MetaLearner, mse  # noqa: E402
 
 STEPS = (0, 1, 10)
 

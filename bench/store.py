@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lifelong_ros import bag as B
-from lifelong_ros.spec import spec_from_dict
-from lifelong_ros.store import ExperienceStore
+from lifelong_ros.ros_io import bag as B
+from lifelong_ros.ros_io.spec import spec_from_dict
+from lifelong_ros.experience.store import ExperienceStore
 
 D, A = 39, 4
 

@@ -11,22 +11,8 @@ from typing import Any
 
 import yaml
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+from lifelong_ros.paths import default_config_path
 
-
-def default_config_path() -> Path:
-    """config/lifelong.yaml from the source tree, else from an installed share/ directory."""
-    candidates = [PACKAGE_ROOT / "config" / "lifelong.yaml"]
-    try:  # installed by colcon: share/lifelong_ros/config
-        from ament_index_python.packages import get_package_share_directory  # type: ignore
-
-        candidates.append(Path(get_package_share_directory("lifelong_ros")) / "config" / "lifelong.yaml")
-    except Exception:
-        pass
-    for c in candidates:
-        if c.exists():
-            return c
-    raise FileNotFoundError(f"no lifelong.yaml found; looked in {[str(c) for c in candidates]}")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

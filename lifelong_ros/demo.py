@@ -1,4 +1,4 @@
-"""`lifelong-ros demo`: the whole lifelong-adaptation loop, standalone, against the embedded simulator.
+"""The demo: the whole lifelong-adaptation loop, standalone, against the embedded simulator.
 
 For each task of the sequence: record expert demonstrations into the experience store, adapt in
 the learner's worker process while the current policy keeps serving in closed loop, gate the
@@ -7,27 +7,26 @@ a success matrix R[i][j] (after learning task i, success on task j) and the time
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import load_params
-from .fsutil import atomic_write_json, default_data_dir
-from .gate import GateConfig, SafetyGate, suites_from_store
-from .learner import AdaptJob, AdaptRequest, Learner
-from .metrics import plot_matrix, summarize
-from .offline import register_candidate
-from .registry import ModelRegistry
-from .registry_cli import registry_dir, sim_rollout_fn, store_path
-from .runtime import PolicyRuntime
-from .sim import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations
-from .store import ExperienceStore
+from lifelong_ros import paths
+from lifelong_ros.config import load_params
+from lifelong_ros.experience.store import ExperienceStore
+from lifelong_ros.fsutil import atomic_write_json
+from lifelong_ros.learning.metrics import plot_matrix, summarize
+from lifelong_ros.learning.worker import AdaptJob, Learner
+from lifelong_ros.orchestration import Orchestrator
+from lifelong_ros.safety.gate import GateConfig, SafetyGate
+from lifelong_ros.safety.registry import ModelRegistry
+from lifelong_ros.serving.runtime import PolicyRuntime
+from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations
+from lifelong_ros.sim.rollout import sim_rollout_fn
 
 # Variation seeds: training demonstrations, held-out demonstrations (gate), evaluation rollouts.
 # Disjoint ranges, so every number below is measured on variations the learner never saw.
@@ -137,13 +136,13 @@ class ClosedLoop:
         ]))
 
 
-def record_demonstrations(store: ExperienceStore, task: str, settings: DemoSettings) -> int:
+def record_demonstrations(store: ExperienceStore, task: str, settings: DemoSettings, progress: bool = True) -> int:
     """Expert demonstrations into the store: a training split and a held-out split for the gate."""
     sim = MetaWorldSim(task, settings.steps_after_success, settings.max_steps)
     n = 0
     for split, seed0, count in (("train", TRAIN_SEED0, settings.demos_per_task),
                                 ("heldout", HELDOUT_SEED0, settings.heldout_demos_per_task)):
-        episodes = collect_demonstrations(task, range(seed0, seed0 + count), sim=sim, progress=True)
+        episodes = collect_demonstrations(task, range(seed0, seed0 + count), sim=sim, progress=progress)
         for ep in episodes:
             store.append_episode(task, f"demo-{split}-{ep.task.seed}", ep.obs, ep.action, ep.reward, ep.done,
                                  source="demonstration", split=split)
@@ -160,8 +159,8 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     data = out / "data"
     if data.exists():
         shutil.rmtree(data)  # a demo run starts from an empty robot
-    store = ExperienceStore(store_path(data), OBS_DIM, ACT_DIM)
-    registry = ModelRegistry(registry_dir(data))
+    store = ExperienceStore(paths.store_path(data), OBS_DIM, ACT_DIM)
+    registry = ModelRegistry(paths.registry_dir(data))
     gate_cfg = dict(settings.gate)
     rollout_fn = None
     if settings.gate_rollouts > 0:
@@ -176,16 +175,14 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     loop: ClosedLoop | None = None
     t_run = time.perf_counter()
     with Learner(threads=settings.learner_threads) as learner:
+        orchestrator = Orchestrator(registry, store.path, learner, gate if settings.gate_enabled else None,
+                                    work_dir=paths.learner_dir(data), rollout_fn=rollout_fn,
+                                    approve_ungated=not settings.gate_enabled)
         for i, task in enumerate(tasks):
             print(f"\n[{i + 1}/{n}] new task {task}: recording {settings.demos_per_task} demonstrations")
-            records = record_demonstrations(store, task, settings)
+            records = record_demonstrations(store, task, settings, progress)
             t_last_demo = time.perf_counter()
             active = registry.active()
-            request = AdaptRequest(
-                task=task, store_path=str(store.path), method=settings.method, steps=settings.steps, seed=settings.seed + i,
-                parent_dir=str(registry.versions_dir / active) if active else None,
-                out_dir=str(data / "learner" / f"job-{i:03d}"), options=settings.options, job_id=f"demo-{i}",
-            )
             bar = tqdm(total=settings.steps, desc=f"learning {task} ({settings.method})", unit="step", disable=not progress, leave=False)
 
             def on_progress(phase: str, step: int, loss: float, _bar=bar) -> None:
@@ -194,11 +191,12 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     _bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     _bar.refresh()
 
-            job = learner.submit(request, on_progress)
+            job = orchestrator.submit(task, method=settings.method, steps=settings.steps, seed=settings.seed + i,
+                                      options=settings.options, job_id=f"demo-{i:03d}", on_progress=on_progress)
             served_before = loop.steps if loop else 0
             late_before = loop.late_ticks if loop else 0
             t_learn = time.perf_counter()
-            if loop is not None:  # keep serving the newest task the active model knows while the learner works
+            if loop is not None and active:  # keep serving the newest task the active model knows while the learner works
                 known = registry.info(active).tasks
                 loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
             candidate = job.result()
@@ -207,29 +205,19 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             served = (loop.steps - served_before) if loop else 0
             late = (loop.late_ticks - late_before) if loop else 0
 
-            version = register_candidate(registry, candidate, parent=active)
-            t_gate = time.perf_counter()
-            if settings.gate_enabled:
-                report = gate.evaluate(version, suites_from_store(store, candidate.metadata["tasks"]), task, rollout_fn=rollout_fn)
-                passed, failed, reason = report.passed, report.failed, report.reason()
-            else:  # baseline runs only: what the robot would run without a safety gate
-                registry.set_decision(version, "approved", reason="gate disabled (demo --no-gate baseline)")
-                passed, failed, reason = True, [], ""
-            gate_s = time.perf_counter() - t_gate
+            update = orchestrator.finish(job, runtime=runtime)  # register, gate, promote (hot-swap) if approved
+            version, passed = update.version, update.approved
+            gate_s = update.timings_s["gate"]
             swap_ms = None
-            if passed:
-                if runtime is None:  # the first approved version: start serving
-                    onnx_bytes, sha = registry.load_for_serving(version)
-                    runtime = PolicyRuntime(onnx_bytes, version, expected_sha256=sha)
-                    registry.promote(version)
-                    loop = ClosedLoop(runtime, store, settings)
-                else:  # sha256-verified, atomic hot-swap while the runtime keeps serving
-                    t_swap = time.perf_counter()
-                    registry.promote(version, runtime=runtime)
-                    swap_ms = round((time.perf_counter() - t_swap) * 1e3, 2)
+            if update.promoted and runtime is None:  # the first approved version: start serving
+                onnx_bytes, sha = registry.load_for_serving(version)
+                runtime = PolicyRuntime(onnx_bytes, version, expected_sha256=sha)
+                loop = ClosedLoop(runtime, store, settings)
+            elif update.promoted:  # the runtime was hot-swapped (sha256-verified, atomic) while serving
+                swap_ms = round(update.timings_s["swap"] * 1e3, 2)
             to_verdict = time.perf_counter() - t_last_demo  # last demonstration -> serving (or rejected)
             time_to_adapt = to_verdict if passed else None
-            verdict = ("approved" if settings.gate_enabled else "disabled") if passed else f"rejected ({reason})"
+            verdict = ("approved" if settings.gate_enabled else "disabled") if passed else f"rejected ({update.reason})"
             what = "time to adapt" if passed else "production unchanged; time to verdict"
             print(f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; {what} {to_verdict:.1f} s "
                   f"(learning {learn_s:.1f} s, meanwhile {served} policy steps served at {served / learn_s:.0f} Hz)")
@@ -244,9 +232,10 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             row = " ".join("  -  " if np.isnan(v) else f"{v:5.2f}" for v in matrix[i])
             print(f"  success after {task}: {row}")
             updates.append({
-                "task": task, "version": version, "parent": request.parent_dir and Path(request.parent_dir).name,
+                "task": task, "version": version, "parent": update.parent,
                 "method": settings.method, "decision": "approved" if passed else "rejected",
-                "gate": "on" if settings.gate_enabled else "off", "failed_checks": failed, "demonstration_records": records,
+                "gate": "on" if settings.gate_enabled else "off", "failed_checks": update.failed_checks,
+                "demonstration_records": records,
                 "timings_s": {"time_to_adapt": time_to_adapt and round(time_to_adapt, 3),
                               "time_to_verdict": round(to_verdict, 3), "learning": round(learn_s, 3),
                               "gate": round(gate_s, 3), "swap_ms": swap_ms,
@@ -273,41 +262,3 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     results["paths"]["plot"] = str(plot)
     atomic_write_json(out / "results.json", results)
     return results
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    settings = settings_from_config(args.config)
-    if args.quick:
-        settings = DemoSettings.quick(settings)
-    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled"):
-        if getattr(args, name) is not None:
-            setattr(settings, name, getattr(args, name))
-    if args.tasks:
-        settings.tasks = args.tasks.split(",")
-    out = Path(args.out) if args.out else default_data_dir() / "runs" / datetime.now().strftime("demo-%Y%m%d-%H%M%S")
-    results = run_demo(settings, out, progress=not args.no_progress)
-    print("\nsuccess matrix R[i][j] (row: after learning task i; column: task j)")
-    for name, row in zip(results["tasks"], results["success_matrix"]):
-        print(f"  {name:>26s} " + " ".join("  -  " if v is None else f"{v:5.2f}" for v in row))
-    m = results["metrics"]
-    print(f"average success {m['avg_acc']:.3f}, BWT {m['bwt'] if m['bwt'] is None else round(m['bwt'], 3)}, "
-          f"forgetting {m['forgetting'] if m['forgetting'] is None else round(m['forgetting'], 3)}; "
-          f"whole run {results['wall_s']} s")
-    print(f"results: {out / 'results.json'}")
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("demo", help="run the whole lifelong-adaptation loop against the embedded simulator")
-    p.add_argument("--out", help="directory for results.json, the heatmap and the run's data (default: under the data dir)")
-    p.add_argument("--quick", action="store_true", help="shortened loop for smoke tests (< 2 min)")
-    p.add_argument("--config", help="ROS 2 params file to read (default: config/lifelong.yaml)")
-    p.add_argument("--method", help="adaptation recipe (default from config: meta_ewc_replay)")
-    p.add_argument("--steps", type=int, help="optimiser steps per adaptation")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-gate", dest="gate_enabled", action="store_false", default=None,
-                   help="baseline only: promote every candidate without the safety gate")
-    p.add_argument("--gate-rollouts", type=int, metavar="N", help="also gate on N closed-loop episodes per task (slower, stricter)")
-    p.add_argument("--tasks", help="comma-separated Meta-World task names (default from config)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_demo)

@@ -50,12 +50,3 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def default_data_dir() -> Path:
-    """Where data and models go unless configured: $LIFELONG_ROS_DATA, else ~/.local/share/lifelong_ros."""
-    env = os.environ.get("LIFELONG_ROS_DATA")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "lifelong_ros"

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from lifelong_ros.cli import main as cli_main
+from lifelong_ros.cli.main import main as cli_main
 from lifelong_ros.demo import DemoSettings, run_demo, settings_from_config
-from lifelong_ros.registry import ModelRegistry
-from lifelong_ros.store import ExperienceStore
+from lifelong_ros.safety.registry import ModelRegistry
+from lifelong_ros.experience.store import ExperienceStore
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

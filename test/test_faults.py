@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from gate_helpers import base_and_candidate, export, register, suites, train, train_data
-from lifelong_ros.gate import SafetyGate
-from lifelong_ros.registry import IntegrityError, ModelRegistry, RegistryError
-from lifelong_ros.runtime import PolicyRuntime
-from lifelong_ros.watchdog import Watchdog, WatchdogConfig
+from policies import base_and_candidate, export, register, suites, train, train_data
+from lifelong_ros.safety.gate import SafetyGate
+from lifelong_ros.safety.registry import IntegrityError, ModelRegistry, RegistryError
+from lifelong_ros.serving.runtime import PolicyRuntime
+from lifelong_ros.safety.watchdog import Watchdog, WatchdogConfig
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_learner_killed_mid_write_leaves_no_partial_version(prod, trained, tmp_p
     fifo = tmp_path / "model.pipe"
     os.mkfifo(fifo)
     code = textwrap.dedent(f"""
-        from lifelong_ros.registry import ModelRegistry
+        from lifelong_ros.safety.registry import ModelRegistry
         reg = ModelRegistry({str(prod.reg.root)!r}, recover=False)
         reg.register({str(fifo)!r}, tasks={list(prod.tasks)!r}, method="replay", parent={prod.v1!r})
         print("REGISTERED")

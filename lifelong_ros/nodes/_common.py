@@ -15,9 +15,6 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from ..fsutil import default_data_dir
-from ..registry_cli import registry_dir as _registry_dir
-from ..registry_cli import store_path
 from . import messages as m
 from .params import Param
 
@@ -84,45 +81,6 @@ def declare_section(node: Node, section: str, config_cls: type) -> dict[str, Any
                                    read_only=True, dynamic_typing=True)
         values[f.name] = node.declare_parameter(f"{section}.{f.name}", f.default, desc).value
     return values
-
-
-def data_dir(value: str) -> Path:
-    return Path(value).expanduser() if value else default_data_dir()
-
-
-def store_dir(data: Path) -> Path:
-    """<data dir>/experience.sqlite3: the same layout as the CLI (registry_cli.store_path)."""
-    return store_path(data)
-
-
-def registry_dir(data: Path) -> Path:
-    """<data dir>/registry: the same layout as the CLI."""
-    return _registry_dir(data)
-
-
-def package_config_dir() -> Path:
-    """config/ of the source tree, else share/lifelong_ros/config of the installed package."""
-    src = Path(__file__).resolve().parents[2] / "config"
-    if src.is_dir():
-        return src
-    from ament_index_python.packages import get_package_share_directory
-
-    return Path(get_package_share_directory("lifelong_ros")) / "config"
-
-
-def resolve_config_path(value: str, config_dir: str) -> Path:
-    """An absolute path for a spec file named in the params: absolute as given, else under config_dir."""
-    if not value:
-        raise ValueError("spec path parameter is empty; expected a YAML file name or path")
-    p = Path(os.path.expandvars(value)).expanduser()
-    if p.is_absolute():
-        resolved = p
-    else:
-        resolved = (Path(config_dir).expanduser() if config_dir else package_config_dir()) / p
-    if not resolved.is_file():
-        raise FileNotFoundError(f"spec file {value!r} not found (looked at {resolved}); set config_dir or "
-                                f"give an absolute path")
-    return resolved
 
 
 # ---------------------------------------------------------------------------- health

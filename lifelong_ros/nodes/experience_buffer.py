@@ -26,14 +26,17 @@ from rclpy.node import Node
 from lifelong_ros.msg import ExperienceRecord
 from lifelong_ros.srv import SetRecording
 
-from ..spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
-from ..store import ExperienceStore, InvalidRecord, StoreError
+from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
+from lifelong_ros.experience.sources import TEACHER_SOURCES
+from lifelong_ros.experience.store import ExperienceStore, InvalidRecord, StoreError
+from lifelong_ros import paths
+
 from . import _common as c
 from . import messages as m
 from . import params as P
 
 NODE_NAME = "experience_buffer"
-RAW_SOURCES = ("demonstration", "correction", "bag")
+RAW_SOURCES = TEACHER_SOURCES  # what raw-topic recording may be tagged as
 
 
 class ExperienceBuffer(Node):
@@ -43,8 +46,8 @@ class ExperienceBuffer(Node):
         self._p = p
         if p["raw_source"] not in RAW_SOURCES:
             raise ValueError(f"raw_source {p['raw_source']!r}: expected one of {RAW_SOURCES}")
-        self.spec = load_spec(c.resolve_config_path(p["spec"], p["config_dir"]))
-        path = c.store_dir(c.data_dir(p["data_dir"]))
+        self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
+        path = paths.store_path(p["data_dir"])
         # The single writer; a second writer gets StoreLockedError naming the holder's pid.
         self.store = ExperienceStore(path, self.spec.obs_dim, self.spec.act_dim, durability=p["durability"])
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import uuid
 from typing import Any
 
 import rclpy
@@ -29,9 +28,12 @@ from lifelong_ros.action import Adapt
 from lifelong_ros.msg import ModelVersion
 from lifelong_ros.srv import GateCandidate
 
-from ..learner import AdaptCancelled, AdaptError, AdaptRequest, Learner
-from ..offline import register_candidate
-from ..registry import ModelRegistry
+from lifelong_ros.learning.jobs import AdaptCancelled, AdaptError
+from lifelong_ros.learning.worker import Learner
+from lifelong_ros.orchestration import new_request, register_candidate
+from lifelong_ros.safety.registry import ModelRegistry
+from lifelong_ros import paths
+
 from . import _common as c
 from . import messages as m
 from . import params as P
@@ -43,10 +45,10 @@ class LearnerNode(Node):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.LEARNER)
         self._p = p
-        data = c.data_dir(p["data_dir"])
-        self._store_path = c.store_dir(data)
-        self._work_dir = data / "learner"
-        self.registry = ModelRegistry(c.registry_dir(data), recover=False)  # the safety monitor recovers
+        data = paths.data_dir(p["data_dir"])
+        self._store_path = paths.store_path(data)
+        self._work_dir = paths.learner_dir(data)
+        self.registry = ModelRegistry(paths.registry_dir(data), recover=False)  # the safety monitor recovers
         self.learner = Learner(threads=p["threads"], nice=p["nice"])  # spawns the torch worker now
 
         self._busy_lock = threading.Lock()
@@ -115,13 +117,9 @@ class LearnerNode(Node):
         feedback("loading", 0, 0, math.nan, force=True)
         active = self.registry.active()
         steps = int(goal.max_steps or self._p["default_steps"])
-        job_id = f"{goal.task}-{uuid.uuid4().hex[:8]}"
-        request = AdaptRequest(
-            task=goal.task, store_path=str(self._store_path), method=goal.method or self._p["default_method"],
-            shots=int(goal.shots), steps=steps, seed=int(self._p["seed"]),
-            parent_dir=str(self.registry.info(active).path) if active else None,
-            out_dir=str(self._work_dir / job_id), job_id=job_id,
-        )
+        request = new_request(self.registry, goal.task, store_path=self._store_path, work_dir=self._work_dir,
+                              method=goal.method or self._p["default_method"], steps=steps, shots=int(goal.shots),
+                              seed=int(self._p["seed"]))
         self._job = job = self.learner.submit(request, on_progress=lambda ph, st, loss: feedback(ph, st, steps, loss))
         deadline = t0 + goal.max_seconds if goal.max_seconds > 0 else math.inf
         while True:

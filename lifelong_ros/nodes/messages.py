@@ -17,7 +17,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-PACKAGE = "lifelong_ros"
+from lifelong_ros import paths
+from lifelong_ros.experience.sources import SOURCES
+
+PACKAGE = paths.PACKAGE
 NS_PER_S = 1_000_000_000
 
 # diagnostic_msgs/DiagnosticStatus levels, as plain ints (GetStatus.level is uint8).
@@ -27,20 +30,12 @@ LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 
 # --------------------------------------------------------------------------- interface files
 def interface_root() -> Path:
-    """Directory holding msg/, srv/ and action/: the source tree, else the installed share dir."""
-    src = Path(__file__).resolve().parents[2]
-    if (src / "msg" / "ExperienceRecord.msg").is_file():
-        return src
-    try:  # installed by colcon: rosidl copies the definitions into share/lifelong_ros/
-        from ament_index_python.packages import get_package_share_directory
-
-        share = Path(get_package_share_directory(PACKAGE))
-    except Exception as exc:  # noqa: BLE001 - PackageNotFoundError or no ament_index_python at all
-        raise FileNotFoundError(
-            f"cannot find {PACKAGE}'s msg/ srv/ action/ definitions: not in the source tree {src} "
-            f"and not installed in an ament index ({exc})"
-        ) from None
-    return share
+    """Directory holding msg/, srv/ and action/: the checkout, else the installed share directory."""
+    for share in paths.share_dirs():
+        if (share / "msg" / "ExperienceRecord.msg").is_file():
+            return share
+    looked = ", ".join(str(s) for s in paths.share_dirs())
+    raise FileNotFoundError(f"cannot find {paths.PACKAGE}'s msg/ srv/ action/ definitions; looked in {looked}")
 
 
 _LOCAL_TYPE = re.compile(r"^(\s*)([A-Z][A-Za-z0-9]*)(\[[^\]]*\])?(\s+\w)", re.MULTILINE)
@@ -176,7 +171,6 @@ def as_f32(values: Any) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- ExperienceRecord
-SOURCES = ("policy", "demonstration", "correction", "bag")
 
 
 @dataclass
@@ -253,7 +247,7 @@ def model_version_msg(kit: Any, info: Any, stamp_ns: int) -> Any:
         kit, f"{PACKAGE}/msg/ModelVersion",
         header=header(kit, stamp_ns), version=info.id, parent_version=info.parent or "",
         state=info.state, method=info.method or "", tasks=[str(t) for t in info.tasks],
-        onnx_path=str(Path(info.path) / "model.onnx"), sha256=info.onnx_sha256,
+        onnx_path=str(Path(info.path) / paths.MODEL_FILE), sha256=info.onnx_sha256,
         obs_dim=int(config.get("obs_dim") or 0), act_dim=int(config.get("act_dim") or 0),
     )
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
+
 
 @dataclass(frozen=True)
 class Param:
@@ -88,7 +90,7 @@ SAFETY_MONITOR = [
     DATA_DIR, DIAGNOSTICS_PERIOD,
     Param("auto_activate", True, "Activate an approved candidate when the ~/gate request asks for it; false = "
           "never activate from ~/gate (rollback still works)"),
-    Param("suite_sources", ["demonstration", "correction", "bag"],
+    Param("suite_sources", list(GROUND_TRUTH_SOURCES),
           "Experience sources whose held-out episodes form the regression suites (actions the policy "
           "produced itself are no ground truth)"),
     Param("watchdog_enabled", True, "Roll back automatically when online signals breach the watchdog limits"),
@@ -96,7 +98,7 @@ SAFETY_MONITOR = [
           "e.g. by `lifelong-ros registry rollback` (s)", min=0.05, max=60.0),
 ]
 # Sections declared field by field from a core config dataclass: `gate.<field>`, `watchdog.<field>`.
-SAFETY_MONITOR_SECTIONS = {"gate": ("lifelong_ros.gate", "GateConfig"), "watchdog": ("lifelong_ros.watchdog", "WatchdogConfig")}
+SAFETY_MONITOR_SECTIONS = {"gate": ("lifelong_ros.safety.gate", "GateConfig"), "watchdog": ("lifelong_ros.safety.watchdog", "WatchdogConfig")}
 
 SIM_BRIDGE = [
     CONFIG_DIR, SPEC, DIAGNOSTICS_PERIOD,

@@ -30,9 +30,11 @@ from std_msgs.msg import String
 
 from lifelong_ros.msg import ExperienceRecord, ModelVersion, PolicyOutput
 
-from ..registry import ModelRegistry, RegistryError
-from ..runtime import InvalidObservation, ModelLoadError, PolicyRuntime
-from ..spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
+from lifelong_ros.safety.registry import ModelRegistry, RegistryError
+from lifelong_ros.serving.runtime import InvalidObservation, ModelLoadError, PolicyRuntime
+from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
+from lifelong_ros import paths
+
 from . import _common as c
 from . import messages as m
 from . import params as P
@@ -45,8 +47,8 @@ class PolicyServer(Node):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.POLICY_SERVER)
         self._p = p
-        self.spec = load_spec(c.resolve_config_path(p["spec"], p["config_dir"]))
-        self.registry = ModelRegistry(c.registry_dir(c.data_dir(p["data_dir"])), recover=False)  # read-only use
+        self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
+        self.registry = ModelRegistry(paths.registry_dir(p["data_dir"]), recover=False)  # read-only use
         self.runtime: PolicyRuntime | None = None
         self._model_tasks: dict[str, list[str]] = {}  # version -> ordered tasks (head i = task i)
         self._task = p["task"]

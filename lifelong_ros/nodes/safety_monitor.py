@@ -25,10 +25,13 @@ from rclpy.node import Node
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
 from lifelong_ros.srv import GateCandidate, ListVersions, Rollback
 
-from ..gate import GateConfig, SafetyGate, suites_from_store
-from ..registry import ModelRegistry, RegistryError
-from ..store import ExperienceStore
-from ..watchdog import Watchdog, WatchdogConfig, WatchdogEvent
+from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
+from lifelong_ros.orchestration import gate_version, promote
+from lifelong_ros.safety.gate import GateConfig, SafetyGate
+from lifelong_ros.safety.registry import ModelRegistry, RegistryError
+from lifelong_ros.safety.watchdog import Watchdog, WatchdogConfig, WatchdogEvent
+from lifelong_ros import paths
+
 from . import _common as c
 from . import messages as m
 from . import params as P
@@ -42,9 +45,9 @@ class SafetyMonitor(Node):
         gate_cfg = GateConfig.from_dict(c.declare_section(self, "gate", GateConfig))
         wd_cfg = WatchdogConfig.from_dict(c.declare_section(self, "watchdog", WatchdogConfig))
         self._p = p
-        data = c.data_dir(p["data_dir"])
-        self.registry = ModelRegistry(c.registry_dir(data))  # the writer: recovers crashed writes on open
-        self._store_path = c.store_dir(data)
+        data = paths.data_dir(p["data_dir"])
+        self.registry = ModelRegistry(paths.registry_dir(data))  # the writer: recovers crashed writes on open
+        self._store_path = paths.store_path(data)
         self.gate = SafetyGate(self.registry, gate_cfg)
         self.watchdog = Watchdog(self.registry, None, wd_cfg, on_event=self._on_watchdog_event) \
             if p["watchdog_enabled"] else None
@@ -89,7 +92,7 @@ class SafetyMonitor(Node):
         self._announce_active("registry changed")
 
     def _promote(self, version: str, reason: str) -> None:
-        self.registry.promote(version, reason=reason)
+        promote(self.registry, version, reason=reason)
         self._announce_active(reason)
 
     # ------------------------------------------------------------------ gate
@@ -128,14 +131,9 @@ class SafetyMonitor(Node):
                                          active_version=self.registry.active() or "")
 
     def _evaluate(self, info: Any) -> Any:
-        """Suites from the store's held-out episodes of every task the candidate serves, then the gate."""
-        store = ExperienceStore(self._store_path, readonly=True)  # the experience_buffer is the writer
-        try:
-            tasks = [t for t in info.tasks if t in set(store.tasks())]
-            suites = suites_from_store(store, tasks, self._p["suite_sources"] or None)
-        finally:
-            store.close()
-        return self.gate.evaluate(info.id, suites)
+        """The gate on the store's held-out ground truth (read-only: the experience_buffer is the writer)."""
+        sources = self._p["suite_sources"] or GROUND_TRUTH_SOURCES
+        return gate_version(self.registry, self.gate, self._store_path, info.id, sources=sources)
 
     def _report_msg(self, report: Any, duration_s: float) -> Any:
         reports = self.registry.reports(report.candidate)

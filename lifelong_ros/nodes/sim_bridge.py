@@ -28,8 +28,10 @@ from std_msgs.msg import String
 
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
 
-from ..sim import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks
-from ..spec import SpecError, load_spec, ros_classes
+from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks
+from lifelong_ros.ros_io.spec import SpecError, load_spec, ros_classes
+from lifelong_ros import paths
+
 from . import _common as c
 from . import messages as m
 from . import params as P
@@ -43,7 +45,7 @@ class SimBridge(Node):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.SIM_BRIDGE)
         self._p = p
-        self.spec = load_spec(c.resolve_config_path(p["spec"], p["config_dir"]))
+        self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
         if (self.spec.obs_dim, self.spec.act_dim) != (OBS_DIM, ACT_DIM):
             raise ValueError(f"spec {p['spec']!r} maps {self.spec.obs_dim} -> {self.spec.act_dim} values; the "
                              f"Meta-World simulator needs {OBS_DIM} -> {ACT_DIM} (use config/spec_metaworld.yaml)")

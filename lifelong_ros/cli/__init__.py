@@ -1,0 +1,1 @@
+"""Front end: the standalone `lifelong-ros` command line (no ROS needed)."""

@@ -1,0 +1,180 @@
+"""The policy network (torch) and its export to one self-contained ONNX file.
+
+A shared MLP backbone with per-task linear heads: the heads keep conflicting tasks apart (DESIGN §2),
+the backbone is what continual consolidation protects. Observation normalisation lives inside the
+network, so the exported graph takes raw observations.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from lifelong_ros.paths import WEIGHTS_FILE
+from lifelong_ros.serving.interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
+ONNX_OPSET = 17
+
+
+@dataclass
+class PolicyConfig:
+    """Shape of a policy. ``multi_head=False`` is the single-head (task-agnostic) mode."""
+
+    obs_dim: int = 39
+    act_dim: int = 4
+    hidden: tuple[int, ...] = (256, 256)
+    num_heads: int = 1
+    multi_head: bool = True
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PolicyConfig":
+        return cls(
+            obs_dim=int(d["obs_dim"]),
+            act_dim=int(d["act_dim"]),
+            hidden=tuple(int(h) for h in d["hidden"]),
+            num_heads=int(d["num_heads"]),
+            multi_head=bool(d.get("multi_head", True)),
+        )
+
+
+class PolicyNet(nn.Module):
+    """obs [N, obs_dim] float32, task_id [N] int64 -> action [N, act_dim].
+
+    Parameters are named ``backbone.*`` (shared) and ``head_w`` / ``head_b`` (one slice per task),
+    so strategies can treat the two groups differently (ANIL adapts heads only, EWC protects the
+    backbone and the heads of earlier tasks).
+    """
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        if config.num_heads < 1 or (not config.multi_head and config.num_heads != 1):
+            raise ValueError(f"need num_heads >= 1 (exactly 1 when multi_head=False), got {config.num_heads}")
+        self.config = config
+        layers: list[nn.Module] = []
+        width = config.obs_dim
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.backbone = nn.Sequential(*layers)
+        self.feature_dim = width
+        self.head_w = nn.Parameter(torch.empty(config.num_heads, width, config.act_dim))
+        self.head_b = nn.Parameter(torch.zeros(config.num_heads, config.act_dim))
+        nn.init.uniform_(self.head_w, -1.0 / width**0.5, 1.0 / width**0.5)
+        self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
+        self.register_buffer("obs_std", torch.ones(config.obs_dim))
+
+    @property
+    def num_heads(self) -> int:
+        return self.head_w.shape[0]
+
+    def set_normalizer(self, obs: np.ndarray | torch.Tensor) -> None:
+        """Fix the input normalisation from data (std floored so constant features stay finite)."""
+        x = torch.as_tensor(obs, dtype=torch.float32)
+        self.obs_mean.copy_(x.mean(0))
+        self.obs_std.copy_(x.std(0).clamp_min(1e-2))
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.backbone((obs - self.obs_mean) / self.obs_std)
+
+    def forward(self, obs: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
+        if not self.config.multi_head:
+            task_id = torch.zeros_like(task_id)
+        h = self.features(obs)
+        n, (heads, feat, act) = h.shape[0], self.head_w.shape
+        # Every head on every row, then pick each row's head: a few tiny matmuls are ~7x cheaper
+        # (forward + backward) than gathering an [N, F, A] weight tensor for a batched matmul.
+        every = (h @ self.head_w.permute(1, 0, 2).reshape(feat, heads * act)).view(n, heads, act)
+        pick = task_id.view(n, 1, 1).expand(n, 1, act)
+        return torch.gather(every, 1, pick).squeeze(1) + self.head_b[task_id]
+
+    def ensure_heads(self, n: int) -> None:
+        """Grow to at least ``n`` heads (new heads freshly initialised); a no-op in single-head mode."""
+        if not self.config.multi_head or n <= self.num_heads:
+            return
+        extra = n - self.num_heads
+        width = self.feature_dim
+        new_w = torch.empty(extra, width, self.config.act_dim).uniform_(-1.0 / width**0.5, 1.0 / width**0.5)
+        with torch.no_grad():
+            self.head_w = nn.Parameter(torch.cat([self.head_w.detach(), new_w], 0))
+            self.head_b = nn.Parameter(torch.cat([self.head_b.detach(), torch.zeros(extra, self.config.act_dim)], 0))
+        self.config = PolicyConfig(**{**asdict(self.config), "num_heads": n})
+
+    def clone(self) -> "PolicyNet":
+        other = PolicyNet(self.config)
+        other.load_state_dict(self.state_dict())
+        return other
+
+
+def bc_loss(model: nn.Module, obs: torch.Tensor, task_id: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Behaviour cloning: mean squared error to the demonstrated action."""
+    return torch.mean((model(obs, task_id) - action) ** 2)
+
+
+def state_dict_from_bytes(data: bytes, file_name: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """Tensors from a weights file's bytes: safetensors, or a weights-only ``torch.save`` archive."""
+    if file_name == WEIGHTS_FILE:
+        from safetensors.torch import load
+
+        return load(data)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def load_policy(config: dict | PolicyConfig, state_dict: dict) -> PolicyNet:
+    cfg = config if isinstance(config, PolicyConfig) else PolicyConfig.from_dict(config)
+    model = PolicyNet(cfg)
+    model.load_state_dict(state_dict)
+    return model
+
+
+class _ExportWrapper(nn.Module):
+    """Clamps task ids into the head range so a bad id cannot index out of bounds inside the graph."""
+
+    def __init__(self, model: PolicyNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, obs: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
+        return self.model(obs, task_id.clamp(0, self.model.num_heads - 1))
+
+
+def export_onnx(model: PolicyNet, metadata: dict[str, str] | None = None) -> bytes:
+    """Serialise ``model`` to a self-contained ONNX model (weights inline, dynamic batch axis).
+
+    Uses the TorchScript-based exporter: it writes one file and takes milliseconds, where the
+    dynamo exporter takes about a second and needs onnxscript (DESIGN §8) — this is on the
+    time-to-adapt path. ``metadata`` (e.g. version, num_heads) is stored in the model's
+    metadata_props.
+    """
+    import onnx
+
+    model = model.eval()
+    obs = torch.zeros(2, model.config.obs_dim)
+    task = torch.zeros(2, dtype=torch.int64)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _ExportWrapper(model),
+            (obs, task),
+            buf,
+            input_names=[OBS_INPUT, TASK_INPUT],
+            output_names=[ACTION_OUTPUT],
+            dynamic_axes={OBS_INPUT: {0: "batch"}, TASK_INPUT: {0: "batch"}, ACTION_OUTPUT: {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    meta = {"num_heads": str(model.num_heads), "multi_head": str(model.config.multi_head).lower(), "obs_dim": str(model.config.obs_dim), "act_dim": str(model.config.act_dim)}
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    return proto.SerializeToString()

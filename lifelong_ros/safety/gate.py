@@ -1,0 +1,918 @@
+"""Safety gate: decides, with evidence, whether a candidate policy may replace the active one.
+
+A robot that keeps learning must never start running a model that is worse, broken or poisoned;
+the gate runs candidate and active side by side on held-out data in one run and persists its verdict.
+
+Runs in the safety monitor process, which loads models with onnxruntime only: this module must not
+import torch (a test checks it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
+from lifelong_ros.safety.registry import ModelRegistry, RegistryError
+
+log = logging.getLogger(__name__)
+
+from lifelong_ros.serving.interface import OBS_INPUT, TASK_INPUT
+from lifelong_ros.serving.runtime import session_options  # the policy server's settings, so gate latencies match production
+_BATCH = 8192
+
+RolloutFn = Callable[[bytes, str, int], int]
+"""rollout_fn(onnx_bytes, task, n) -> number of successful closed-loop episodes out of n."""
+
+
+# ---------------------------------------------------------------------------------------- config
+@dataclass
+class GateConfig:
+    """Every threshold the gate applies; defaults live here and nowhere else.
+
+    MSE values are behaviour-cloning mean squared errors on held-out demonstrations (per action
+    element). A check's threshold is computed from these fields; the report records both.
+    """
+
+    # (a) an earlier task may get worse by at most rel * active_mse + abs (abs covers near-zero MSE).
+    # Calibration (bench/gate.py, Meta-World 256x256 BC): replay candidates moved earlier tasks by
+    # -40 %..+13 %; poisoned or destructive updates raise them 10x and more (test_faults.py).
+    regression_rel_tol: float = 0.3
+    regression_abs_tol: float = 0.005
+    # (b) the target task must reach <= (1 - margin) * baseline MSE
+    improvement_margin: float = 0.05
+    require_all_tasks: bool = True  # every task the active model serves needs a held-out suite
+    min_suite_samples: int = 50
+    # (c) outputs: finite everywhere; rows with an action outside [low - slack, high + slack] at a
+    # rate of at most active model's rate on the same rows + rate: an unsquashed BC network
+    # overshoots saturated expert actions now and then (Meta-World BC, 256x256: 1-2 % of held-out
+    # rows beyond +-1.5, bench/gate.py), garbage overshoots everywhere
+    action_low: float | list[float] = -1.0
+    action_high: float | list[float] = 1.0
+    bounds_slack: float = 0.5
+    max_out_of_bounds_rate: float = 0.02
+    max_out_of_bounds_rate_perturbed: float = 0.05
+    perturb_scale: float = 0.05  # Gaussian noise std, as a fraction of each feature's std on the suite
+    perturb_seed: int = 0
+    # (d) single-observation latency (best p99 over rounds, candidate and active interleaved)
+    latency_budget_ms: float = 1.0
+    latency_samples: int = 1000
+    latency_rounds: int = 3
+    intra_op_threads: int = 1
+    # (e) closed-loop rollouts (only when a rollout_fn is given): Wilson lower bound vs a floor
+    rollout_episodes: int = 20
+    rollout_confidence: float = 0.95
+    rollout_min_success: float = 0.5
+    # (f) shadow stage: 0 disables it; otherwise the candidate runs beside the active model
+    shadow_steps: int = 0
+    shadow_max_mean_divergence: float = 0.2
+    shadow_max_latency_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"gate config {name}={getattr(self, name)!r}: expected {expected}")
+
+        for name in ("regression_rel_tol", "regression_abs_tol", "bounds_slack", "perturb_scale"):
+            need(_is_num(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
+        need(_is_num(self.improvement_margin) and 0 <= self.improvement_margin < 1, "improvement_margin", "0 <= margin < 1")
+        for name in ("max_out_of_bounds_rate", "max_out_of_bounds_rate_perturbed", "rollout_min_success"):
+            need(_is_num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, name, "a rate in [0, 1]")
+        need(_is_num(self.rollout_confidence) and 0 < self.rollout_confidence < 1, "rollout_confidence", "0 < c < 1")
+        need(_is_num(self.latency_budget_ms) and self.latency_budget_ms > 0, "latency_budget_ms", "a number > 0")
+        need(_is_num(self.shadow_max_mean_divergence) and self.shadow_max_mean_divergence >= 0,
+             "shadow_max_mean_divergence", "a number >= 0")
+        need(_is_num(self.shadow_max_latency_ratio) and self.shadow_max_latency_ratio >= 1,
+             "shadow_max_latency_ratio", "a number >= 1")
+        for name, lo in (("min_suite_samples", 1), ("latency_samples", 10), ("latency_rounds", 1),
+                         ("intra_op_threads", 1), ("rollout_episodes", 1), ("shadow_steps", 0), ("perturb_seed", 0)):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, name, f"an integer >= {lo}")
+        need(isinstance(self.require_all_tasks, bool), "require_all_tasks", "true or false")
+        for name in ("action_low", "action_high"):
+            v = getattr(self, name)
+            ok = _is_num(v) or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_num(x) for x in v))
+            need(ok, name, "a number or a non-empty list of numbers")
+        lo, hi = np.atleast_1d(np.asarray(self.action_low, float)), np.atleast_1d(np.asarray(self.action_high, float))
+        if lo.size != hi.size and lo.size != 1 and hi.size != 1:
+            raise ValueError(f"gate config action_low has {lo.size} values and action_high {hi.size}; expected equal lengths")
+        if np.any(np.broadcast_to(lo, np.broadcast(lo, hi).shape) >= np.broadcast_to(hi, np.broadcast(lo, hi).shape)):
+            raise ValueError(f"gate config action_low={self.action_low!r} must be < action_high={self.action_high!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "GateConfig":
+        """From a mapping: plain keys, a ``gate:`` section, flattened ``gate.<key>`` names (as
+        lifelong_ros.config and ROS 2 produce them), or a whole ROS 2 params file section."""
+        d = dict(_unwrap(d or {}, "gate"))
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown gate config key(s) {unknown}; expected some of {sorted(fields)}")
+        kwargs = {}
+        for k, v in d.items():
+            default = fields[k].default
+            if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)  # YAML '1' for a float field
+            kwargs[k] = v
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "GateConfig":
+        import yaml
+
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{path}: expected a mapping of gate settings, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _unwrap(d: Mapping, section: str) -> Mapping:
+    """Dig through ``<node>: ros__parameters:`` and a ``section:`` key when present."""
+    if len(d) == 1:
+        (only,) = d.values()
+        if isinstance(only, Mapping) and "ros__parameters" in only:
+            d = only["ros__parameters"] or {}
+    if "ros__parameters" in d:
+        d = d["ros__parameters"] or {}
+    if section in d and isinstance(d[section], Mapping):
+        return d[section]
+    prefix = section + "."
+    if any(isinstance(k, str) and k.startswith(prefix) for k in d):  # flattened ROS 2 names: gate.margin
+        return {k[len(prefix):]: v for k, v in d.items() if isinstance(k, str) and k.startswith(prefix)}
+    return d
+
+
+# ---------------------------------------------------------------------------------------- data
+@dataclass
+class RegressionSuite:
+    """Held-out demonstrations of one task: obs [N, D] float32, action [N, A] float32, episode ids [N]."""
+
+    task: str
+    obs: np.ndarray
+    action: np.ndarray
+    episodes: np.ndarray | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError(f"suite task must be a non-empty string, got {self.task!r}")
+        self.obs = np.asarray(self.obs, dtype=np.float32)
+        self.action = np.asarray(self.action, dtype=np.float32)
+        if self.obs.ndim != 2 or self.action.ndim != 2 or self.obs.shape[0] != self.action.shape[0]:
+            raise ValueError(f"suite {self.task!r}: expected obs [N, D] and action [N, A] with the same N, "
+                             f"got {self.obs.shape} and {self.action.shape}")
+        if self.episodes is not None:
+            self.episodes = np.asarray(self.episodes)
+            if self.episodes.shape != (self.obs.shape[0],):
+                raise ValueError(f"suite {self.task!r}: episodes shape {self.episodes.shape}, expected ({self.obs.shape[0]},)")
+        if not (np.isfinite(self.obs).all() and np.isfinite(self.action).all()):
+            raise ValueError(f"suite {self.task!r} contains non-finite observations or actions")
+
+    def __len__(self) -> int:
+        return int(self.obs.shape[0])
+
+    def describe(self) -> dict:
+        h = hashlib.sha256(self.obs.tobytes())
+        h.update(self.action.tobytes())
+        d = {"task": self.task, "samples": len(self), "source": self.source, "sha256": h.hexdigest()}
+        if self.episodes is not None and len(self):
+            ep = np.unique(self.episodes)
+            d.update(episodes=int(ep.size), episode_ids=[_jsonable(x) for x in ep[:50]])
+        return d
+
+
+def _jsonable(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def suites_from_store(store: Any, tasks: Sequence[str], sources: Sequence[str] | None = GROUND_TRUTH_SOURCES) -> dict[str, RegressionSuite]:
+    """Regression suites from an ExperienceStore's held-out split (by default demonstrations and
+    corrections: actions the policy produced itself are no ground truth). A task the store does
+    not know is left out, so the gate reports it as missing held-out data (and fails closed)."""
+    out = {}
+    for task in tasks:
+        try:
+            b = store.task_arrays(task, split="heldout", sources=list(sources) if sources else None)
+        except KeyError:
+            log.warning("no experience for task %r in the store: no regression suite", task)
+            continue
+        out[task] = RegressionSuite(task, b.obs, b.action, getattr(b, "episode", None),
+                                    source="store:heldout:" + ",".join(sources or ["all"]))
+    return out
+
+
+def _normalise_suites(suites: Mapping[str, RegressionSuite] | Sequence[RegressionSuite]) -> dict[str, RegressionSuite]:
+    items = list(suites.values()) if isinstance(suites, Mapping) else list(suites)
+    out: dict[str, RegressionSuite] = {}
+    for s in items:
+        if not isinstance(s, RegressionSuite):
+            raise TypeError(f"suites must be RegressionSuite objects, got {type(s).__name__}")
+        if s.task in out:
+            raise ValueError(f"two suites for task {s.task!r}")
+        out[s.task] = s
+    return out
+
+
+# ---------------------------------------------------------------------------------------- onnx
+class OnnxPolicy:
+    """An onnxruntime session over a policy's ONNX bytes, with batched and single-observation calls."""
+
+    def __init__(self, onnx_bytes: bytes, threads: int = 1):
+        self.session = ort.InferenceSession(onnx_bytes, sess_options=session_options(threads),
+                                            providers=["CPUExecutionProvider"])
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        if OBS_INPUT not in self.inputs:
+            raise ValueError(f"ONNX model has inputs {sorted(self.inputs)}; expected {OBS_INPUT!r}")
+        self.has_task = TASK_INPUT in self.inputs
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.num_heads = int(self.metadata.get("num_heads", "1"))
+
+    @property
+    def signature(self) -> dict:
+        sig = {"inputs": [[i.name, i.type, [str(d) for d in i.shape]] for i in self.session.get_inputs()],
+               "outputs": [[o.name, o.type, [str(d) for d in o.shape]] for o in self.session.get_outputs()]}
+        for k in ("obs_dim", "act_dim"):
+            if k in self.metadata:
+                sig[k] = self.metadata[k]
+        return sig
+
+    def feeds(self, obs: np.ndarray, task_id: int) -> dict:
+        f = {OBS_INPUT: obs}
+        if self.has_task:
+            f[TASK_INPUT] = np.full(obs.shape[0], task_id, dtype=np.int64)
+        return f
+
+    def predict(self, obs: np.ndarray, task_id: int) -> np.ndarray:
+        outs = []
+        for i in range(0, obs.shape[0], _BATCH):
+            chunk = np.ascontiguousarray(obs[i:i + _BATCH], dtype=np.float32)
+            outs.append(self.session.run([self.outputs[0]], self.feeds(chunk, task_id))[0])
+        return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+    def head(self, tasks: Sequence[str], task: str) -> int | None:
+        """Head index of ``task`` (0 in single-head mode), None when this model has no head for it."""
+        if task in tasks:
+            return 0 if self.num_heads == 1 else tasks.index(task)
+        return None
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a success rate: a bound that stays honest at 0/n and n/n."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got successes={successes}, n={n}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return lo, hi
+
+
+# ---------------------------------------------------------------------------------------- report
+@dataclass
+class CheckResult:
+    """One check: what was measured (value), against what (threshold), on which data, and the verdict."""
+
+    kind: str
+    passed: bool
+    value: Any = None
+    threshold: Any = None
+    task: str | None = None
+    detail: dict = field(default_factory=dict)
+    data: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}[{self.task}]" if self.task else self.kind
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["name"] = self.name
+        return d
+
+    def line(self) -> str:
+        mark = "PASS" if self.passed else "FAIL"
+        return f"{mark} {self.name:<36} value={_fmt(self.value)} threshold={_fmt(self.threshold)}"
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+@dataclass
+class GateReport:
+    """The full record of one gate run; persisted in the candidate's directory."""
+
+    candidate: str
+    active: str | None
+    target_task: str | None
+    decision: str  # approved | rejected | pending_shadow
+    checks: list[CheckResult]
+    data: list[dict]
+    config: dict
+    timings_ms: dict
+    started: str
+    duration_ms: float
+    persisted: bool = False  # False for a dry run: the verdict was not recorded
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if not c.passed]
+
+    @property
+    def failed_kinds(self) -> set[str]:
+        return {c.kind for c in self.checks if not c.passed}
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def check(self, name: str) -> CheckResult:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no check {name!r} in report; checks: {[c.name for c in self.checks]}")
+
+    def reason(self) -> str:
+        if self.failed:
+            return "failed: " + ", ".join(self.failed)
+        return f"all {len(self.checks)} checks passed"
+
+    def summary(self) -> str:
+        dry = "" if self.persisted else " [dry run, not recorded]"
+        head = (f"{self.candidate} vs {self.active or '(none active)'} target={self.target_task}: "
+                f"{self.decision.upper()}{dry} ({self.reason()})")
+        return "\n".join([head] + ["  " + c.line() for c in self.checks])
+
+    def to_dict(self) -> dict:
+        return {"candidate": self.candidate, "active": self.active, "target_task": self.target_task,
+                "decision": self.decision, "reason": self.reason(), "failed": self.failed,
+                "checks": [c.to_dict() for c in self.checks], "data": self.data, "config": self.config,
+                "timings_ms": self.timings_ms, "started": self.started, "duration_ms": self.duration_ms,
+                "persisted": self.persisted}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GateReport":
+        checks = [CheckResult(**{k: v for k, v in c.items() if k != "name"}) for c in d["checks"]]
+        return cls(candidate=d["candidate"], active=d.get("active"), target_task=d.get("target_task"),
+                   decision=d["decision"], checks=checks, data=list(d.get("data", [])),
+                   config=dict(d.get("config", {})), timings_ms=dict(d.get("timings_ms", {})),
+                   started=d.get("started", ""), duration_ms=float(d.get("duration_ms", 0.0)),
+                   persisted=bool(d.get("persisted", False)))
+
+
+# ---------------------------------------------------------------------------------------- shadow
+class ShadowRunner:
+    """Runs the candidate beside the active model on live observations; never serves its actions.
+
+    Call ``step(obs, task)`` for each live observation (own sessions, so the production runtime's
+    latency is untouched), then ``checks()``: action divergence on tasks the active model already
+    serves (the target task is expected to change and is only reported), candidate outputs finite
+    and in bounds, and the candidate's p99 latency against the budget and the active model's.
+    """
+
+    def __init__(self, candidate_onnx: bytes, active_onnx: bytes, candidate_tasks: Sequence[str],
+                 active_tasks: Sequence[str], config: GateConfig | None = None, target_task: str | None = None):
+        self.config = config or GateConfig()
+        self.candidate = OnnxPolicy(candidate_onnx, self.config.intra_op_threads)
+        self.active = OnnxPolicy(active_onnx, self.config.intra_op_threads)
+        self.candidate_tasks, self.active_tasks = list(candidate_tasks), list(active_tasks)
+        self.target_task = target_task
+        self.candidate_id: str | None = None
+        self._div: dict[str, list[float]] = {}
+        self._lat_c: list[float] = []
+        self._lat_a: list[float] = []
+        self._bad = 0
+        self._oob = 0
+        self._warm = False
+        self.steps = 0
+
+    @property
+    def done(self) -> bool:
+        return self.steps >= self.config.shadow_steps
+
+    def step(self, obs: np.ndarray, task: str) -> np.ndarray:
+        """Run both models on one observation; returns the candidate's action (for logging only)."""
+        x = np.asarray(obs, dtype=np.float32).reshape(1, -1)
+        hc = self.candidate.head(self.candidate_tasks, task)
+        if hc is None:
+            raise ValueError(f"shadow observation for task {task!r}, which the candidate has no head for "
+                             f"(tasks {self.candidate_tasks})")
+        ha = self.active.head(self.active_tasks, task)
+        if not self._warm:  # first runs of a fresh session allocate; keep them out of the timings
+            for _ in range(3):
+                self.candidate.session.run(None, self.candidate.feeds(x, hc))
+                if ha is not None:
+                    self.active.session.run(None, self.active.feeds(x, ha))
+            self._warm = True
+        t0 = time.perf_counter_ns()
+        ac = self.candidate.session.run(None, self.candidate.feeds(x, hc))[0][0]
+        t1 = time.perf_counter_ns()
+        self._lat_c.append((t1 - t0) / 1e6)
+        if ha is not None:
+            t0 = time.perf_counter_ns()
+            aa = self.active.session.run(None, self.active.feeds(x, ha))[0][0]
+            self._lat_a.append((time.perf_counter_ns() - t0) / 1e6)
+            if np.isfinite(ac).all():
+                self._div.setdefault(task, []).append(float(np.sqrt(np.mean((ac - aa) ** 2))))
+        if not np.isfinite(ac).all():
+            self._bad += 1
+        else:
+            lo, hi = _bounds(self.config, ac.shape[-1])
+            if np.any(ac < lo - self.config.bounds_slack) or np.any(ac > hi + self.config.bounds_slack):
+                self._oob += 1
+        self.steps += 1
+        return ac
+
+    def run(self, source: Iterable[tuple[np.ndarray, str]], steps: int | None = None) -> int:
+        """Feed up to ``steps`` (default: config.shadow_steps) (obs, task) pairs from ``source``."""
+        limit = self.config.shadow_steps if steps is None else steps
+        n = 0
+        for obs, task in source:
+            if n >= limit:
+                break
+            self.step(obs, task)
+            n += 1
+        return n
+
+    def checks(self) -> list[CheckResult]:
+        cfg = self.config
+        out = [CheckResult("shadow_steps", self.steps >= cfg.shadow_steps, self.steps, cfg.shadow_steps,
+                           data="live observations")]
+        rate = (self._bad + self._oob) / max(self.steps, 1)
+        out.append(CheckResult("shadow_outputs", self._bad == 0 and rate <= cfg.max_out_of_bounds_rate_perturbed,
+                               rate, cfg.max_out_of_bounds_rate_perturbed,
+                               detail={"non_finite": self._bad, "out_of_bounds": self._oob, "steps": self.steps},
+                               data="live observations"))
+        guarded = {t: v for t, v in self._div.items() if t != self.target_task}
+        allv = [x for v in guarded.values() for x in v]
+        mean_div = float(np.mean(allv)) if allv else 0.0
+        detail = {t: {"steps": len(v), "mean": float(np.mean(v)), "p95": float(np.percentile(v, 95))}
+                  for t, v in self._div.items()}
+        out.append(CheckResult("shadow_divergence", bool(mean_div <= cfg.shadow_max_mean_divergence), mean_div,
+                               cfg.shadow_max_mean_divergence, detail={"per_task": detail, "target_excluded": self.target_task},
+                               data="RMS action difference candidate vs active, live observations"))
+        pc = np.percentile(self._lat_c, [50, 99]) if self._lat_c else np.array([np.nan, np.nan])
+        pa = np.percentile(self._lat_a, [50, 99]) if self._lat_a else None
+        # Measured interleaved: a spike that hits both models alike is the machine, not the candidate.
+        within = bool(pc[1] <= cfg.latency_budget_ms)
+        ratio50 = None
+        ok = within
+        if pa is not None and pa[0] > 0:
+            ratio50 = float(pc[0] / pa[0])
+            ok = ratio50 <= cfg.shadow_max_latency_ratio and (within or pc[1] <= pa[1] * cfg.shadow_max_latency_ratio)
+        out.append(CheckResult("shadow_latency", bool(ok), float(pc[1]), cfg.latency_budget_ms,
+                               detail={"candidate_p50_ms": float(pc[0]), "candidate_p99_ms": float(pc[1]),
+                                       "active_p50_ms": None if pa is None else float(pa[0]),
+                                       "active_p99_ms": None if pa is None else float(pa[1]),
+                                       "p50_ratio": ratio50, "max_ratio": cfg.shadow_max_latency_ratio,
+                                       "rule": "p50 ratio <= max_ratio and (p99 <= budget or p99 <= active p99 * max_ratio)"},
+                               data="single-observation latency on live observations"))
+        return out
+
+
+def _bounds(cfg: GateConfig, act_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    out = []
+    for name in ("action_low", "action_high"):
+        v = np.atleast_1d(np.asarray(getattr(cfg, name), np.float32))
+        if v.size not in (1, act_dim):
+            raise ValueError(f"gate config {name} has {v.size} values; the actions have {act_dim} dimensions")
+        out.append(np.broadcast_to(v, (act_dim,)))
+    return out[0], out[1]
+
+
+# ---------------------------------------------------------------------------------------- gate
+class SafetyGate:
+    """Evaluates candidates against the active version and records the decision in the registry."""
+
+    def __init__(self, registry: ModelRegistry, config: GateConfig | Mapping[str, Any] | None = None):
+        self.registry = registry
+        self.config = config if isinstance(config, GateConfig) else GateConfig.from_dict(config)
+
+    def shadow_runner(self, candidate: str, target_task: str | None = None) -> ShadowRunner:
+        """A ShadowRunner for ``candidate`` beside the currently active version."""
+        active = self.registry.active()
+        if active is None:
+            raise RegistryError("shadow stage needs an active version to compare against")
+        cinfo, ainfo = self.registry.info(candidate), self.registry.info(active)
+        cbytes = self.registry.read_onnx(candidate)
+        abytes, _ = self.registry.load_for_serving(active)
+        runner = ShadowRunner(cbytes, abytes, cinfo.tasks, ainfo.tasks, self.config,
+                              target_task or cinfo.target_task or cinfo.tasks[-1])
+        runner.candidate_id = candidate
+        return runner
+
+    def evaluate(
+        self,
+        candidate: str,
+        suites: Mapping[str, RegressionSuite] | Sequence[RegressionSuite],
+        target_task: str | None = None,
+        *,
+        rollout_fn: RolloutFn | None = None,
+        shadow_source: Iterable[tuple[np.ndarray, str]] | None = None,
+        decide: bool = True,
+        progress: bool = False,
+    ) -> GateReport:
+        """Run every check on ``candidate`` vs the active version and (with ``decide``) persist the verdict.
+
+        ``suites``: held-out regression data per task. ``target_task``: the task the update is
+        for (default: the candidate's recorded target, else its last task). ``rollout_fn``: enables
+        closed-loop checks. ``shadow_source``: (obs, task) pairs for the shadow stage when
+        config.shadow_steps > 0; without it a passing candidate stays a candidate with decision
+        'pending_shadow' until ``conclude_shadow``.
+        """
+        t_start = time.perf_counter()
+        started = _utcnow()
+        cfg = self.config
+        timings: dict[str, float] = {}
+        suites = _normalise_suites(suites)
+        cinfo = self.registry.info(candidate)
+        if decide and cinfo.decision != "candidate":
+            raise RegistryError(f"{candidate} was already decided ({cinfo.decision!r}); use decide=False to re-run checks")
+        target = target_task or cinfo.target_task or cinfo.tasks[-1]
+        active_id = self.registry.active()
+        checks: list[CheckResult] = []
+
+        def timed(name: str):
+            return _Timer(timings, name)
+
+        # ---- load: the candidate must be intact and loadable; the active model must be servable
+        with timed("load"):
+            cand = act = None
+            try:
+                cbytes = self.registry.read_onnx(candidate, verify=True)
+                cand = OnnxPolicy(cbytes, cfg.intra_op_threads)
+                checks.append(CheckResult("integrity", True, cinfo.onnx_sha256[:16], "sha256 recorded at registration",
+                                          data=f"{candidate}/model.onnx"))
+            except Exception as exc:  # noqa: BLE001 - any load failure is a rejection with its reason
+                checks.append(CheckResult("integrity", False, f"{type(exc).__name__}: {exc}"[:500],
+                                          "loads in onnxruntime with matching sha256", data=f"{candidate}/model.onnx"))
+            ainfo = None
+            if active_id is not None:
+                ainfo = self.registry.info(active_id)
+                abytes, _ = self.registry.load_for_serving(active_id)  # a corrupted production model is an error
+                act = OnnxPolicy(abytes, cfg.intra_op_threads)
+        data = [s.describe() for s in suites.values()]
+        if cand is None:
+            return self._finish(candidate, active_id, target, checks, data, timings, started, t_start, decide)
+
+        def guarded(kind: str, fn: Callable[[], list[CheckResult]]) -> list[CheckResult]:
+            """Fail closed: a check that cannot run (the candidate errors in onnxruntime, the
+            simulator breaks) is a failed check carrying the error, never a crash or a pass."""
+            with timed(kind):
+                try:
+                    return fn()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("gate %s: %s check raised %s", candidate, kind, exc)
+                    return [CheckResult(kind, False, f"{type(exc).__name__}: {exc}"[:500], "runs without error",
+                                        detail={"error": True})]
+
+        # ---- signature and head order
+        checks += guarded("signature", lambda: self._signature_checks(cand, cinfo, act, ainfo, suites))
+        # ---- outputs on the suites, nominal and perturbed; BC error for regression/improvement
+        mse: dict[str, dict] = {}
+
+        def outputs() -> list[CheckResult]:
+            out_checks, m = self._output_checks(cand, cinfo, act, ainfo, suites, target)
+            mse.update(m)
+            return out_checks
+
+        out_checks = guarded("outputs", outputs)
+        checks += out_checks
+        if all(c.kind != "outputs" for c in out_checks):  # regression needs the outputs
+            checks += guarded("regression", lambda: self._regression_checks(cinfo, ainfo, suites, target, mse))
+        # ---- latency
+        checks += guarded("latency", lambda: [self._latency_check(cand, act, suites)])
+        # ---- closed-loop rollouts
+        if rollout_fn is not None:
+            checks += guarded("rollouts", lambda: self._rollout_checks(rollout_fn, cbytes, cand, cinfo, act, ainfo,
+                                                                       suites, target, progress))
+
+        # ---- shadow stage
+        if cfg.shadow_steps > 0 and all(c.passed for c in checks):
+            if act is None:
+                checks.append(CheckResult("shadow_steps", True, 0, cfg.shadow_steps,
+                                          detail={"skipped": "no active version to shadow"}))
+            elif shadow_source is not None:
+                def shadow() -> list[CheckResult]:
+                    runner = ShadowRunner(cbytes, abytes, cinfo.tasks, ainfo.tasks, cfg, target)
+                    runner.run(shadow_source)
+                    return runner.checks()
+
+                checks += guarded("shadow", shadow)
+            else:
+                rep = GateReport(candidate, active_id, target, "pending_shadow", checks, data, cfg.to_dict(),
+                                 timings, started, (time.perf_counter() - t_start) * 1e3, persisted=decide)
+                if decide:
+                    self.registry.save_report(candidate, "gate-offline", rep.to_dict())
+                return rep
+        return self._finish(candidate, active_id, target, checks, data, timings, started, t_start, decide)
+
+    def conclude_shadow(self, candidate: str, runner: ShadowRunner) -> GateReport:
+        """Finish a 'pending_shadow' evaluation with the shadow checks and persist the verdict."""
+        offline = [r for r in self.registry.reports(candidate) if r.get("kind") == "gate-offline"]
+        if not offline:
+            raise RegistryError(f"{candidate} has no offline gate report awaiting a shadow stage")
+        rep = GateReport.from_dict(offline[-1])
+        if runner.candidate_id not in (None, candidate):
+            raise ValueError(f"this ShadowRunner ran {runner.candidate_id}, not {candidate}")
+        t0 = time.perf_counter()
+        checks = rep.checks + runner.checks()
+        now_active = self.registry.active()
+        if now_active != rep.active:
+            checks.append(CheckResult("active_unchanged", False, now_active, rep.active,
+                                      detail={"reason": "the active version changed since the offline checks; re-gate"}))
+        rep.timings_ms["shadow"] = (time.perf_counter() - t0) * 1e3
+        return self._finish(candidate, rep.active, rep.target_task, checks, rep.data, rep.timings_ms,
+                            rep.started, time.perf_counter() - rep.duration_ms / 1e3, True)
+
+    # ------------------------------------------------------------------ checks
+    def _signature_checks(self, cand: OnnxPolicy, cinfo, act: OnnxPolicy | None, ainfo, suites) -> list[CheckResult]:
+        out = []
+        if act is not None:
+            same = cand.signature == act.signature
+            out.append(CheckResult("signature", same, "unchanged" if same else "changed", "identical to active",
+                                   detail={} if same else {"candidate": cand.signature, "active": act.signature},
+                                   data=f"ONNX inputs/outputs of {cinfo.id} vs {ainfo.id}"))
+            prefix_ok = cinfo.tasks[: len(ainfo.tasks)] == ainfo.tasks
+            out.append(CheckResult("task_heads", prefix_ok, cinfo.tasks, ainfo.tasks,
+                                   detail={"rule": "candidate task order must extend the active one (head i = task i)"},
+                                   data="meta.json tasks"))
+        else:
+            dims = {s.obs.shape[1] for s in suites.values()}, {s.action.shape[1] for s in suites.values()}
+            obs_dim, act_dim = cand.metadata.get("obs_dim"), cand.metadata.get("act_dim")
+            ok = (obs_dim is None or {int(obs_dim)} >= dims[0]) and (act_dim is None or {int(act_dim)} >= dims[1])
+            out.append(CheckResult("signature", bool(ok), {"obs_dim": obs_dim, "act_dim": act_dim},
+                                   {"obs_dim": sorted(dims[0]), "act_dim": sorted(dims[1])},
+                                   detail={"candidate": cand.signature, "note": "no active version: checked against the suites"},
+                                   data="ONNX metadata vs suite shapes"))
+        meta_tasks = cand.metadata.get("tasks")
+        if meta_tasks is not None:
+            try:
+                embedded = json.loads(meta_tasks)
+            except ValueError:
+                embedded = meta_tasks
+            heads_ok = cand.num_heads == 1 or cand.num_heads >= len(cinfo.tasks)
+            ok = embedded == cinfo.tasks and heads_ok
+            out.append(CheckResult("onnx_metadata", ok, {"tasks": embedded, "num_heads": cand.num_heads},
+                                   {"tasks": cinfo.tasks}, data="ONNX metadata_props vs meta.json"))
+        return out
+
+    def _output_checks(self, cand: OnnxPolicy, cinfo, act: OnnxPolicy | None, ainfo, suites, target):
+        cfg = self.config
+        rng = np.random.default_rng(cfg.perturb_seed)
+        # [nominal, perturbed] x [rows, non-finite, out of bounds]; active: [rows, out of bounds]
+        cnt = np.zeros((2, 3), np.int64)
+        acnt = np.zeros((2, 2), np.int64)
+        mse: dict[str, dict] = {}
+        per_task_bounds = {}
+        missing = []
+        for task, s in suites.items():
+            hc = cand.head(cinfo.tasks, task)
+            if hc is None:
+                missing.append(task)
+                continue
+            if len(s) == 0:
+                mse[task] = {"samples": 0}
+                continue
+            lo, hi = _bounds(cfg, s.action.shape[1])
+            lo, hi = lo - cfg.bounds_slack, hi + cfg.bounds_slack
+            std = np.maximum(s.obs.std(0), 1e-2)
+            noisy = s.obs + rng.normal(0.0, 1.0, s.obs.shape).astype(np.float32) * (cfg.perturb_scale * std)
+            pc = cand.predict(s.obs, hc)
+            if pc.shape != s.action.shape:
+                raise ValueError(f"candidate outputs {pc.shape} on suite {task!r}; the suite's actions are {s.action.shape}")
+            pp = cand.predict(noisy, hc)
+            for k, arr in enumerate((pc, pp)):
+                finite = np.isfinite(arr).all(1)
+                with np.errstate(invalid="ignore"):
+                    oob = finite & (np.any(arr < lo, 1) | np.any(arr > hi, 1))
+                cnt[k] += (len(arr), int((~finite).sum()), int(oob.sum()))
+            per_task_bounds[task] = {"max_abs_action": float(np.nanmax(np.abs(pc))) if np.isfinite(pc).any() else None}
+            entry = {"samples": len(s), "candidate": _mse(pc, s.action),
+                     "mean_predictor": _mse(np.broadcast_to(s.action.mean(0), s.action.shape), s.action)}
+            if s.episodes is not None:
+                entry["candidate_worst_episode"] = _worst_episode(pc, s.action, s.episodes)
+            ha = act.head(ainfo.tasks, task) if act is not None else None
+            if ha is not None:
+                pa = act.predict(s.obs, ha)
+                entry["active"] = _mse(pa, s.action)
+                if s.episodes is not None:
+                    entry["active_worst_episode"] = _worst_episode(pa, s.action, s.episodes)
+                for k, arr in enumerate((pa, act.predict(noisy, ha))):
+                    with np.errstate(invalid="ignore"):
+                        oob = ~np.isfinite(arr).all(1) | np.any(arr < lo, 1) | np.any(arr > hi, 1)
+                    acnt[k] += (len(arr), int(oob.sum()))
+            mse[task] = entry
+        checks = []
+        if missing:
+            checks.append(CheckResult("task_heads", False, missing, "a head for every suite task",
+                                      detail={"candidate_tasks": cinfo.tasks}, data="suite tasks"))
+        checks.append(CheckResult("finite", int(cnt[:, 1].sum()) == 0, int(cnt[:, 1].sum()), 0,
+                                  detail={"nominal_rows": int(cnt[0, 0]), "perturbed_rows": int(cnt[1, 0]),
+                                          "non_finite_nominal": int(cnt[0, 1]), "non_finite_perturbed": int(cnt[1, 1])},
+                                  data="all suites, nominal and perturbed observations"))
+        bounds = {"low": cfg.action_low, "high": cfg.action_high, "slack": cfg.bounds_slack,
+                  "rule": "rate <= active rate + limit (limit alone without an active model); non-finite rows fail"}
+        for k, (kind, limit, data) in enumerate((
+                ("action_bounds", cfg.max_out_of_bounds_rate, "all suites, nominal observations"),
+                ("action_bounds_perturbed", cfg.max_out_of_bounds_rate_perturbed,
+                 f"all suites, observations + N(0, ({cfg.perturb_scale} * feature std)^2), seed {cfg.perturb_seed}"))):
+            rate = cnt[k, 2] / max(cnt[k, 0], 1)
+            arate = acnt[k, 1] / acnt[k, 0] if acnt[k, 0] else None
+            thr = arate + limit if arate is not None else limit
+            detail = {**bounds, "rows": int(cnt[k, 0]), "out_of_bounds": int(cnt[k, 2]), "active_rate": arate}
+            if k == 0:
+                detail["per_task"] = per_task_bounds
+            checks.append(CheckResult(kind, bool(cnt[k, 1] == 0 and rate <= thr), float(rate), float(thr),
+                                      detail=detail, data=data))
+        return checks, mse
+
+    def _regression_checks(self, cinfo, ainfo, suites, target, mse) -> list[CheckResult]:
+        cfg = self.config
+        out = []
+        active_tasks = list(ainfo.tasks) if ainfo is not None else []
+        guarded = [t for t in dict.fromkeys(active_tasks + list(suites)) if t != target]
+        for task in guarded:
+            e = mse.get(task)
+            if task not in suites or e is None or e.get("samples", 0) == 0:
+                if task in suites and e is None:
+                    continue  # no candidate head: already failed under task_heads
+                out.append(CheckResult("regression", not cfg.require_all_tasks, None, "a held-out suite", task=task,
+                                       detail={"reason": f"no held-out data for {task!r}"}, data="none"))
+                continue
+            if e["samples"] < cfg.min_suite_samples:
+                out.append(CheckResult("regression", False, e["samples"], cfg.min_suite_samples, task=task,
+                                       detail={"reason": "suite too small to certify"}, data=f"heldout {task}"))
+                continue
+            if "active" in e:
+                base, base_name = e["active"], f"active {ainfo.id}"
+            else:
+                base, base_name = e["mean_predictor"], "mean-action predictor (active has no head for this task)"
+            thr = base * (1 + cfg.regression_rel_tol) + cfg.regression_abs_tol
+            val = e["candidate"]
+            out.append(CheckResult("regression", bool(math.isfinite(val) and val <= thr), val, thr, task=task,
+                                   detail={**e, "baseline": base_name, "rule": "cand <= base*(1+rel)+abs",
+                                           "rel_tol": cfg.regression_rel_tol, "abs_tol": cfg.regression_abs_tol},
+                                   data=f"heldout {task}: {e['samples']} samples, BC MSE"))
+        e = mse.get(target)
+        if target not in suites or e is None or e.get("samples", 0) == 0:
+            if not (target in suites and e is None):
+                out.append(CheckResult("improvement", False, None, "a held-out suite", task=target,
+                                       detail={"reason": f"no held-out data for target task {target!r}"}, data="none"))
+        elif e["samples"] < cfg.min_suite_samples:
+            out.append(CheckResult("improvement", False, e["samples"], cfg.min_suite_samples, task=target,
+                                   detail={"reason": "suite too small to certify"}, data=f"heldout {target}"))
+        else:
+            options = {"mean-action predictor": e["mean_predictor"]}
+            if "active" in e:
+                options[f"active {ainfo.id}"] = e["active"]
+            base_name = min(options, key=options.get)
+            thr = options[base_name] * (1 - cfg.improvement_margin)
+            val = e["candidate"]
+            out.append(CheckResult("improvement", bool(math.isfinite(val) and val <= thr), val, thr, task=target,
+                                   detail={**e, "baseline": base_name, "rule": "cand <= min(active, mean predictor)*(1-margin)",
+                                           "margin": cfg.improvement_margin},
+                                   data=f"heldout {target}: {e['samples']} samples, BC MSE"))
+        return out
+
+    def _latency_check(self, cand: OnnxPolicy, act: OnnxPolicy | None, suites) -> CheckResult:
+        cfg = self.config
+        obs = np.concatenate([s.obs[:64] for s in suites.values() if len(s)] or [np.zeros((1, 1), np.float32)])
+        rows = [np.ascontiguousarray(obs[i % len(obs)][None]) for i in range(cfg.latency_samples)]
+        fc = [cand.feeds(r, 0) for r in rows]
+        fa = [act.feeds(r, 0) for r in rows] if act is not None else None
+        best_c, best_a, p50c = math.inf, math.inf, math.inf
+        for _ in range(cfg.latency_rounds):
+            lc, la = np.empty(len(rows)), np.empty(len(rows))
+            for i in range(len(rows)):
+                t0 = time.perf_counter_ns()
+                cand.session.run(None, fc[i])
+                lc[i] = time.perf_counter_ns() - t0
+                if fa is not None:
+                    t0 = time.perf_counter_ns()
+                    act.session.run(None, fa[i])
+                    la[i] = time.perf_counter_ns() - t0
+            p99 = float(np.percentile(lc, 99)) / 1e6
+            if p99 < best_c:
+                best_c, p50c = p99, float(np.percentile(lc, 50)) / 1e6
+            if fa is not None:
+                best_a = min(best_a, float(np.percentile(la, 99)) / 1e6)
+        detail = {"candidate_p50_ms": p50c, "candidate_p99_ms": best_c, "samples": cfg.latency_samples,
+                  "rounds": cfg.latency_rounds, "threads": cfg.intra_op_threads,
+                  "statistic": "best p99 over rounds (candidate and active interleaved)"}
+        ok = best_c <= cfg.latency_budget_ms
+        rule = "p99 <= budget"
+        if fa is not None:
+            detail.update(active_p99_ms=best_a, ratio_vs_active=best_c / best_a if best_a > 0 else None)
+            # Over budget while production, measured interleaved on the same rows, is just as slow
+            # means the machine is loaded, not that the candidate is slower: judge it relative to
+            # production then (the median must still fit the budget).
+            rule = "p99 <= budget, or (p50 <= budget and p99 <= active p99 * shadow_max_latency_ratio)"
+            ok = ok or (p50c <= cfg.latency_budget_ms and best_c <= best_a * cfg.shadow_max_latency_ratio)
+        detail["rule"] = rule
+        return CheckResult("latency_p99", bool(ok), best_c, cfg.latency_budget_ms,
+                           detail=detail, data="single observations drawn from the suites")
+
+    def _rollout_checks(self, rollout_fn, cbytes, cand, cinfo, act, ainfo, suites, target, progress) -> list[CheckResult]:
+        cfg = self.config
+        n = cfg.rollout_episodes
+        tasks = [t for t in suites if cand.head(cinfo.tasks, t) is not None]
+        abytes = self.registry.read_onnx(ainfo.id) if ainfo is not None else None
+        it: Iterable[str] = tasks
+        if progress:
+            from tqdm import tqdm
+
+            it = tqdm(tasks, desc=f"gate rollouts {cinfo.id}", unit="task")
+        out = []
+        for task in it:
+            k = _count(rollout_fn(cbytes, task, n), n, "candidate", task)
+            lo, hi = wilson_interval(k, n, cfg.rollout_confidence)
+            detail = {"episodes": n, "successes": k, "rate": k / n, "wilson": [lo, hi], "confidence": cfg.rollout_confidence}
+            thr = cfg.rollout_min_success
+            if task != target and act is not None and act.head(ainfo.tasks, task) is not None:
+                ka = _count(rollout_fn(abytes, task, n), n, "active", task)
+                alo, ahi = wilson_interval(ka, n, cfg.rollout_confidence)
+                detail.update(active_successes=ka, active_rate=ka / n, active_wilson=[alo, ahi])
+                thr = min(cfg.rollout_min_success, alo)
+            detail["rule"] = ("candidate lower bound >= min(floor, active lower bound)" if task != target
+                              else "candidate lower bound >= floor")
+            out.append(CheckResult("rollout", bool(lo >= thr), lo, thr, task=task, detail=detail,
+                                   data=f"{n} closed-loop episodes"))
+        return out
+
+    # ------------------------------------------------------------------ decision
+    def _finish(self, candidate, active_id, target, checks, data, timings, started, t_start, decide) -> GateReport:
+        decision = "approved" if checks and all(c.passed for c in checks) else "rejected"
+        rep = GateReport(candidate, active_id, target, decision, checks, data, self.config.to_dict(), timings,
+                         started, (time.perf_counter() - t_start) * 1e3, persisted=decide)
+        if decide:
+            self.registry.set_decision(candidate, decision, rep.reason(), rep.to_dict())
+            log.info("gate %s: %s", candidate, rep.reason())
+        return rep
+
+
+class _Timer:
+    def __init__(self, sink: dict, name: str):
+        self.sink, self.name = sink, name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.sink[self.name] = self.sink.get(self.name, 0.0) + (time.perf_counter() - self.t0) * 1e3
+        return False
+
+
+def _mse(pred: np.ndarray, target: np.ndarray) -> float:
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = float(np.mean((pred.astype(np.float64) - target) ** 2))
+    return v if math.isfinite(v) else float("inf")
+
+
+def _worst_episode(pred: np.ndarray, target: np.ndarray, episodes: np.ndarray) -> dict:
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.mean((pred.astype(np.float64) - target) ** 2, axis=1)
+    ids, inv = np.unique(episodes, return_inverse=True)
+    per = np.bincount(inv, weights=np.nan_to_num(err, nan=np.inf, posinf=np.inf)) / np.bincount(inv)
+    i = int(np.argmax(per))
+    return {"episode": _jsonable(ids[i]), "mse": float(per[i])}
+
+
+def _count(k: Any, n: int, who: str, task: str) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= n:
+        raise ValueError(f"rollout_fn returned {k!r} successes for the {who} on {task!r}; expected an int in [0, {n}]")
+    return int(k)
+
+
+def _utcnow() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

@@ -1,0 +1,1 @@
+"""The embedded simulator: Meta-World (MuJoCo) behind our task interface, and closed-loop rollouts."""

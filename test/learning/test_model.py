@@ -1,0 +1,65 @@
+"""The policy network: per-task heads, single-head mode, growth that keeps old tasks, ONNX export."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet, export_onnx, load_policy
+
+
+def _net(**kw) -> PolicyNet:
+    torch.manual_seed(0)
+    return PolicyNet(PolicyConfig(obs_dim=6, act_dim=2, hidden=(16,), **kw))
+
+
+def test_heads_give_different_actions_for_the_same_observation():
+    net = _net(num_heads=3)
+    obs = torch.randn(4, 6)
+    a0 = net(obs, torch.zeros(4, dtype=torch.long))
+    a2 = net(obs, torch.full((4,), 2, dtype=torch.long))
+    assert not torch.allclose(a0, a2)
+
+
+def test_single_head_mode_ignores_the_task_id_and_cannot_grow():
+    net = _net(num_heads=1, multi_head=False)
+    obs = torch.randn(4, 6)
+    torch.testing.assert_close(net(obs, torch.zeros(4, dtype=torch.long)), net(obs, torch.full((4,), 5, dtype=torch.long)))
+    net.ensure_heads(4)
+    assert net.num_heads == 1
+    with pytest.raises(ValueError, match="exactly 1 when multi_head=False"):
+        PolicyNet(PolicyConfig(num_heads=2, multi_head=False))
+
+
+def test_growing_heads_keeps_every_existing_head_exactly():
+    net = _net(num_heads=2)
+    obs = torch.randn(5, 6)
+    before = [net(obs, torch.full((5,), k, dtype=torch.long)).detach() for k in range(2)]
+    net.ensure_heads(4)
+    assert net.num_heads == 4 and net.config.num_heads == 4
+    for k in range(2):
+        torch.testing.assert_close(net(obs, torch.full((5,), k, dtype=torch.long)), before[k], rtol=0, atol=0)
+    clone = load_policy(net.config.to_dict(), net.state_dict())
+    torch.testing.assert_close(clone(obs, torch.full((5,), 3, dtype=torch.long)), net(obs, torch.full((5,), 3, dtype=torch.long)))
+
+
+def test_normaliser_is_inside_the_network_and_floors_constant_features():
+    net = _net(num_heads=1)
+    data = np.random.default_rng(0).normal(3.0, 2.0, size=(500, 6)).astype(np.float32)
+    data[:, 0] = 1.0  # a constant feature must not blow up to inf
+    net.set_normalizer(data)
+    assert float(net.obs_std[0]) > 0 and torch.isfinite(net(torch.as_tensor(data), torch.zeros(500, dtype=torch.long))).all()
+    assert abs(float(net.obs_mean[1]) - 3.0) < 0.3
+
+
+def test_export_is_one_self_contained_file_with_dynamic_batch_and_metadata():
+    net = _net(num_heads=3)
+    blob = export_onnx(net, {"tasks": '["a", "b", "c"]'})
+    sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["num_heads"] == "3" and meta["tasks"] == '["a", "b", "c"]' and meta["obs_dim"] == "6"
+    for n in (1, 7):
+        obs = np.random.default_rng(n).normal(size=(n, 6)).astype(np.float32)
+        task = np.arange(n, dtype=np.int64) % 3
+        out = sess.run(None, {"obs": obs, "task_id": task})[0]
+        ref = net(torch.as_tensor(obs), torch.as_tensor(task)).detach().numpy()
+        np.testing.assert_allclose(out, ref, atol=1e-5)

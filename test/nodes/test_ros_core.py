@@ -1,0 +1,191 @@
+"""The ROS layer's wiring, checked without ROS: torch stays out of the serving processes, every
+config key is a declared parameter, node lists agree across setup.py / CMake / launch files, and
+every node keeps the standard main() shape.
+
+Where rclpy and the built interfaces are importable (a sourced colcon workspace), the node modules
+themselves are imported too.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+import tomllib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lifelong_ros.nodes import params as P
+
+ROOT = Path(__file__).resolve().parents[2]
+NODES_DIR = ROOT / "lifelong_ros" / "nodes"
+NODE_NAMES = ["policy_server", "experience_buffer", "learner", "safety_monitor", "sim_bridge"]
+TORCH_FREE = ["policy_server", "safety_monitor", "experience_buffer"]  # serving-side processes
+
+
+def _core_imports(node: str) -> set[str]:
+    """lifelong_ros core modules a node module imports (not the nodes, not generated interfaces), plus _common's."""
+    mods = set()
+    for name in (node, "_common"):
+        for n in ast.walk(ast.parse((NODES_DIR / f"{name}.py").read_text())):
+            if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module and n.module.startswith("lifelong_ros."):
+                if n.module.split(".")[1] not in ("nodes", "msg", "srv", "action"):
+                    mods.add(n.module)
+    return mods
+
+
+def _run(code: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("node", TORCH_FREE)
+def test_serving_nodes_core_never_imports_torch(node):
+    mods = sorted(_core_imports(node) | {"lifelong_ros.nodes.messages", "lifelong_ros.nodes.params"})
+    assert "lifelong_ros.serving.runtime" in mods or node != "policy_server"
+    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in mods)
+            + "print(json.dumps({'torch': 'torch' in sys.modules, 'rclpy': 'rclpy' in sys.modules}))")
+    got = _run(code)
+    assert got == {"torch": False, "rclpy": False}, f"{node} core modules {mods} imported {got}"
+
+
+def _ros_available() -> bool:
+    return (importlib.util.find_spec("rclpy") is not None
+            and importlib.util.find_spec("lifelong_ros.msg") is not None)
+
+
+@pytest.mark.skipif(not _ros_available(), reason="rclpy or the built lifelong_ros interfaces are not importable "
+                                                 "(source a colcon workspace to run this)")
+@pytest.mark.parametrize("node", TORCH_FREE)
+def test_serving_node_modules_never_import_torch(node):
+    got = _run(f"import json, sys\nimport lifelong_ros.nodes.{node}\nprint(json.dumps({{'torch': 'torch' in sys.modules}}))")
+    assert got == {"torch": False}
+
+
+# --------------------------------------------------------------------------- config vs declared parameters
+def _sections(path: Path) -> dict[str, dict]:
+    def flatten(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flatten(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    raw = yaml.safe_load(path.read_text())
+    return {key: flatten(body["ros__parameters"]) for key, body in raw.items()}
+
+
+@pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
+def test_every_config_key_is_a_parameter_its_node_declares(config):
+    sections = _sections(ROOT / "config" / config)
+    declared_anywhere = set().union(*(P.declared_names(n) for n in P.NODES))
+    for key, values in sections.items():
+        if key == "/**":
+            unknown = set(values) - declared_anywhere - P.CLI_ONLY
+            assert not unknown, f"{config}: shared key(s) {sorted(unknown)} are declared by no node"
+            continue
+        node = re.sub(r"^/(\*\*/)?", "", key)
+        if node in P.CLI_SECTIONS:
+            continue
+        assert node in P.NODES, f"{config}: section {key!r} names no lifelong_ros node; nodes: {sorted(P.NODES)}"
+        unknown = set(values) - P.declared_names(node)
+        assert not unknown, f"{config}: {node} does not declare {sorted(unknown)} (ROS would ignore them silently)"
+
+
+@pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
+def test_config_values_have_the_declared_types_and_valid_sections(config):
+    from lifelong_ros.safety.gate import GateConfig
+    from lifelong_ros.safety.watchdog import WatchdogConfig
+
+    sections = _sections(ROOT / "config" / config)
+    shared = sections.get("/**", {})
+    by_name = {p.name: p for n in P.NODES for p in P.NODES[n]}
+    for key, values in sections.items():
+        for name, value in values.items():
+            p = by_name.get(name)
+            if p is None or p.default is None:
+                continue
+            want = type(p.default)
+            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+            assert ok, f"{config}: {key} {name}={value!r} is {type(value).__name__}; the node declares {want.__name__}"
+            if p.min is not None:
+                assert p.min <= value <= p.max, f"{config}: {name}={value} outside [{p.min}, {p.max}]"
+    monitor = {**shared, **sections.get("/**/safety_monitor", {})}
+    GateConfig.from_dict({k[5:]: v for k, v in monitor.items() if k.startswith("gate.")})
+    WatchdogConfig.from_dict({k[9:]: v for k, v in monitor.items() if k.startswith("watchdog.")})
+
+
+@pytest.mark.parametrize("config, dims", [("lifelong.yaml", (39, 4)), ("gazebo_humanoid.yaml", (49, 21))])
+def test_spec_named_in_each_config_loads(config, dims):
+    from lifelong_ros.ros_io import spec as spec_mod
+
+    path = ROOT / "config" / _sections(ROOT / "config" / config)["/**"]["spec"]
+    spec = spec_mod.load_spec(path)
+    assert (spec.obs_dim, spec.act_dim) == dims
+
+
+# --------------------------------------------------------------------------- packaging consistency
+def _cmake_executables() -> dict[str, str]:
+    block = re.search(r"set\(LIFELONG_EXECUTABLES([^)]*)\)", ROOT.joinpath("CMakeLists.txt").read_text()).group(1)
+    return dict(e.split("=") for e in re.findall(r'"([^"]+)"', block))
+
+
+def test_executables_agree_across_pyproject_cmake_and_modules():
+    scripts = tomllib.loads(ROOT.joinpath("pyproject.toml").read_text())["project"]["scripts"]
+    pip = {name: target.split(":")[0] for name, target in scripts.items()}
+    assert pip == _cmake_executables()
+    assert {n for n, mod in pip.items() if mod.startswith("lifelong_ros.nodes.")} == set(NODE_NAMES)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+        assert any(isinstance(x, ast.FunctionDef) and x.name == func for x in tree.body), f"{module} has no {func}()"
+
+
+def test_cmake_generates_every_interface_file_and_installs_launch_and_config():
+    cmake = ROOT.joinpath("CMakeLists.txt").read_text()
+    listed = set(re.findall(r'"((?:msg|srv|action)/\w+\.(?:msg|srv|action))"', cmake))
+    on_disk = {str(p.relative_to(ROOT)) for d in ("msg", "srv", "action") for p in (ROOT / d).iterdir()}
+    assert listed == on_disk
+    assert "install(DIRECTORY launch config DESTINATION share/${PROJECT_NAME})" in cmake
+    # the Python package is installed after rosidl_generate_interfaces (our __init__.py must win)
+    assert cmake.index("rosidl_generate_interfaces(") < cmake.index("install(DIRECTORY lifelong_ros/")
+
+
+def test_launch_files_start_only_installed_executables():
+    cmake_nodes = set(_cmake_executables())
+    for f in ("lifelong.launch.py", "sim_demo.launch.py"):
+        tree = ast.parse((ROOT / "launch" / f).read_text())
+        exes = {kw.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
+                for kw in n.keywords if kw.arg == "executable" and isinstance(kw.value, ast.Constant)}
+        ours = exes - {"parameter_bridge"}
+        assert ours and ours <= cmake_nodes, f"{f} starts {sorted(ours - cmake_nodes)}"
+    four = {"policy_server", "experience_buffer", "learner", "safety_monitor"}
+    tree = ast.parse((ROOT / "launch" / "lifelong.launch.py").read_text())
+    names = {kw.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
+             for kw in n.keywords if kw.arg == "name" and isinstance(kw.value, ast.Constant)}
+    assert four <= names
+
+
+@pytest.mark.parametrize("node", NODE_NAMES)
+def test_every_node_main_has_the_standard_shutdown_shape(node):
+    src = (NODES_DIR / f"{node}.py").read_text()
+    main = next(x for x in ast.parse(src).body if isinstance(x, ast.FunctionDef) and x.name == "main")
+    text = ast.unparse(main)
+    for needle in ("rclpy.init(args=args)", "rclpy.spin(", "except (KeyboardInterrupt, ExternalShutdownException)",
+                   "node.destroy_node()", "rclpy.try_shutdown()"):
+        assert needle in text, f"{node}.main() lacks {needle!r}"
+    assert "finally:" in text
+
+
+def test_offline_learn_node_ignores_ros_arguments():
+    from lifelong_ros.cli.offline import _strip_ros_args
+
+    assert _strip_ros_args(["--bag", "b", "--ros-args", "-r", "a:=b", "--", "--task", "t"]) == ["--bag", "b", "--task", "t"]
+    assert _strip_ros_args(["--bag", "b", "--ros-args", "--log-level", "debug"]) == ["--bag", "b"]
