@@ -1,72 +1,37 @@
-"""Shared pieces of the continual benchmarks: the method table, the sequence runner, JSON assembly.
+"""Shared pieces of the continual benchmarks: each method's registry options, the sequence runner, JSON assembly.
 
-Every method runs through the same loop (lifelong_ros.learning.trainer) with the same step budget, so the
-numbers differ only by the consolidation plugins; naive and joint are run next to each of them.
+Every method runs through the same loop (lifelong_ros.learning.trainer) with the same step budget, and is built
+by the strategy registry the learner's recipes use (lifelong_ros.learning.strategies), so the numbers differ
+only by the consolidation plugins; naive and joint are run next to each of them.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from lifelong_ros.learning import metrics
-from lifelong_ros.learning.trainer import (
-    EWC,
-    ContinualTrainer,
-    DefaultStrategyOptions,
-    Experience,
-    L2Anchor,
-    LossFn,
-    MemoryBuffer,
-    OnlineEWC,
-    Plugin,
-    Replay,
-    SynapticIntelligence,
-    TrainOptions,
-    default_strategy,
-)
+from lifelong_ros.learning.strategies import STRATEGIES, StrategyOptions, build_plugins, strategy_options
+from lifelong_ros.learning.trainer import ContinualTrainer, Experience, LossFn, MemoryBuffer, TrainOptions
 
-METHODS = ("naive", "joint", "l2", "ewc", "online_ewc", "si", "replay", "ewc_replay")
+METHODS = tuple(STRATEGIES)
+# The benchmarks estimate the Fisher on 512 samples (the recipes' default is 1024), set for every method with EWC.
+BENCH_DEFAULTS: dict[str, Any] = {"fisher_samples": 512}
 
 
-@dataclass(frozen=True)
-class HParams:
-    """One hyper-parameter per method (tuned per benchmark, reported in the JSON)."""
-
-    l2_lambda: float = 1.0
-    ewc_lambda: float = 100.0
-    online_ewc_lambda: float = 100.0
-    online_ewc_decay: float = 1.0
-    si_c: float = 1.0
-    replay_ratio: float | str = 0.5
-    ewc_replay_lambda: float = 100.0
-    memory_per_task: int = 100
-    fisher_samples: int = 512
-
-
-def build_plugins(method: str, hp: HParams, seed: int) -> list[Plugin]:
-    """Plugins for ``method``; naive and joint have none (joint differs by the data it trains on)."""
-    if method in ("naive", "joint"):
-        return []
-    if method == "l2":
-        return [L2Anchor(hp.l2_lambda)]
-    if method == "ewc":
-        return [EWC(hp.ewc_lambda, hp.fisher_samples)]
-    if method == "online_ewc":
-        return [OnlineEWC(hp.online_ewc_lambda, hp.online_ewc_decay, hp.fisher_samples)]
-    if method == "si":
-        return [SynapticIntelligence(hp.si_c)]
-    memory = MemoryBuffer(hp.memory_per_task, seed=seed)
-    if method == "replay":
-        return [Replay(memory, hp.replay_ratio), memory]
-    if method == "ewc_replay":
-        opts = DefaultStrategyOptions(hp.ewc_replay_lambda, hp.online_ewc_decay, hp.fisher_samples, hp.replay_ratio)
-        return default_strategy(memory, opts) + [memory]
-    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+def method_options(tuned: Mapping[str, Mapping[str, Any]]) -> dict[str, StrategyOptions]:
+    """Every method's registry options: BENCH_DEFAULTS where the method has the key, then its ``tuned`` values."""
+    out = {}
+    for method in METHODS:
+        keys = STRATEGIES[method].options.field_names()
+        out[method] = strategy_options(method, {**{k: v for k, v in BENCH_DEFAULTS.items() if k in keys},
+                                                **tuned.get(method, {})})
+    return out
 
 
 def run_sequence(
@@ -75,22 +40,27 @@ def run_sequence(
     experiences: Sequence[Experience],
     evaluate: Callable[[nn.Module, int], float],
     method: str,
-    hp: HParams,
+    strategy: StrategyOptions,
     options: TrainOptions,
+    memory_per_task: int,
     evaluate_future: bool = True,
     on_cell: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, list[float] | None]:
-    """Train ``model`` through ``experiences`` with ``method``; return (R, initial accuracies b).
+    """Train ``model`` through ``experiences`` with ``method`` (registry options ``strategy``); return (R,
+    initial accuracies b). Replaying methods replay from an in-memory MemoryBuffer of ``memory_per_task``
+    samples per finished task.
 
     R[i][j] = evaluate(model, j) after experience i. With ``evaluate_future`` False, cells j > i are
     NaN (never evaluated) and b is None (no FWT).
     """
     t = len(experiences)
     baseline = [evaluate(model, j) for j in range(t)] if evaluate_future else None
-    trainer = ContinualTrainer(model, loss_fn, build_plugins(method, hp, options.seed), options)
+    spec = STRATEGIES[method]
+    memory = MemoryBuffer(memory_per_task, seed=options.seed) if spec.uses_replay else None
+    trainer = ContinualTrainer(model, loss_fn, build_plugins(method, strategy, memory), options)
     r = np.full((t, t), np.nan)
     for i, exp in enumerate(experiences):
-        data = Experience.concat(list(experiences[: i + 1]), name=f"joint<={i}") if method == "joint" else exp
+        data = Experience.concat(list(experiences[: i + 1]), name=f"joint<={i}") if spec.trains_on_all_tasks else exp
         trainer.train_exp(data)
         for j in range(t if evaluate_future else i + 1):
             r[i, j] = evaluate(model, j)
@@ -104,7 +74,7 @@ def method_table(per_method_runs: dict[str, list[dict]]) -> dict:
     table = {name: metrics.aggregate(runs) for name, runs in per_method_runs.items()}
     joint = table.get("joint")
     naive = table.get("naive")
-    for name, row in table.items():
+    for row in table.values():
         if joint is not None:
             row["joint_avg_acc"] = joint["avg_acc"]["mean"]
             row["gap_to_joint"] = joint["avg_acc"]["mean"] - row["avg_acc"]["mean"]
@@ -137,5 +107,6 @@ def seeded(seed: int) -> None:
     np.random.seed(seed)
 
 
-def hparams_json(hp: HParams) -> dict:
-    return asdict(hp)
+def options_json(per_method: Mapping[str, StrategyOptions], memory_per_task: int) -> dict:
+    """What the JSON reports as the methods' options: the registry's names, plus the replay memory size."""
+    return {"strategies": {m: asdict(o) for m, o in per_method.items()}, "memory_per_task": memory_per_task}

@@ -22,9 +22,10 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import METHODS, HParams, acceptance, hparams_json, method_table, run_sequence, seeded  # noqa: E402
+from _common import METHODS, acceptance, method_options, method_table, options_json, run_sequence, seeded  # noqa: E402
 
 from lifelong_ros.learning import metrics  # noqa: E402
+from lifelong_ros.learning.strategies import StrategyOptions  # noqa: E402
 from lifelong_ros.learning.trainer import Experience, TrainOptions, cross_entropy_loss  # noqa: E402
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet  # noqa: E402
 
@@ -36,29 +37,30 @@ SPLIT_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 HIDDEN: dict[str, tuple[int, ...]] = {"task_il": (32, 32), "class_il": (32, 32), "domain_il": (100, 100)}
 
 # Chosen by `--tune` (validation split carved out of the training data, tuning seed 1000, never the
-# test split or the reporting seeds); see the "hparams" entry of the JSON for what a run used.
-# Replay memory: 100 samples per task (~40 % of a split task, ~8 % of a permuted task).
-TUNED: dict[str, HParams] = {
-    "task_il": HParams(l2_lambda=1e-3, ewc_lambda=1e6, online_ewc_lambda=1e6, si_c=10.0, replay_ratio=0.5, ewc_replay_lambda=100.0),
-    "class_il": HParams(l2_lambda=10.0, ewc_lambda=10.0, online_ewc_lambda=10.0, si_c=0.01, replay_ratio=0.75, ewc_replay_lambda=1.0),
-    "domain_il": HParams(l2_lambda=0.1, ewc_lambda=100.0, online_ewc_lambda=100.0, si_c=0.1, replay_ratio=0.5, ewc_replay_lambda=1.0),
+# test split or the reporting seeds), in the strategy registry's option names; the "strategy_options"
+# entry of the JSON has every option a run used (fisher_samples: _common.BENCH_DEFAULTS).
+TUNED: dict[str, dict[str, dict]] = {
+    "task_il": {"l2": {"l2_lambda": 1e-3}, "ewc": {"ewc_lambda": 1e6}, "online_ewc": {"ewc_lambda": 1e6},
+                "si": {"si_lambda": 10.0}, "replay": {"replay_ratio": 0.5},
+                "ewc_replay": {"ewc_lambda": 100.0, "replay_ratio": 0.5}},
+    "class_il": {"l2": {"l2_lambda": 10.0}, "ewc": {"ewc_lambda": 10.0}, "online_ewc": {"ewc_lambda": 10.0},
+                 "si": {"si_lambda": 0.01}, "replay": {"replay_ratio": 0.75},
+                 "ewc_replay": {"ewc_lambda": 1.0, "replay_ratio": 0.75}},
+    "domain_il": {"l2": {"l2_lambda": 0.1}, "ewc": {"ewc_lambda": 100.0}, "online_ewc": {"ewc_lambda": 100.0},
+                  "si": {"si_lambda": 0.1}, "replay": {"replay_ratio": 0.5},
+                  "ewc_replay": {"ewc_lambda": 1.0, "replay_ratio": 0.5}},
 }
+MEMORY_PER_TASK = 100  # replay memory: ~40 % of a split task, ~8 % of a permuted task
 
-GRID = {
-    "l2_lambda": [1e-3, 0.01, 0.1, 1.0, 10.0],
-    "ewc_lambda": [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
-    "online_ewc_lambda": [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
-    "si_c": [0.01, 0.1, 1.0, 10.0, 100.0],
-    "replay_ratio": [0.25, 0.5, 0.75],
-    "ewc_replay_lambda": [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6],
-}
-GRID_METHOD = {
-    "l2_lambda": "l2",
-    "ewc_lambda": "ewc",
-    "online_ewc_lambda": "online_ewc",
-    "si_c": "si",
-    "replay_ratio": "replay",
-    "ewc_replay_lambda": "ewc_replay",
+# Each tuned method's own knob and its grid, tuned in this order: ewc_replay after replay, whose chosen
+# ratio it takes.
+GRID: dict[str, tuple[str, list]] = {
+    "l2": ("l2_lambda", [1e-3, 0.01, 0.1, 1.0, 10.0]),
+    "ewc": ("ewc_lambda", [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6]),
+    "online_ewc": ("ewc_lambda", [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6]),
+    "si": ("si_lambda", [0.01, 0.1, 1.0, 10.0, 100.0]),
+    "replay": ("replay_ratio", [0.25, 0.5, 0.75]),
+    "ewc_replay": ("ewc_lambda", [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6]),
 }
 
 
@@ -114,40 +116,47 @@ def make_evaluator(sc: Scenario):
     return evaluate
 
 
-def run_one(kind: str, method: str, seed: int, hp: HParams, options: TrainOptions, validation: bool, hidden: tuple[int, ...]) -> dict:
+def run_one(kind: str, method: str, seed: int, strategy: StrategyOptions, options: TrainOptions, validation: bool,
+            hidden: tuple[int, ...]) -> dict:
     sc = load_scenario(kind, seed, validation, hidden)
     seeded(seed)
     model = PolicyNet(sc.config)
-    r, b = run_sequence(model, cross_entropy_loss, sc.experiences, make_evaluator(sc), method, hp, replace(options, seed=seed))
+    r, b = run_sequence(model, cross_entropy_loss, sc.experiences, make_evaluator(sc), method, strategy,
+                        replace(options, seed=seed), MEMORY_PER_TASK)
     return metrics.summarize(r, b)
 
 
-def tune(kind: str, options: TrainOptions, base: HParams, hidden: tuple[int, ...], seeds=(1000, 1001)) -> tuple[HParams, dict]:
+def tune(kind: str, options: TrainOptions, base: dict[str, StrategyOptions], hidden: tuple[int, ...],
+         seeds=(1000, 1001)) -> tuple[dict[str, StrategyOptions], dict]:
     """Grid search each method's own knob on the validation split (tuning seeds, same budget).
 
-    Coordinate-wise in GRID order, so ewc_replay is tuned with the replay ratio already chosen."""
-    hp = base
+    Coordinate-wise in GRID order; the replay ratio chosen for replay is ewc_replay's too."""
+    per_method = dict(base)
     trace: dict = {}
-    for key, values in tqdm(GRID.items(), desc=f"tune {kind}", file=sys.stderr):
+    for method, (key, values) in tqdm(GRID.items(), desc=f"tune {kind}", file=sys.stderr):
         scores = {}
         for v in values:
-            trial = replace(hp, **{key: v})
-            scores[v] = float(np.mean([run_one(kind, GRID_METHOD[key], s, trial, options, True, hidden)["avg_acc"] for s in seeds]))
+            trial = replace(per_method[method], **{key: v})
+            runs = [run_one(kind, method, s, trial, options, True, hidden) for s in seeds]
+            scores[v] = float(np.mean([run["avg_acc"] for run in runs]))
         best = max(scores, key=lambda v: scores[v])
-        hp = replace(hp, **{key: best})
-        trace[key] = {"chosen": best, "val_avg_acc": {str(k): round(s, 4) for k, s in scores.items()}}
-    return hp, trace
+        per_method[method] = replace(per_method[method], **{key: best})
+        if method == "replay":
+            per_method["ewc_replay"] = replace(per_method["ewc_replay"], replay_ratio=best)
+        trace[method] = {"option": key, "chosen": best, "val_avg_acc": {str(k): round(s, 4) for k, s in scores.items()}}
+    return per_method, trace
 
 
-def run_scenario(kind: str, methods, seeds, options: TrainOptions, hp: HParams, hidden: tuple[int, ...], out: Path | None) -> dict:
-    per_method: dict[str, list[dict]] = {m: [] for m in methods}
+def run_scenario(kind: str, methods, seeds, options: TrainOptions, per_method: dict[str, StrategyOptions],
+                 hidden: tuple[int, ...], out: Path | None) -> dict:
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
     started = time.perf_counter()
     with tqdm(total=len(methods) * len(seeds), desc=kind, file=sys.stderr) as bar:
         for method in methods:
             for seed in seeds:
-                per_method[method].append(run_one(kind, method, seed, hp, options, False, hidden))
+                runs[method].append(run_one(kind, method, seed, per_method[method], options, False, hidden))
                 bar.update(1)
-    table = method_table(per_method)
+    table = method_table(runs)
     probe = load_scenario(kind, 0, False, hidden)
     name = probe.name
     if out is not None:
@@ -158,7 +167,7 @@ def run_scenario(kind: str, methods, seeds, options: TrainOptions, hp: HParams, 
     result = {
         "benchmark": name,
         "methods": table,
-        "hparams": hparams_json(hp),
+        "strategy_options": options_json({m: per_method[m] for m in methods}, MEMORY_PER_TASK),
         "options": {"steps": options.steps, "batch_size": options.batch_size, "lr": options.lr, "hidden": list(hidden)},
         "seeds": list(seeds),
         "seconds": round(time.perf_counter() - started, 1),
@@ -203,12 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     kinds = SCENARIOS if args.scenario == "all" else (args.scenario,)
     results = {}
     for kind in kinds:
-        hp = TUNED[kind]
+        per_method = method_options(TUNED[kind])
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else HIDDEN[kind]
         tuning = None
         if args.tune:
-            hp, tuning = tune(kind, options, hp, hidden)
-        res = run_scenario(kind, methods, seeds, options, hp, hidden, args.out)
+            per_method, tuning = tune(kind, options, per_method, hidden)
+        res = run_scenario(kind, methods, seeds, options, per_method, hidden, args.out)
         if tuning is not None:
             res["tuning"] = tuning
         results[kind] = res

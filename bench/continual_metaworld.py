@@ -22,9 +22,10 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import METHODS, HParams, acceptance, hparams_json, method_table, run_sequence, seeded  # noqa: E402
+from _common import METHODS, acceptance, method_options, method_table, options_json, run_sequence, seeded  # noqa: E402
 
 from lifelong_ros.learning import metrics  # noqa: E402
+from lifelong_ros.learning.strategies import StrategyOptions  # noqa: E402
 from lifelong_ros.learning.trainer import Experience, TrainOptions  # noqa: E402
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
 from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations, evaluate, stack_episodes  # noqa: E402
@@ -39,22 +40,23 @@ EVAL_SEEDS = range(5000, 6000)  # held-out variations for closed-loop success
 # Every demonstration is kept for replay, and replay is balanced: each earlier task gets as many
 # samples per batch as the new one (joint training's composition). With a fixed ratio of 0.5
 # the grasp (pick-place) was forgotten as later tasks took half of every batch: EWC + replay
-# 0.89 vs joint 0.96, forgetting 0.13 (3 seeds, 10 rollouts, constant lr). Other values as
-# `--tune` chose on held-out demonstration BC loss; see "hparams" in the JSON. The learning rate
-# decays (cosine) within each task for every method: with a constant rate closed-loop success
-# swung from one evaluation to the next (joint's own "forgetting" was 0.05-0.06).
-TUNED = HParams(memory_per_task=100_000, replay_ratio="balanced")
+# 0.89 vs joint 0.96, forgetting 0.13 (3 seeds, 10 rollouts, constant lr). Other values (the
+# registry's defaults, fisher_samples from _common.BENCH_DEFAULTS) as `--tune` chose on held-out
+# demonstration BC loss; see "strategy_options" in the JSON. The learning rate decays (cosine)
+# within each task for every method: with a constant rate closed-loop success swung from one
+# evaluation to the next (joint's own "forgetting" was 0.05-0.06).
+TUNED: dict[str, dict] = {"replay": {"replay_ratio": "balanced"}, "ewc_replay": {"replay_ratio": "balanced"}}
+MEMORY_PER_TASK = 100_000
 
-GRID = {
-    "l2_lambda": [0.01, 0.1, 1.0, 10.0],
-    "ewc_lambda": [10.0, 100.0, 1e3, 1e4, 1e5],
-    "online_ewc_lambda": [10.0, 100.0, 1e3, 1e4, 1e5],
-    "si_c": [0.01, 0.1, 1.0, 10.0],
-    "replay_ratio": [0.25, 0.5, 0.75, "balanced"],
-    "ewc_replay_lambda": [10.0, 100.0, 1e3, 1e4, 1e5],
+# Each tuned method's own knob and its grid, in this order: ewc_replay after replay, whose chosen ratio it takes.
+GRID: dict[str, tuple[str, list]] = {
+    "l2": ("l2_lambda", [0.01, 0.1, 1.0, 10.0]),
+    "ewc": ("ewc_lambda", [10.0, 100.0, 1e3, 1e4, 1e5]),
+    "online_ewc": ("ewc_lambda", [10.0, 100.0, 1e3, 1e4, 1e5]),
+    "si": ("si_lambda", [0.01, 0.1, 1.0, 10.0]),
+    "replay": ("replay_ratio", [0.25, 0.5, 0.75, "balanced"]),
+    "ewc_replay": ("ewc_lambda", [10.0, 100.0, 1e3, 1e4, 1e5]),
 }
-GRID_METHOD = {"l2_lambda": "l2", "ewc_lambda": "ewc", "online_ewc_lambda": "online_ewc", "si_c": "si",
-               "replay_ratio": "replay", "ewc_replay_lambda": "ewc_replay"}
 
 
 def demos(task: str, seeds, cache: Path | None) -> tuple[np.ndarray, np.ndarray]:
@@ -129,19 +131,23 @@ def bc_evaluator(val: list[Experience]):
     return evaluate_bc
 
 
-def tune(seq: Sequence_, options: TrainOptions, base: HParams, seed: int = 1000) -> tuple[HParams, dict]:
-    hp, trace = base, {}
-    for key, values in tqdm(GRID.items(), desc="tune", file=sys.stderr):
+def tune(seq: Sequence_, options: TrainOptions, base: dict[str, StrategyOptions],
+         seed: int = 1000) -> tuple[dict[str, StrategyOptions], dict]:
+    """Coordinate-wise grid search in GRID order; the replay ratio chosen for replay is ewc_replay's too."""
+    per_method, trace = dict(base), {}
+    for method, (key, values) in tqdm(GRID.items(), desc="tune", file=sys.stderr):
         scores = {}
         for v in values:
-            trial = replace(hp, **{key: v})
-            r, _ = run_sequence(make_model(seq, seed), bc_loss, seq.experiences, bc_evaluator(seq.val),
-                                GRID_METHOD[key], trial, replace(options, seed=seed), evaluate_future=False)
+            trial = replace(per_method[method], **{key: v})
+            r, _ = run_sequence(make_model(seq, seed), bc_loss, seq.experiences, bc_evaluator(seq.val), method, trial,
+                                replace(options, seed=seed), MEMORY_PER_TASK, evaluate_future=False)
             scores[v] = float(r[-1].mean())  # mean held-out -MSE over all tasks after the last one
         best = max(scores, key=lambda v: scores[v])
-        hp = replace(hp, **{key: best})
-        trace[key] = {"chosen": best, "val_neg_mse": {str(k): round(s, 5) for k, s in scores.items()}}
-    return hp, trace
+        per_method[method] = replace(per_method[method], **{key: best})
+        if method == "replay":
+            per_method["ewc_replay"] = replace(per_method["ewc_replay"], replay_ratio=best)
+        trace[method] = {"option": key, "chosen": best, "val_neg_mse": {str(k): round(s, 5) for k, s in scores.items()}}
+    return per_method, trace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,20 +186,21 @@ def main(argv: list[str] | None = None) -> int:
     seq = load_sequence(tasks, args.demos, args.val_demos, cache)
     lr_final = args.lr_final if args.lr_final >= 0 else None
     options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_final=lr_final, progress_every=10**9)
-    hp, tuning = TUNED, None
+    per_method, tuning = method_options(TUNED), None
     if args.tune:
-        hp, tuning = tune(seq, options, hp)
+        per_method, tuning = tune(seq, options, per_method)
     evaluator = RolloutEvaluator(tasks, args.rollouts, args.max_steps)
     seeds = list(range(args.seeds))
-    per_method: dict[str, list[dict]] = {m: [] for m in methods}
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
     with tqdm(total=len(methods) * len(seeds), desc="metaworld", file=sys.stderr) as bar:
         for method in methods:
             for seed in seeds:
-                r, _ = run_sequence(make_model(seq, seed), bc_loss, seq.experiences, evaluator, method, hp,
-                                    replace(options, seed=seed), evaluate_future=False)
-                per_method[method].append(metrics.summarize(r))
+                r, _ = run_sequence(make_model(seq, seed), bc_loss, seq.experiences, evaluator, method,
+                                    per_method[method], replace(options, seed=seed), MEMORY_PER_TASK,
+                                    evaluate_future=False)
+                runs[method].append(metrics.summarize(r))
                 bar.update(1)
-    table = method_table(per_method)
+    table = method_table(runs)
     if args.out is not None:
         for method, row in table.items():
             metrics.plot_matrix(row["matrix"], args.out / f"metaworld_{method}.png", list(tasks),
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "tasks": list(tasks),
         "methods": table,
         "acceptance": acceptance(table),
-        "hparams": hparams_json(hp),
+        "strategy_options": options_json({m: per_method[m] for m in methods}, MEMORY_PER_TASK),
         "options": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "lr_final": lr_final, "hidden": list(HIDDEN),
                     "demos": args.demos, "rollouts": args.rollouts, "max_steps": args.max_steps, "quick": args.quick},
         "seeds": seeds,

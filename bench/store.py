@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from lifelong_ros.ros_io import bag as B
-from lifelong_ros.ros_io.spec import spec_from_dict
+from lifelong_ros.ros_io.codecs import FLOAT32_ARRAY, FLOAT64_ARRAY, JOINT_FIELDS, JOINT_STATE
+from lifelong_ros.ros_io.spec import JointStateStream, spec_from_dict
 from lifelong_ros.experience.store import ExperienceStore
 
 D, A = 39, 4
@@ -106,36 +107,40 @@ def bench_sample(path: Path, reps: int, tag: str) -> dict:
 
 
 def write_bench_bag(path: Path, steps: int, kind: str) -> dict:
-    """A bag with one observation and one action message per step."""
+    """A bag with one observation and one action message per step (recorded JointStates carry effort too)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     rng = np.random.default_rng(3)
     joints = [f"joint{i}" for i in range(7)]
-    if kind == "float32":
-        spec = {"observation": {"streams": [{"topic": "/obs", "type": "std_msgs/msg/Float32MultiArray", "size": D}]},
-                "action": {"streams": [{"topic": "/act", "type": "std_msgs/msg/Float32MultiArray", "size": A}]}}
+    array = FLOAT64_ARRAY if kind == "float64" else FLOAT32_ARRAY
+    if kind == "jointstate":
+        obs = {"topic": "/obs", "type": JOINT_STATE, "joints": joints, "fields": ["position", "velocity"]}
     else:
-        spec = {"observation": {"streams": [{"topic": "/obs", "type": "sensor_msgs/msg/JointState", "joints": joints, "fields": ["position", "velocity"]}]},
-                "action": {"streams": [{"topic": "/act", "type": "std_msgs/msg/Float32MultiArray", "size": A}]}}
+        obs = {"topic": "/obs", "type": array, "size": D}
+    spec = {"observation": {"streams": [obs]}, "action": {"streams": [{"topic": "/act", "type": array, "size": A}]}}
+    parsed = spec_from_dict(spec)
+    t = 1_700_000_000 * 10**9 + np.arange(steps) * 10**7
+    if kind == "jointstate":
+        recorded = JointStateStream(
+            topic="/obs", type=JOINT_STATE, joints=tuple(joints), fields=JOINT_FIELDS, frame_id="base"
+        )
+        obs_raws = recorded.encode_cdr(rng.standard_normal((steps, recorded.dim)), t)
+    else:
+        obs_raws = parsed.observation.streams[0].encode_cdr(rng.standard_normal((steps, D)), t)
+    act_raws = parsed.action.streams[0].encode_cdr(rng.uniform(-1, 1, (steps, A)), t + 10**6)
     ts = B.jazzy_typestore()
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
-        co = w.add_connection("/obs", spec["observation"]["streams"][0]["type"], typestore=ts)
-        ca = w.add_connection("/act", "std_msgs/msg/Float32MultiArray", typestore=ts)
-        t0 = 1_700_000_000 * 10**9
-        for i in range(steps):
-            t = t0 + i * 10**7
-            if kind == "float32":
-                raw = B.encode_float32_array(rng.standard_normal(D))
-            else:
-                raw = B.encode_joint_state(t, "base", joints, {"position": rng.standard_normal(7), "velocity": rng.standard_normal(7), "effort": rng.standard_normal(7)})
-            w.write(co, t, raw)
-            w.write(ca, t + 10**6, B.encode_float32_array(rng.uniform(-1, 1, A)))
+        co = w.add_connection("/obs", obs["type"], typestore=ts)
+        ca = w.add_connection("/act", array, typestore=ts)
+        for ti, o, a in zip(t.tolist(), obs_raws, act_raws, strict=True):
+            w.write(co, ti, o)
+            w.write(ca, ti + 10**6, a)
     return spec
 
 
 def bench_bag(root: Path, steps: int, reps: int) -> dict:
     out = {}
-    for kind in ("float32", "jointstate"):
+    for kind in ("float32", "jointstate", "float64"):
         bag = root / f"bench_{kind}"
         spec = spec_from_dict(write_bench_bag(bag, steps, kind))
         n_msgs = 2 * steps
@@ -149,7 +154,7 @@ def bench_bag(root: Path, steps: int, reps: int) -> dict:
                 r = B.import_bag(bag, s, spec, task="bench")
                 t_imp.append(time.perf_counter() - t)
                 assert r.steps == steps
-        sfx = "" if kind == "float32" else "_jointstate"
+        sfx = "" if kind == "float32" else f"_{kind}"
         out[f"bag_import_msgs_per_s{sfx}"] = n_msgs / statistics.median(t_imp)
         out[f"rosbags_loop_msgs_per_s{sfx}"] = n_msgs / statistics.median(t_loop)
         out[f"bag_import_vs_rosbags_ratio{sfx}"] = statistics.median(t_loop) / statistics.median(t_imp)
@@ -159,7 +164,7 @@ def bench_bag(root: Path, steps: int, reps: int) -> dict:
         stream = spec.observation.streams[0]
         ts = B.jazzy_typestore()
         t = time.perf_counter()
-        ours = B.decode_stream(stream, raws)
+        ours = stream.decode_cdr(raws)
         t_ours = time.perf_counter() - t
         t = time.perf_counter()
         ref = np.stack([stream.decode(ts.deserialize_cdr(r, stream.type)) for r in raws])

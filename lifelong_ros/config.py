@@ -14,8 +14,7 @@ import yaml
 from lifelong_ros.paths import default_config_path
 
 
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(d: dict[Any, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"

@@ -16,6 +16,7 @@ def test_demo_loop_learns_two_tasks_serves_while_learning_and_writes_results(tmp
     settings = DemoSettings(
         tasks=["reach-v3", "button-press-topdown-v3"], demos_per_task=6, heldout_demos_per_task=2, eval_episodes=2,
         steps=150, max_steps=120, options={"hidden": [64, 64], "batch_size": 128},
+        gate={"latency_budget_ms": 50.0},  # a loaded CI machine; the latency check is tested in test/safety
     )
     results = run_demo(settings, tmp_path, progress=False)
 
@@ -33,14 +34,11 @@ def test_demo_loop_learns_two_tasks_serves_while_learning_and_writes_results(tmp
     assert second["served_steps_during_learning"] > 0
     assert second["timings_s"]["time_to_verdict"] >= second["timings_s"]["learning"] > 0
 
-    registry = ModelRegistry(tmp_path / "data" / "registry")
-    expected_active = "v0002" if second["decision"] == "approved" else "v0001"
-    assert registry.active() == expected_active
-    if second["decision"] == "approved":
-        assert np.isfinite(m[1]).all() and second["timings_s"]["swap_ms"] is not None
-        assert second["timings_s"]["time_to_adapt"] == second["timings_s"]["time_to_verdict"]
-    else:  # production unchanged, and the reason is on record
-        assert second["failed_checks"] and second["timings_s"]["time_to_adapt"] is None
+    # replay kept the first task: the gate approved the second version and the runtime hot-swapped to it
+    assert second["decision"] == "approved", second["failed_checks"]
+    assert ModelRegistry(tmp_path / "data" / "registry").active() == "v0002"
+    assert np.isfinite(m[1]).all() and second["timings_s"]["swap_ms"] is not None
+    assert second["timings_s"]["time_to_adapt"] == second["timings_s"]["time_to_verdict"]
 
     store = ExperienceStore(results["paths"]["store"], readonly=True)
     try:

@@ -6,10 +6,12 @@ cannot be met without them the caller gets a `RetentionOverflow` to raise or fla
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 PerTaskMode = Literal["reservoir", "recent"]
 OverflowAction = Literal["raise", "flag"]
@@ -62,11 +64,11 @@ class RetentionPolicy:
     def active(self) -> bool:
         return not (self.max_records is None and self.max_bytes is None and self.per_task_cap is None and self.max_age_s is None)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "RetentionPolicy":
+    def from_dict(cls, d: dict[str, Any] | None) -> RetentionPolicy:
         if not d:
             return cls()
         unknown = set(d) - set(cls.__dataclass_fields__)
@@ -94,7 +96,7 @@ class RetentionOverflow:
         )
 
 
-def _cap_victims(ids: np.ndarray, priority: np.ndarray, keep: int) -> np.ndarray:
+def _cap_victims(ids: npt.NDArray[np.int64], priority: npt.NDArray[np.float64], keep: int) -> npt.NDArray[np.int64]:
     """Ids of all but the ``keep`` highest-priority entries."""
     n = ids.shape[0]
     if n <= keep:
@@ -105,7 +107,7 @@ def _cap_victims(ids: np.ndarray, priority: np.ndarray, keep: int) -> np.ndarray
     return ids[cut]
 
 
-def _water_fill(counts: np.ndarray, total: int) -> int:
+def _water_fill(counts: npt.NDArray[np.intp], total: int) -> int:
     """Largest per-task cap c with sum(min(counts, c)) <= total."""
     if counts.sum() <= total:
         return int(counts.max(initial=0))
@@ -121,14 +123,14 @@ def _water_fill(counts: np.ndarray, total: int) -> int:
 
 def select_evictions(
     policy: RetentionPolicy,
-    ids: np.ndarray,
-    task: np.ndarray,
-    protected: np.ndarray,
-    is_demo: np.ndarray,
-    rkey: np.ndarray,
-    stamp_ns: np.ndarray,
+    ids: npt.NDArray[np.int64],
+    task: npt.NDArray[np.int32],
+    protected: npt.NDArray[np.bool_],
+    is_demo: npt.NDArray[np.bool_],
+    rkey: npt.NDArray[np.float64],
+    stamp_ns: npt.NDArray[np.int64],
     bytes_per_record: float,
-) -> tuple[np.ndarray, RetentionOverflow | None]:
+) -> tuple[npt.NDArray[np.int64], RetentionOverflow | None]:
     """Return (sorted ids to evict, overflow or None) for the records described by the arrays.
 
     ``ids`` increase with insertion order; ``protected`` marks demonstrations and held-out records.
@@ -143,7 +145,7 @@ def select_evictions(
         cutoff = int(stamp_ns.max()) - int(policy.max_age_s * (1.0 - policy.slack) * 1e9)
         keep &= ~(evictable & (stamp_ns < cutoff))
 
-    def apply_cap(cap_for_task) -> None:
+    def apply_cap(cap_for_task: Callable[[int], int]) -> None:
         cand_pos = np.flatnonzero(keep & evictable)
         cand_task = task[cand_pos]
         order = np.argsort(cand_task, kind="stable")
@@ -163,7 +165,7 @@ def select_evictions(
             apply_cap(lambda t: target)
 
     overflow = None
-    budget = None
+    budget: int | None = None
     if policy.max_records is not None:
         budget = policy.max_records
     if policy.max_bytes is not None:

@@ -24,16 +24,18 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from lifelong_ros.experience import samplers as _samplers
+from lifelong_ros.experience.retention import RetentionPolicy, select_evictions
 from lifelong_ros.experience.sources import SOURCES
 from lifelong_ros.paths import store_path as default_store_path
-from lifelong_ros.experience.retention import RetentionPolicy, select_evictions
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ FLAG_NONFINITE = 1
 SPLITS = ("train", "heldout", "all")
 Durability = Literal["process", "power"]
 NonFinitePolicy = Literal["reject", "flag"]
+_FilterKey = tuple[tuple[str, ...] | None, tuple[str, ...] | None, str]  # (tasks, sources, split)
+_ScalarT = TypeVar("_ScalarT", bound=np.generic)
+_T = TypeVar("_T")
 
 _INDEX_DTYPE = np.dtype(
     [
@@ -57,7 +62,8 @@ _INDEX_DTYPE = np.dtype(
         ("stamp", "<i8"),
     ]
 )
-_LOAD_DTYPE = np.dtype([(n, _INDEX_DTYPE[n]) for n in ("id", "ep", "source", "flags", "stamp")])
+_LOAD_FIELDS = ("id", "ep", "source", "flags", "stamp")
+_LOAD_DTYPE = np.dtype([(n, _INDEX_DTYPE[n]) for n in _LOAD_FIELDS])
 _IN_CHUNK = 20000  # ids per `WHERE id IN (...)` statement
 
 _SCHEMA = """
@@ -117,18 +123,18 @@ class EmptySelection(ValueError):
 class Batch:
     """Records as numpy arrays, ready for ``torch.from_numpy`` (obs/action are writable float32)."""
 
-    obs: np.ndarray  # [N, D] float32
-    action: np.ndarray  # [N, A] float32
-    task: np.ndarray  # [N] str
-    episode: np.ndarray  # [N] str
-    step: np.ndarray  # [N] int64
-    stamp: np.ndarray  # [N] float64 seconds
-    source: np.ndarray  # [N] str
-    reward: np.ndarray  # [N] float32
-    done: np.ndarray  # [N] bool
-    id: np.ndarray  # [N] int64 record ids (insertion order)
-    label: np.ndarray  # [N] object: str or None
-    stamp_ns: np.ndarray  # [N] int64 nanoseconds (exact; ``stamp`` is the same in float seconds)
+    obs: npt.NDArray[np.float32]  # [N, D] float32
+    action: npt.NDArray[np.float32]  # [N, A] float32
+    task: npt.NDArray[np.str_]  # [N] str
+    episode: npt.NDArray[np.str_]  # [N] str
+    step: npt.NDArray[np.int64]  # [N] int64
+    stamp: npt.NDArray[np.float64]  # [N] float64 seconds
+    source: npt.NDArray[np.str_]  # [N] str
+    reward: npt.NDArray[np.float32]  # [N] float32
+    done: npt.NDArray[np.bool_]  # [N] bool
+    id: npt.NDArray[np.int64]  # [N] int64 record ids (insertion order)
+    label: npt.NDArray[np.object_]  # [N] object: str or None
+    stamp_ns: npt.NDArray[np.int64]  # [N] int64 nanoseconds (exact; ``stamp`` is the same in float seconds)
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
@@ -138,7 +144,7 @@ class Batch:
 class AppendResult:
     """What an acknowledged append wrote: record ids, how many were flagged non-finite, evictions."""
 
-    ids: np.ndarray
+    ids: npt.NDArray[np.int64]
     flagged: int = 0
     evicted: int = 0
 
@@ -151,7 +157,7 @@ class EpisodeInfo:
     records: int
 
 
-def reservoir_keys(ids: np.ndarray, salt: int) -> np.ndarray:
+def reservoir_keys(ids: npt.ArrayLike, salt: int) -> npt.NDArray[np.float64]:
     """Uniform [0, 1) key per record id (splitmix64 of id ^ salt): keeping the highest keys of a
     task is a uniform random subset of everything it recorded, i.e. reservoir sampling, and the
     key never needs storing."""
@@ -171,14 +177,14 @@ def episode_is_heldout(task: str, episode: str, seed: int, fraction: float) -> b
 
 
 # ------------------------------------------------------------------------------- in-memory index
-class _Grow:
+class _Grow(Generic[_ScalarT]):
     """Append-only numpy array with amortised doubling."""
 
-    def __init__(self, dtype, capacity: int = 1024):
-        self.a = np.empty(capacity, dtype=dtype)
+    def __init__(self, dtype: type[_ScalarT] | np.dtype[_ScalarT], capacity: int = 1024):
+        self.a: npt.NDArray[_ScalarT] = np.empty(capacity, dtype=dtype)
         self.n = 0
 
-    def extend(self, x: np.ndarray) -> None:
+    def extend(self, x: npt.NDArray[_ScalarT]) -> None:
         need = self.n + x.shape[0]
         if need > self.a.shape[0]:
             new = np.empty(max(need, 2 * self.a.shape[0]), dtype=self.a.dtype)
@@ -187,13 +193,13 @@ class _Grow:
         self.a[self.n : need] = x
         self.n = need
 
-    def keep(self, mask: np.ndarray) -> None:
+    def keep(self, mask: npt.NDArray[np.bool_]) -> None:
         kept = self.a[: self.n][mask]
         self.a[: kept.shape[0]] = kept
         self.n = kept.shape[0]
 
     @property
-    def v(self) -> np.ndarray:
+    def v(self) -> npt.NDArray[_ScalarT]:
         return self.a[: self.n]
 
 
@@ -203,8 +209,8 @@ class _Candidates:
 
     epoch: int
     upto: int
-    ids: _Grow
-    by_task: dict[int, _Grow] = field(default_factory=dict)
+    ids: _Grow[np.int64]
+    by_task: dict[int, _Grow[np.int64]] = field(default_factory=dict)
 
 
 @dataclass
@@ -212,9 +218,9 @@ class _Pending:
     """What the open write transaction added (merged into the caches only after COMMIT)."""
 
     next_id: int
-    rows: list = field(default_factory=list)  # structured _INDEX_DTYPE arrays
-    tasks: dict = field(default_factory=dict)  # name -> id
-    episodes: dict = field(default_factory=dict)  # (task_id, name) -> (ep_id, heldout)
+    rows: list[npt.NDArray[np.void]] = field(default_factory=list)  # structured _INDEX_DTYPE arrays
+    tasks: dict[str, int] = field(default_factory=dict)  # name -> id
+    episodes: dict[tuple[int, str], tuple[int, bool]] = field(default_factory=dict)  # (task_id, name) -> (ep_id, heldout)
 
 
 # ---------------------------------------------------------------------------------------- store
@@ -227,15 +233,20 @@ class ExperienceStore:
     the store. See the module docstring for the durability guarantee.
     """
 
+    # Retention counters, recomputed by _retention_triggered whenever _counts_dirty is set.
+    _ev_counts: npt.NDArray[np.intp]  # evictable records per task id
+    _ev_min_stamp: int | None  # oldest evictable stamp_ns
+    _max_stamp: int | None  # newest stamp_ns
+
     def __init__(
         self,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike[str] | None = None,
         obs_dim: int | None = None,
         act_dim: int | None = None,
         *,
         readonly: bool = False,
         durability: Durability = "process",
-        retention: RetentionPolicy | dict | None = None,
+        retention: RetentionPolicy | dict[str, Any] | None = None,
         nonfinite: NonFinitePolicy = "reject",
         heldout_fraction: float | None = None,
         split_seed: int | None = None,
@@ -291,7 +302,9 @@ class ExperienceStore:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
-    def _setup(self, obs_dim, act_dim, heldout_fraction, split_seed) -> None:
+    def _setup(
+        self, obs_dim: int | None, act_dim: int | None, heldout_fraction: float | None, split_seed: int | None
+    ) -> None:
         c = self._conn
         try:
             if self.readonly:
@@ -385,10 +398,10 @@ class ExperienceStore:
                 os.close(self._lock_fd)
             self._lock_fd = None
 
-    def __enter__(self) -> "ExperienceStore":
+    def __enter__(self) -> ExperienceStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __del__(self) -> None:  # best effort; close() is the contract
@@ -406,24 +419,24 @@ class ExperienceStore:
         self._ep_task.extend(np.zeros(1, np.int32))
         self._ep_heldout.extend(np.zeros(1, np.bool_))
         self._ep_lookup: dict[tuple[int, str], int] = {}
-        self._names_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+        self._names_cache: tuple[int, npt.NDArray[np.str_], npt.NDArray[np.str_]] | None = None
         self._max_id = 0
         self._gen = 0
         self._epoch = 0  # bumps when records are removed from the index
-        self._cands: dict[tuple, _Candidates] = {}
+        self._cands: dict[_FilterKey, _Candidates] = {}
         self._evicted_total = 0
         self._over_budget = False
         self._counts_dirty = True
         self._last_evicted = 0
 
-    def _add_tasks(self, rows) -> None:
+    def _add_tasks(self, rows: Iterable[tuple[int, str]]) -> None:
         for tid, name in rows:
             while len(self._task_names) <= tid:
                 self._task_names.append("")
             self._task_names[tid] = name
             self._task_lookup[name] = tid
 
-    def _add_episodes(self, rows) -> None:
+    def _add_episodes(self, rows: Iterable[tuple[int, int, str, int]]) -> None:
         for eid, tid, name, heldout in rows:
             if eid >= self._ep_task.n:
                 grow = eid + 1 - self._ep_task.n
@@ -435,7 +448,7 @@ class ExperienceStore:
             self._ep_names[eid] = name
             self._ep_lookup[(tid, name)] = eid
 
-    def _add_index_rows(self, rows: np.ndarray) -> None:
+    def _add_index_rows(self, rows: npt.NDArray[np.void]) -> None:
         if rows.shape[0]:
             self._idx.extend(rows)
             self._max_id = max(self._max_id, int(rows["id"][-1]))
@@ -451,7 +464,7 @@ class ExperienceStore:
                 m = int(rows["stamp"].max())
                 self._max_stamp = m if self._max_stamp is None else max(self._max_stamp, m)
 
-    def _remove_index_ids(self, ids: np.ndarray) -> None:
+    def _remove_index_ids(self, ids: npt.NDArray[np.int64]) -> None:
         if ids.shape[0] == 0:
             return
         cur = self._idx.v["id"]
@@ -468,13 +481,13 @@ class ExperienceStore:
         self._cands.clear()
         self._counts_dirty = True
 
-    def _load_records(self, where: str, args: tuple) -> np.ndarray:
+    def _load_records(self, where: str, args: tuple[int, ...]) -> npt.NDArray[np.void]:
         raw = np.fromiter(
             self._conn.execute(f"SELECT id, ep, source, flags, stamp_ns FROM records {where} ORDER BY id", args),
             dtype=_LOAD_DTYPE,
         )
         out = np.empty(raw.shape[0], dtype=_INDEX_DTYPE)
-        for name in _LOAD_DTYPE.names:
+        for name in _LOAD_FIELDS:
             out[name] = raw[name]
         out["task"] = self._ep_task.v[raw["ep"]]
         out["heldout"] = self._ep_heldout.v[raw["ep"]]
@@ -540,7 +553,7 @@ class ExperienceStore:
                 pass
 
     # ------------------------------------------------------------------------------- writing
-    def _exec_write(self, fn, what: str):
+    def _exec_write(self, fn: Callable[[], _T], what: str) -> _T:
         try:
             return fn()
         except sqlite3.Error as exc:
@@ -578,9 +591,8 @@ class ExperienceStore:
     def transaction(self) -> Iterator[None]:
         """Group several appends into one atomic commit (all acknowledged together, or none)."""
         self._check_writable()
-        with self._lock:
-            with self._write_txn("committing a transaction"):
-                yield
+        with self._lock, self._write_txn("committing a transaction"):
+            yield
 
     @contextlib.contextmanager
     def _write_txn(self, what: str) -> Iterator[None]:
@@ -607,7 +619,7 @@ class ExperienceStore:
         finally:
             self._txn_depth -= 1
         if outer:
-            p, self._pending = self._pending, None
+            p, self._pending = self._txn(), None
             self._add_tasks((tid, name) for name, tid in p.tasks.items())
             self._add_episodes((eid, tid, name, h) for (tid, name), (eid, h) in p.episodes.items())
             for rows in p.rows:
@@ -616,8 +628,14 @@ class ExperienceStore:
             self._remove_index_ids(evicted)
             self._last_evicted = int(evicted.shape[0])
 
-    def _commit_pending(self) -> np.ndarray:
-        p = self._pending
+    def _txn(self) -> _Pending:
+        """What the open write transaction has added so far (only inside ``_write_txn``)."""
+        if self._pending is None:
+            raise StoreError(f"experience store {self.path}: no write transaction is open")
+        return self._pending
+
+    def _commit_pending(self) -> npt.NDArray[np.int64]:
+        p = self._txn()
         c = self._conn
         evicted = self._retention_victims(p)
         if evicted.shape[0]:
@@ -633,14 +651,14 @@ class ExperienceStore:
         c.execute("COMMIT")
         return evicted
 
-    def _delete_ids(self, ids: np.ndarray) -> None:
+    def _delete_ids(self, ids: npt.NDArray[np.int64]) -> None:
         for s in range(0, ids.shape[0], _IN_CHUNK):
             in_list = ",".join(map(str, ids[s : s + _IN_CHUNK].tolist()))
             self._conn.execute(f"DELETE FROM records WHERE id IN ({in_list})")
             if self._has_extras:
                 self._conn.execute(f"DELETE FROM extras WHERE id IN ({in_list})")
 
-    def _retention_victims(self, p: _Pending) -> np.ndarray:
+    def _retention_victims(self, p: _Pending) -> npt.NDArray[np.int64]:
         pol = self.retention
         if not pol.active:
             return np.zeros(0, np.int64)
@@ -672,7 +690,7 @@ class ExperienceStore:
 
     def _set_over_budget(self, value: bool) -> None:
         self._over_budget = value
-        self._write_state(self._pending.next_id)
+        self._write_state(self._txn().next_id)
 
     def _write_state(self, next_id: int) -> None:
         self._conn.execute(
@@ -682,15 +700,15 @@ class ExperienceStore:
 
     def _bytes_per_record(self) -> float:
         c = self._conn
-        pages = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
-        page = c.execute("PRAGMA page_size").fetchone()[0]
-        n = self._idx.n + sum(r.shape[0] for r in (self._pending.rows if self._pending else []))
+        pages: int = c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
+        page: int = c.execute("PRAGMA page_size").fetchone()[0]
+        n: int = self._idx.n + sum(r.shape[0] for r in (self._pending.rows if self._pending else []))
         estimate = 4.0 * (self.obs_dim + self.act_dim) + 64.0
         if n < 1000:
             return estimate
         return max(pages * page / n, estimate * 0.5)
 
-    def _retention_triggered(self, new: np.ndarray) -> bool:
+    def _retention_triggered(self, new: npt.NDArray[np.void]) -> bool:
         """Cheap check (no O(n) work on the common path) whether any budget may be exceeded."""
         pol = self.retention
         if self._counts_dirty:
@@ -732,21 +750,21 @@ class ExperienceStore:
     def _task_id(self, name: str) -> int:
         tid = self._task_lookup.get(name)
         if tid is None:
-            tid = self._pending.tasks.get(name)
+            tid = self._txn().tasks.get(name)
         if tid is None:
             if not name:
                 raise InvalidRecord("task name is empty; expected a non-empty string such as 'pick-place-v3'")
             cur = self._conn.execute("INSERT INTO tasks(name) VALUES (?)", (name,))
-            tid = int(cur.lastrowid)
-            self._pending.tasks[name] = tid
+            tid = _rowid(cur)
+            self._txn().tasks[name] = tid
         return tid
 
     def _episode_id(self, tid: int, task: str, name: str, split: str | None, stamp_ns: int) -> tuple[int, bool]:
         eid = self._ep_lookup.get((tid, name))
         if eid is not None:
             heldout = bool(self._ep_heldout.a[eid])
-        elif (tid, name) in self._pending.episodes:
-            eid, heldout = self._pending.episodes[(tid, name)]
+        elif (tid, name) in self._txn().episodes:
+            eid, heldout = self._txn().episodes[(tid, name)]
         else:
             if split is None:
                 heldout = episode_is_heldout(task, name, self.split_seed, self.heldout_fraction)
@@ -756,8 +774,8 @@ class ExperienceStore:
                 "INSERT INTO episodes(task, name, heldout, first_seen_ns) VALUES (?, ?, ?, ?)",
                 (tid, name, int(heldout), stamp_ns),
             )
-            eid = int(cur.lastrowid)
-            self._pending.episodes[(tid, name)] = (eid, heldout)
+            eid = _rowid(cur)
+            self._txn().episodes[(tid, name)] = (eid, heldout)
             return eid, heldout
         if split is not None and heldout != (split == "heldout"):
             raise InvalidRecord(
@@ -768,19 +786,19 @@ class ExperienceStore:
 
     def append(
         self,
-        task: str | Sequence[str],
-        episode: str | int | Sequence,
-        step: int | Sequence[int] | np.ndarray,
-        obs: np.ndarray,
-        action: np.ndarray,
+        task: str | Sequence[str] | npt.NDArray[np.str_],
+        episode: str | int | Sequence[str | int] | npt.NDArray[Any],
+        step: int | Sequence[int] | npt.NDArray[np.integer[Any]],
+        obs: npt.ArrayLike,
+        action: npt.ArrayLike,
         *,
-        reward: float | np.ndarray = 0.0,
-        done: bool | np.ndarray = False,
-        stamp: float | np.ndarray | None = None,
-        stamp_ns: int | np.ndarray | None = None,
-        source: str | Sequence[str] = "policy",
+        reward: float | npt.NDArray[np.floating[Any]] = 0.0,
+        done: bool | npt.NDArray[np.bool_] = False,
+        stamp: float | npt.NDArray[np.floating[Any]] | None = None,
+        stamp_ns: int | npt.NDArray[np.integer[Any]] | None = None,
+        source: str | Sequence[str] | npt.NDArray[np.str_] = "policy",
         label: str | Sequence[str | None] | None = None,
-        meta: dict | Sequence[dict | None] | None = None,
+        meta: dict[str, Any] | Sequence[dict[str, Any] | None] | None = None,
         split: Literal["train", "heldout"] | None = None,
     ) -> AppendResult:
         """Append N records (one transaction); returns once they are durable per ``durability``.
@@ -843,7 +861,7 @@ class ExperienceStore:
             self._check_writable()
             outer = self._txn_depth == 0
             with self._write_txn(f"appending {n} records"):
-                p = self._pending
+                p = self._txn()
                 ids = np.arange(p.next_id, p.next_id + n, dtype=np.int64)
                 task_ids, ep_ids, heldout = self._resolve_episodes(tasks, episodes, split, n, int(stamps[0]))
                 rows = zip(
@@ -883,7 +901,14 @@ class ExperienceStore:
                 p.next_id += n
             return AppendResult(ids=ids, flagged=n_bad, evicted=self._last_evicted if outer else 0)
 
-    def _resolve_episodes(self, tasks, episodes, split, n, stamp_ns):
+    def _resolve_episodes(
+        self,
+        tasks: str | npt.NDArray[np.str_],
+        episodes: str | npt.NDArray[np.str_],
+        split: Literal["train", "heldout"] | None,
+        n: int,
+        stamp_ns: int,
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
         if isinstance(tasks, str) and isinstance(episodes, str):
             tid = self._task_id(tasks)
             eid, h = self._episode_id(tid, tasks, episodes, split, stamp_ns)
@@ -948,12 +973,14 @@ class ExperienceStore:
                     (self._gen, ids.astype("<i8").tobytes(), f"explicit delete of {len(eids)} episode(s)", time.time_ns()),
                 )
                 self._evicted_total += int(ids.shape[0])
-                self._write_state(self._pending.next_id)
+                self._write_state(self._txn().next_id)
             self._remove_index_ids(ids)
             return int(ids.shape[0])
 
     # ------------------------------------------------------------------------------- reading
-    def _filter_key(self, tasks, sources, split) -> tuple:
+    def _filter_key(
+        self, tasks: str | Sequence[str] | None, sources: str | Sequence[str] | None, split: str
+    ) -> _FilterKey:
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected one of {SPLITS}")
         if isinstance(tasks, str):
@@ -968,7 +995,7 @@ class ExperienceStore:
                 raise ValueError(f"unknown source(s) {bad}; expected some of {SOURCES}")
         return (tkey, skey, split)
 
-    def _mask(self, rows: np.ndarray, key: tuple, include_flagged: bool = False) -> np.ndarray:
+    def _mask(self, rows: npt.NDArray[np.void], key: _FilterKey, include_flagged: bool = False) -> npt.NDArray[np.bool_]:
         tkey, skey, split = key
         m = np.ones(rows.shape[0], bool) if include_flagged else (rows["flags"] & FLAG_NONFINITE) == 0
         if split == "train":
@@ -988,7 +1015,7 @@ class ExperienceStore:
             m &= lut[rows["source"]]
         return m
 
-    def _candidates(self, key: tuple) -> _Candidates:
+    def _candidates(self, key: _FilterKey) -> _Candidates:
         c = self._cands.get(key)
         if c is None or c.epoch != self._epoch:
             c = _Candidates(epoch=self._epoch, upto=0, ids=_Grow(np.int64, 1024))
@@ -1083,39 +1110,39 @@ class ExperienceStore:
                     m &= (v["flags"] & FLAG_NONFINITE) == 0
                 return self._fetch(v["id"][m])
 
-    def get(self, ids: Sequence[int] | np.ndarray) -> Batch:
+    def get(self, ids: Sequence[int] | npt.NDArray[np.integer[Any]]) -> Batch:
         """Records by id (in the order given); KeyError names ids that do not exist (evicted?)."""
-        ids = np.asarray(ids, dtype=np.int64)
+        id_arr = np.asarray(ids, dtype=np.int64)
         with self._lock:
             self._check_open()
             with self._read_snapshot():
-                return self._fetch(ids)
+                return self._fetch(id_arr)
 
-    def metadata(self, ids: Sequence[int] | np.ndarray) -> list[dict | None]:
+    def metadata(self, ids: Sequence[int] | npt.NDArray[np.integer[Any]]) -> list[dict[str, Any] | None]:
         """The free-form metadata dicts stored with records ``ids`` (None where absent)."""
         ids = [int(i) for i in np.asarray(ids, dtype=np.int64)]
         with self._lock:
             self._check_open()
-            got = {}
+            got: dict[int, str | None] = {}
             for s in range(0, len(ids), _IN_CHUNK):
                 chunk = ids[s : s + _IN_CHUNK]
                 q = f"SELECT id, meta FROM extras WHERE id IN ({','.join(map(str, chunk))})"
                 got.update(self._conn.execute(q).fetchall())
-            return [json.loads(got[i]) if got.get(i) else None for i in ids]
+            return [json.loads(m) if (m := got.get(i)) else None for i in ids]
 
-    def _names(self) -> tuple[np.ndarray, np.ndarray]:
+    def _names(self) -> tuple[npt.NDArray[np.str_], npt.NDArray[np.str_]]:
         if self._names_cache is None or self._names_cache[0] != len(self._ep_names) + 7919 * len(self._task_names):
             tn = np.array(self._task_names, dtype=str)
             en = np.array(self._ep_names, dtype=str)
             self._names_cache = (len(self._ep_names) + 7919 * len(self._task_names), tn, en)
         return self._names_cache[1], self._names_cache[2]
 
-    def _fetch(self, ids: np.ndarray) -> Batch:
+    def _fetch(self, ids: npt.NDArray[np.int64]) -> Batch:
         d, a = self.obs_dim, self.act_dim
         if ids.shape[0] == 0:
             return _empty_batch(d, a)
         uniq, inverse = np.unique(ids, return_inverse=True)
-        rows: list = []
+        rows: list[tuple[Any, ...]] = []
         for s in range(0, uniq.shape[0], _IN_CHUNK):
             chunk = uniq[s : s + _IN_CHUNK]
             q = (
@@ -1140,9 +1167,9 @@ class ExperienceStore:
         if self._has_extras:
             for s in range(0, uniq.shape[0], _IN_CHUNK):
                 q = f"SELECT id, label FROM extras WHERE label IS NOT NULL AND id IN ({','.join(map(str, uniq[s : s + _IN_CHUNK].tolist()))})"
-                got = self._conn.execute(q).fetchall()
-                if got:
-                    gid, glab = zip(*got)
+                found = self._conn.execute(q).fetchall()
+                if found:
+                    gid, glab = zip(*found)
                     labels[np.searchsorted(uniq, np.array(gid, np.int64))] = list(glab)
             if order is not None:  # labels were placed in uniq (sorted id) order; rows are in rid order
                 labels = labels[np.argsort(order)]
@@ -1178,27 +1205,25 @@ class ExperienceStore:
         """Episodes with their split and record count."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: expected one of {SPLITS}")
-        with self._lock:
-            with self._read_snapshot():
-                v = self._idx.v
-                counts = np.bincount(v["ep"], minlength=self._ep_task.n)
-                out = []
-                for eid in np.flatnonzero(counts).tolist():
-                    tname = self._task_names[self._ep_task.a[eid]]
-                    h = bool(self._ep_heldout.a[eid])
-                    if task is not None and tname != task:
-                        continue
-                    if split != "all" and h != (split == "heldout"):
-                        continue
-                    out.append(EpisodeInfo(tname, self._ep_names[eid], "heldout" if h else "train", int(counts[eid])))
-                return out
+        with self._lock, self._read_snapshot():
+            v = self._idx.v
+            counts = np.bincount(v["ep"], minlength=self._ep_task.n)
+            out = []
+            for eid in np.flatnonzero(counts).tolist():
+                tname = self._task_names[self._ep_task.a[eid]]
+                h = bool(self._ep_heldout.a[eid])
+                if task is not None and tname != task:
+                    continue
+                if split != "all" and h != (split == "heldout"):
+                    continue
+                out.append(EpisodeInfo(tname, self._ep_names[eid], "heldout" if h else "train", int(counts[eid])))
+            return out
 
     def __len__(self) -> int:
-        with self._lock:
-            with self._read_snapshot():
-                return self._idx.n
+        with self._lock, self._read_snapshot():
+            return self._idx.n
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counts per task / split / source, protected and flagged records, size on disk, retention."""
         with self._lock:
             self._check_open()
@@ -1212,7 +1237,7 @@ class ExperienceStore:
                 eps = np.flatnonzero(ep_counts)
                 ep_t = self._ep_task.v[eps]
                 ep_h = self._ep_heldout.v[eps]
-                tasks = {}
+                tasks: dict[str, dict[str, Any]] = {}
                 for t in np.flatnonzero(cube.sum(axis=(1, 2))).tolist():
                     tasks[self._task_names[t]] = {
                         "records": int(cube[t].sum()),
@@ -1258,6 +1283,13 @@ class ExperienceStore:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def _rowid(cur: sqlite3.Cursor) -> int:
+    """The id an INSERT just gave its row."""
+    if cur.lastrowid is None:
+        raise StoreError("INSERT returned no row id")
+    return int(cur.lastrowid)
+
+
 def _empty_batch(d: int, a: int) -> Batch:
     return Batch(
         obs=np.zeros((0, d), np.float32),
@@ -1275,7 +1307,7 @@ def _empty_batch(d: int, a: int) -> Batch:
     )
 
 
-def _strs(x, n: int, name: str):
+def _strs(x: npt.ArrayLike, n: int, name: str) -> str | npt.NDArray[np.str_]:
     if isinstance(x, (str, int, np.integer)):
         return str(x)
     arr = np.asarray(x)
@@ -1290,11 +1322,11 @@ def _strs(x, n: int, name: str):
     return arr
 
 
-def _at(x, i: int) -> str:
+def _at(x: str | npt.NDArray[np.str_], i: int) -> str:
     return x if isinstance(x, str) else str(x[i])
 
 
-def _ints(x, n: int, name: str) -> np.ndarray:
+def _ints(x: npt.ArrayLike, n: int, name: str) -> npt.NDArray[np.int64]:
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
         return np.full(n, x, np.int64)
     arr = np.asarray(x)
@@ -1310,7 +1342,9 @@ def _ints(x, n: int, name: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def _floats(x, n: int, name: str, dtype=np.float32) -> np.ndarray:
+def _floats(
+    x: npt.ArrayLike, n: int, name: str, dtype: type[np.floating[Any]] = np.float32
+) -> npt.NDArray[np.floating[Any]]:
     try:
         arr = np.asarray(x, dtype=dtype)
     except (TypeError, ValueError) as exc:
@@ -1322,7 +1356,7 @@ def _floats(x, n: int, name: str, dtype=np.float32) -> np.ndarray:
     return arr
 
 
-def _bools(x, n: int, name: str) -> np.ndarray:
+def _bools(x: npt.ArrayLike, n: int, name: str) -> npt.NDArray[np.bool_]:
     if isinstance(x, (bool, np.bool_)):
         return np.full(n, x, bool)
     arr = np.asarray(x)
@@ -1333,7 +1367,7 @@ def _bools(x, n: int, name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
-def _labels(label, n: int) -> Sequence | None:
+def _labels(label: str | Sequence[str | None] | None, n: int) -> list[str | None] | None:
     if label is None:
         return None
     if isinstance(label, str):
@@ -1344,7 +1378,7 @@ def _labels(label, n: int) -> Sequence | None:
     return [None if v is None else str(v) for v in lst]
 
 
-def _metas(meta, n: int) -> Sequence | None:
+def _metas(meta: dict[str, Any] | Sequence[dict[str, Any] | None] | None, n: int) -> list[str | None] | None:
     if meta is None:
         return None
     if isinstance(meta, dict):
@@ -1355,7 +1389,7 @@ def _metas(meta, n: int) -> Sequence | None:
     return [None if m is None else json.dumps(m, sort_keys=True) for m in lst]
 
 
-def _source_codes(sources, n: int) -> np.ndarray:
+def _source_codes(sources: str | npt.NDArray[np.str_], n: int) -> npt.NDArray[np.int8]:
     if isinstance(sources, str):
         if sources not in _SOURCE_CODE:
             raise InvalidRecord(f"source={sources!r}: expected one of {SOURCES}")
@@ -1367,12 +1401,15 @@ def _source_codes(sources, n: int) -> np.ndarray:
     return np.array([_SOURCE_CODE[s] for s in uniq.tolist()], np.int8)[inv]
 
 
-def _reward_list(r: np.ndarray) -> list:
+def _reward_list(r: npt.NDArray[np.floating[Any]]) -> list[float]:
     # SQLite stores NaN as NULL, read back as NaN; +-Inf round-trip as is.
-    return r.astype(np.float64).tolist()
+    out: list[float] = r.astype(np.float64).tolist()
+    return out
 
 
-def _first_nonfinite(obs: np.ndarray, action: np.ndarray, reward) -> str:
+def _first_nonfinite(
+    obs: npt.NDArray[np.float32], action: npt.NDArray[np.float32], reward: float | np.floating[Any]
+) -> str:
     for name, arr in (("observation", obs), ("action", action)):
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.shape[0]:

@@ -1,6 +1,6 @@
 """The policy network (torch) and its export to one self-contained ONNX file.
 
-A shared MLP backbone with per-task linear heads: the heads keep conflicting tasks apart (DESIGN §2),
+A shared MLP backbone with per-task linear heads: the heads keep conflicting tasks apart,
 the backbone is what continual consolidation protects. Observation normalisation lives inside the
 network, so the exported graph takes raw observations.
 """
@@ -149,7 +149,7 @@ def export_onnx(model: PolicyNet, metadata: dict[str, str] | None = None) -> byt
     """Serialise ``model`` to a self-contained ONNX model (weights inline, dynamic batch axis).
 
     Uses the TorchScript-based exporter: it writes one file and takes milliseconds, where the
-    dynamo exporter takes about a second and needs onnxscript (DESIGN §8) — this is on the
+    dynamo exporter takes about a second and needs onnxscript — this is on the
     time-to-adapt path. ``metadata`` (e.g. version, num_heads) is stored in the model's
     metadata_props.
     """

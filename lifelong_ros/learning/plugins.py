@@ -1,6 +1,6 @@
 """Consolidation plugins for the continual training loop: L2 anchor, EWC (separate/online), SI, replay.
 
-Each plugin hooks named moments of ``ContinualTrainer`` (continual.py) and returns what it adds (a
+Each plugin hooks named moments of ``ContinualTrainer`` (trainer.py) and returns what it adds (a
 penalty, replayed samples) instead of mutating the loop; its state is a dict of tensors plus a
 small config, so a learner can persist it beside a model version and resume after a restart.
 """

@@ -1,9 +1,9 @@
 """Adaptation recipes: what the learner worker does with one request, from store to candidate files.
 
 A recipe reads the new task's demonstrations from the experience store, starts from the parent
-version (or from scratch), trains with a continual strategy (EWC + replay by default; naive and
-joint as baselines), and writes a self-contained candidate directory (ONNX, weights,
-consolidation state, metadata) for the safety gate.
+version (or from scratch), trains with a continual strategy of the registry (strategies.py: EWC +
+replay by default; naive and joint as baselines), and writes a self-contained candidate directory
+(ONNX, weights, consolidation state, metadata) for the safety gate.
 """
 from __future__ import annotations
 
@@ -16,30 +16,23 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lifelong_ros.learning.trainer import (
-    EWC,
-    ContinualTrainer,
-    DefaultStrategyOptions,
-    Experience,
-    L2Anchor,
-    OnlineEWC,
-    Plugin,
-    Replay,
-    StoreReplay,
-    SynapticIntelligence,
-    TrainOptions,
-    read_plugin_state,
-)
+from lifelong_ros.learning.trainer import ContinualTrainer, Experience, StoreReplay, TrainOptions, read_plugin_state
 from lifelong_ros.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from lifelong_ros.experience.sources import TRAIN_SOURCES
-from lifelong_ros.learning.jobs import AdaptCancelled, AdaptRequest, Candidate
+from lifelong_ros.learning.jobs import (
+    RECIPES,
+    AdaptCancelled,
+    AdaptRequest,
+    Candidate,
+    RecipeOptions,
+    parse_recipe_options,
+)
+from lifelong_ros.learning.strategies import STRATEGIES, build_plugins
 from lifelong_ros.paths import CHECKPOINT_FILE, CONSOLIDATION_FILE, META_FILE, MODEL_FILE, WEIGHTS_FILE
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss, export_onnx, load_policy
 from lifelong_ros.experience.store import ExperienceStore
 
 NORMALIZER_STD_FLOOR = 0.05  # metres-scale features: never scale a near-constant input by more than 20x
-
-RECIPES = ("ewc_replay", "meta_ewc_replay", "naive", "joint", "l2", "ewc", "online_ewc", "si", "replay")
 
 
 @dataclass
@@ -66,29 +59,6 @@ def load_parent(parent_dir: str | Path) -> ParentVersion:
     return ParentVersion(model, list(meta["tasks"]), cons, meta.get("id") or meta.get("version"))
 
 
-def _plugins(method: str, replay: StoreReplay | None, opts: dict) -> list[Plugin]:
-    d = DefaultStrategyOptions()
-    lam = float(opts.get("ewc_lambda", d.ewc_lambda))
-    ratio = opts.get("replay_ratio", d.replay_ratio)  # a fraction, or "balanced" (Replay checks it)
-    fisher = int(opts.get("fisher_samples", d.fisher_samples))
-    replay_plugin = [Replay(replay, ratio)] if replay is not None else []
-    if method in ("ewc_replay", "meta_ewc_replay"):
-        return [OnlineEWC(lam, float(opts.get("ewc_decay", d.ewc_decay)), fisher)] + replay_plugin
-    if method in ("naive", "joint"):
-        return []
-    if method == "l2":
-        return [L2Anchor(float(opts.get("l2_lambda", 1.0)))]
-    if method == "ewc":
-        return [EWC(lam, fisher)]
-    if method == "online_ewc":
-        return [OnlineEWC(lam, float(opts.get("ewc_decay", d.ewc_decay)), fisher)]
-    if method == "si":
-        return [SynapticIntelligence(float(opts.get("si_lambda", 1.0)))]
-    if method == "replay":
-        return replay_plugin
-    raise ValueError(f"unknown adaptation method {method!r}; expected one of {RECIPES}")
-
-
 def init_head_by_meta_learning(
     model: PolicyNet,
     store: ExperienceStore,
@@ -96,7 +66,7 @@ def init_head_by_meta_learning(
     head: int,
     obs: np.ndarray,
     act: np.ndarray,
-    opts: dict,
+    opts: RecipeOptions,
     seed: int,
     on_progress: Callable[[str, int, float], None],
     should_stop: Callable[[], bool],
@@ -111,7 +81,7 @@ def init_head_by_meta_learning(
     from lifelong_ros.learning.meta import MetaConfig, MetaLearner
 
     t0 = time.perf_counter()
-    k = int(opts.get("meta_shots", 64))  # support (and query) rows per meta-task
+    k = opts.meta_shots  # support (and query) rows per meta-task
     with torch.no_grad():
         feats = {}
         for t in old_tasks:
@@ -124,24 +94,24 @@ def init_head_by_meta_learning(
         linear = torch.nn.Linear(model.feature_dim, model.config.act_dim)
         linear.weight.copy_(model.head_w[:head].mean(0).T * scale)
         linear.bias.copy_(model.head_b[:head].mean(0))
-    cfg = MetaConfig("maml", inner_lr=float(opts.get("meta_inner_lr", 0.05)), inner_steps=int(opts.get("meta_inner_steps", 3)),
-                     outer_lr=float(opts.get("meta_outer_lr", 1e-3)), seed=seed)
+    cfg = MetaConfig("maml", inner_lr=opts.meta_inner_lr, inner_steps=opts.meta_inner_steps,
+                     outer_lr=opts.meta_outer_lr, seed=seed)
     learner = MetaLearner(linear, cfg)
 
     def draw(g: torch.Generator):
         xs, ys, xq, yq = [], [], [], []
-        for i in torch.randint(0, len(old_tasks), (int(opts.get("meta_batch", 8)),), generator=g).tolist():
+        for i in torch.randint(0, len(old_tasks), (opts.meta_batch,), generator=g).tolist():
             f, a = feats[old_tasks[i]]
             rows = torch.randint(0, f.shape[0], (2 * k,), generator=g)
             xs.append(f[rows[:k]]), ys.append(a[rows[:k]]), xq.append(f[rows[k:]]), yq.append(a[rows[k:]])
         return (torch.stack(xs),), torch.stack(ys), (torch.stack(xq),), torch.stack(yq)
 
-    losses = learner.meta_train(draw, int(opts.get("meta_iterations", 200)), on_progress, should_stop)
+    losses = learner.meta_train(draw, opts.meta_iterations, on_progress, should_stop)
     if should_stop():
         raise AdaptCancelled("cancelled during meta-training")
     with torch.no_grad():  # adapt the meta-learned head to the new task's demonstrations (head only)
         new_f, new_a = model.features(torch.as_tensor(obs)) / scale, torch.as_tensor(act)
-    fast = learner.adapted_params((new_f,), new_a, steps=int(opts.get("head_steps", 50)))
+    fast = learner.adapted_params((new_f,), new_a, steps=opts.head_steps)
     head_loss = float(torch.mean((new_f @ fast["weight"].T + fast["bias"] - new_a) ** 2))
     if not np.isfinite(head_loss):
         raise FloatingPointError(f"meta-learned head diverged (loss {head_loss}); lower meta_inner_lr")
@@ -176,9 +146,8 @@ def run_request(
     """Train one candidate for ``req`` and write it to ``req.out_dir``. Deterministic under req.seed."""
     started = time.perf_counter()
     torch.manual_seed(req.seed)
-    opts = dict(req.options)
-    if req.method not in RECIPES:
-        raise ValueError(f"unknown adaptation method {req.method!r}; expected one of {RECIPES}")
+    opts, strategy_opts = parse_recipe_options(req.method, req.options)  # again: the request may come unpickled
+    recipe = RECIPES[req.method]
     on_progress("load", 0, float("nan"))
     Path(req.out_dir).mkdir(parents=True, exist_ok=True)
     store = ExperienceStore(req.store_path, readonly=True)
@@ -196,9 +165,9 @@ def run_request(
             cfg = PolicyConfig(
                 obs_dim=store.obs_dim,
                 act_dim=store.act_dim,
-                hidden=tuple(int(h) for h in opts.get("hidden", (256, 256))),
+                hidden=opts.hidden,
                 num_heads=1,
-                multi_head=bool(opts.get("multi_head", True)),
+                multi_head=opts.multi_head,
             )
             model = PolicyNet(cfg)
             model.set_normalizer(obs)
@@ -206,7 +175,7 @@ def run_request(
                 model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
 
         old_tasks = [t for t in tasks if t != req.task and t in store.tasks()]
-        if req.method == "joint":
+        if STRATEGIES[recipe.strategy].trains_on_all_tasks:
             parts = [Experience.from_arrays(obs, act, head, req.task)]
             for t in old_tasks:
                 b = store.task_arrays(t, split="train", sources=list(TRAIN_SOURCES))
@@ -216,26 +185,26 @@ def run_request(
         else:
             exp = Experience.from_arrays(obs, act, head, req.task)
         replay = StoreReplay(store, old_tasks, tasks, seed=req.seed) if old_tasks else None
-        plugins = _plugins(req.method, replay, opts)
+        plugins = build_plugins(recipe.strategy, strategy_opts, replay)
         trainer = ContinualTrainer(
             model,
             bc_loss,
             plugins,
             TrainOptions(
                 steps=int(req.steps),
-                batch_size=int(opts.get("batch_size", 256)),
-                lr=float(opts.get("lr", 1e-3)),
-                lr_final=float(opts["lr_final"]) if opts.get("lr_final") is not None else None,
+                batch_size=opts.batch_size,
+                lr=opts.lr,
+                lr_final=opts.lr_final,
                 seed=req.seed,
-                progress_every=int(opts.get("progress_every", 50)),
+                progress_every=opts.progress_every,
                 checkpoint_path=str(Path(req.out_dir) / CHECKPOINT_FILE),
-                checkpoint_every=int(opts.get("checkpoint_every", 200)),
+                checkpoint_every=opts.checkpoint_every,
             ),
             on_progress=on_progress,
             should_stop=should_stop,
         )
         meta_metrics = {}
-        if req.method == "meta_ewc_replay" and old_tasks and head == model.num_heads - 1:
+        if recipe.meta_head_init and old_tasks and head == model.num_heads - 1:
             meta_metrics = init_head_by_meta_learning(model, store, old_tasks, head, obs, act, opts, req.seed, on_progress, should_stop)
         if parent is not None and parent.consolidation is not None and plugins:
             tensors, config = parent.consolidation

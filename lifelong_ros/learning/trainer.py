@@ -34,9 +34,8 @@ from lifelong_ros.learning.plugins import (
 )
 
 __all__ = [
-    "ContinualTrainer", "TrainOptions", "ExpResult", "DefaultStrategyOptions", "default_strategy",
-    "Experience", "Plugin", "ExpContext", "LossFn", "ReplaySource", "L2Anchor", "EWC", "OnlineEWC",
-    "SynapticIntelligence", "Replay", "MemoryBuffer", "StoreReplay", "empirical_fisher",
+    "ContinualTrainer", "TrainOptions", "ExpResult", "Experience", "Plugin", "ExpContext", "LossFn", "ReplaySource",
+    "L2Anchor", "EWC", "OnlineEWC", "SynapticIntelligence", "Replay", "MemoryBuffer", "StoreReplay", "empirical_fisher",
     "cross_entropy_loss", "plugin_state", "load_plugin_state", "save_plugin_state", "read_plugin_state",
 ]
 
@@ -312,24 +311,3 @@ def read_plugin_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]
             raise ValueError(f"{path} is not a consolidation state file (format {meta.get('format')!r}, expected {STATE_FORMAT!r})")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return tensors, json.loads(meta["config"])
-
-
-# ---------------------------------------------------------------------------------------------
-# the default strategy
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DefaultStrategyOptions:
-    """Online EWC + replay. Defaults are the values tuned on the benchmarks (bench/continual_*.py)."""
-
-    ewc_lambda: float = 100.0
-    ewc_decay: float = 1.0
-    fisher_samples: int = 1024
-    replay_ratio: float | str = 0.5
-
-
-def default_strategy(replay: ReplaySource, options: DefaultStrategyOptions = DefaultStrategyOptions()) -> list[Plugin]:
-    """The project's default consolidation: [OnlineEWC, Replay(replay)]."""
-    return [
-        OnlineEWC(options.ewc_lambda, options.ewc_decay, options.fisher_samples),
-        Replay(replay, options.replay_ratio),
-    ]

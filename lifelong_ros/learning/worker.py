@@ -1,6 +1,6 @@
 """The learner component: adaptation jobs run in a separate, long-lived worker process.
 
-Learning must never steal the policy server's latency (DESIGN §1), so training happens in another
+Learning must never steal the policy server's latency, so training happens in another
 process with a bounded thread count and a lower scheduling priority; the caller gets progress
 events (phase, step, loss), can cancel, and receives a candidate (ONNX + weights + metadata).
 The worker stays up between jobs so each adaptation does not pay torch's import again.

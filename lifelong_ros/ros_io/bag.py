@@ -1,14 +1,14 @@
 """rosbag2 import/export for the experience store, so bags recorded on a robot feed offline learning.
 
-Import reads the spec's topics with `rosbags` (MCAP or sqlite3), decodes the CDR of the three
-supported message types with numpy (vectorised when a topic's messages share one layout, which is
+Import reads the spec's topics with `rosbags` (MCAP or sqlite3), decodes their CDR with the
+message codecs (codecs.py: numpy, vectorised when a topic's messages share one layout, which is
 the usual case), aligns the streams on the action stream's timestamps (nearest earlier sample with
 a max age) and appends everything in ONE store transaction: a truncated or corrupt bag imports
-nothing and the error says where it broke. Export writes a bag `rosbags` reads back identically.
+nothing and the error says where it broke. Export encodes with the same codecs and writes a bag
+`rosbags` reads back identically.
 """
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 import struct
@@ -20,21 +20,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lifelong_ros.ros_io.spec import (
-    JOINT_FIELDS,
-    Float32ArrayStream,
-    JointStateStream,
-    PoseStream,
-    Spec,
-    SpecError,
-    StreamAligner,
-    StreamSpec,
-)
 from lifelong_ros.experience.store import ExperienceStore, InvalidRecord
+from lifelong_ros.ros_io.codecs import SpecError, decode_string, encode_string, header_stamps_ns, jazzy_typestore
+from lifelong_ros.ros_io.spec import Spec, StreamAligner
 
 INFO_TOPIC = "/lifelong_ros/experience"
 INFO_TYPE = "std_msgs/msg/String"
-_CDR_LE = b"\x00\x01\x00\x00"
 _PROGRESS_CHUNK = 20000
 
 
@@ -76,249 +67,6 @@ class ExportReport:
     messages: int
     storage: str
     seconds: float = 0.0
-
-
-@functools.lru_cache(maxsize=1)
-def jazzy_typestore():
-    """The ROS 2 Jazzy typestore (built once per process; treat it as read-only)."""
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_JAZZY)
-
-
-# ---------------------------------------------------------------------------------------- CDR codecs
-def _al(off: int, n: int) -> int:
-    """Align an absolute offset to n, relative to the end of the 4-byte encapsulation header."""
-    return off + (-(off - 4) % n)
-
-
-def _pad(buf: bytearray, n: int) -> None:
-    buf += b"\x00" * (-(len(buf) - 4) % n)
-
-
-def _put_str(buf: bytearray, s: str) -> None:
-    b = s.encode()
-    _pad(buf, 4)
-    buf += struct.pack("<I", len(b) + 1) + b + b"\x00"
-
-
-def _put_header(buf: bytearray, stamp_ns: int, frame_id: str) -> None:
-    buf += struct.pack("<iI", int(stamp_ns // 1_000_000_000), int(stamp_ns % 1_000_000_000))
-    _put_str(buf, frame_id)
-
-
-def encode_float32_array(data: np.ndarray) -> bytes:
-    """CDR (little endian) of std_msgs/msg/Float32MultiArray with an empty layout."""
-    data = np.asarray(data, dtype="<f4").reshape(-1)
-    return _CDR_LE + struct.pack("<III", 0, 0, data.shape[0]) + data.tobytes()
-
-
-def encode_joint_state(stamp_ns: int, frame_id: str, names: Sequence[str], arrays: dict[str, np.ndarray]) -> bytes:
-    """CDR of sensor_msgs/msg/JointState; ``arrays`` maps position/velocity/effort to float64 values."""
-    buf = bytearray(_CDR_LE)
-    _put_header(buf, stamp_ns, frame_id)
-    _pad(buf, 4)
-    buf += struct.pack("<I", len(names))
-    for n in names:
-        _put_str(buf, n)
-    for f in JOINT_FIELDS:
-        vals = np.asarray(arrays.get(f, ()), dtype="<f8").reshape(-1)
-        _pad(buf, 4)
-        buf += struct.pack("<I", vals.shape[0])
-        if vals.shape[0]:
-            _pad(buf, 8)
-            buf += vals.tobytes()
-    return bytes(buf)
-
-
-def encode_pose_stamped(stamp_ns: int, frame_id: str, xyz_xyzw: np.ndarray) -> bytes:
-    """CDR of geometry_msgs/msg/PoseStamped from position xyz + quaternion xyzw."""
-    buf = bytearray(_CDR_LE)
-    _put_header(buf, stamp_ns, frame_id)
-    _pad(buf, 8)
-    buf += np.asarray(xyz_xyzw, dtype="<f8").reshape(7).tobytes()
-    return bytes(buf)
-
-
-def encode_string(s: str) -> bytes:
-    buf = bytearray(_CDR_LE)
-    _put_str(buf, s)
-    return bytes(buf)
-
-
-def _parse_float32_array(raw: bytes) -> np.ndarray:
-    off = 4
-    (ndim,) = struct.unpack_from("<I", raw, off)
-    off += 4
-    for _ in range(ndim):
-        off = _al(off, 4)
-        (slen,) = struct.unpack_from("<I", raw, off)
-        off = _al(off + 4 + slen, 4) + 8  # label, size, stride
-    off = _al(off, 4) + 4  # data_offset
-    (n,) = struct.unpack_from("<I", raw, off)
-    off += 4
-    if off + 4 * n > len(raw):
-        raise ValueError(f"Float32MultiArray claims {n} values but the message has {len(raw)} bytes")
-    return np.frombuffer(raw, "<f4", n, off)
-
-
-def _parse_joint_state(raw: bytes) -> tuple[list[str], list[tuple[int, int]], int]:
-    """(names, [(data offset, count) for position/velocity/effort], offset of the names block)."""
-    (flen,) = struct.unpack_from("<I", raw, 12)
-    off = _al(16 + flen, 4)
-    names_at = off
-    (nn,) = struct.unpack_from("<I", raw, off)
-    off += 4
-    names = []
-    for _ in range(nn):
-        off = _al(off, 4)
-        (sl,) = struct.unpack_from("<I", raw, off)
-        names.append(raw[off + 4 : off + 3 + sl].decode())
-        off += 4 + sl
-    fields = []
-    for _ in range(3):
-        off = _al(off, 4)
-        (n,) = struct.unpack_from("<I", raw, off)
-        off += 4
-        if n:
-            off = _al(off, 8)
-        if off + 8 * n > len(raw):
-            raise ValueError(f"JointState claims {n} values but the message has {len(raw)} bytes")
-        fields.append((off, n))
-        off += 8 * n
-    return names, fields, names_at
-
-
-def _parse_string(raw: bytes) -> str:
-    (n,) = struct.unpack_from("<I", raw, 4)
-    return raw[8 : 8 + n - 1].decode()
-
-
-def _rows(raws: list[bytes]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Group messages by byte length: {length: (message positions, [M, length] uint8 matrix)}."""
-    lengths = np.fromiter(map(len, raws), dtype=np.int64, count=len(raws))
-    out = {}
-    for L in np.unique(lengths).tolist():
-        pos = np.flatnonzero(lengths == L)
-        blob = b"".join([raws[i] for i in pos.tolist()]) if pos.shape[0] != len(raws) else b"".join(raws)
-        out[L] = (pos, np.frombuffer(blob, dtype=np.uint8).reshape(-1, L))
-    return out
-
-
-def _same_as_first(mat: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    sub = mat[:, cols]
-    return (sub == sub[0]).all(axis=1)
-
-
-def _f64(mat: np.ndarray, off: int, n: int) -> np.ndarray:
-    return np.ascontiguousarray(mat[:, off : off + 8 * n]).view("<f8").reshape(mat.shape[0], n)
-
-
-def decode_stream(stream: StreamSpec, raws: list[bytes], typestore: Any = None) -> np.ndarray:
-    """Decode one topic's raw CDR messages to [M, stream.dim] float32 with numpy.
-
-    Messages that share the first message's layout (same lengths, joint names, frame-id length)
-    are decoded in one vectorised step; the rest one by one. Big-endian messages go through
-    rosbags' deserializer.
-    """
-    m = len(raws)
-    out = np.empty((m, stream.dim), dtype=np.float32)
-    if m == 0:
-        return out
-    for L, (pos, mat) in _rows(raws).items():
-        le = mat[:, 1] == 1
-        if not le.all():
-            ts = typestore or jazzy_typestore()
-            for i in pos[~le].tolist():
-                out[i] = stream.decode(ts.deserialize_cdr(raws[i], stream.type))
-            pos, mat = pos[le], mat[le]
-            if not pos.shape[0]:
-                continue
-        first = mat[0].tobytes()
-        if isinstance(stream, Float32ArrayStream):
-            n = (L - 16) // 4
-            fast = (L - 16) % 4 == 0 and n >= stream.stop and (not stream.exact or n == stream.stop)
-            if fast:
-                hdr = mat[:, 4:16].view("<u4")
-                ok = (hdr[:, 0] == 0) & (hdr[:, 2] == n)
-            else:
-                ok = np.zeros(mat.shape[0], bool)
-            if ok.any():
-                data = np.ascontiguousarray(mat[ok, 16:]).view("<f4")
-                out[pos[ok]] = data[:, stream.start : stream.stop]
-            for i in pos[~ok].tolist():
-                data = _parse_float32_array(raws[i])
-                out[i] = stream.decode(_ArrayMsg(data))
-        elif isinstance(stream, JointStateStream):
-            names, fields, names_at = _parse_joint_state(first)
-            data_end = max(o + 8 * n for o, n in fields)
-            # structural bytes: frame-id length, names block and the three counts
-            skip = np.zeros(L, bool)
-            for o, n in fields:
-                skip[o : o + 8 * n] = True
-            cols = np.concatenate([np.arange(12, 16), np.flatnonzero(~skip[names_at:data_end]) + names_at])
-            ok = _same_as_first(mat, cols)
-            idx = stream.joint_index(names)
-            k = len(stream.joints)
-            sub = mat[ok]
-            for j, f in enumerate(stream.fields):
-                o, n = fields[JOINT_FIELDS.index(f)]
-                if n != len(names):
-                    raise SpecError(
-                        f"JointState on {stream.topic}: {f} has {n} values for {len(names)} joints; "
-                        f"the spec needs {f} of {list(stream.joints)}"
-                    )
-                out[pos[ok], j * k : (j + 1) * k] = _f64(sub, o, n)[:, idx]
-            for i in pos[~ok].tolist():
-                out[i] = stream.decode(_joint_msg(raws[i]))
-        elif isinstance(stream, PoseStream):
-            (flen,) = struct.unpack_from("<I", first, 12)
-            ok = _same_as_first(mat, np.arange(12, 16))
-            off = _al(16 + flen, 8)
-            vals = _f64(mat[ok], off, 7)
-            out[pos[ok]] = _pose_select(stream, vals)
-            for i in pos[~ok].tolist():
-                (fl,) = struct.unpack_from("<I", raws[i], 12)
-                v = np.frombuffer(raws[i], "<f8", 7, _al(16 + fl, 8))[None]
-                out[i] = _pose_select(stream, v)[0]
-        else:  # pragma: no cover - spec validation admits only the three types
-            raise SpecError(f"no decoder for {stream.type}")
-    return out
-
-
-def _pose_select(stream: PoseStream, vals: np.ndarray) -> np.ndarray:
-    cols = []
-    for f in stream.fields:
-        cols.extend(range(0, 3) if f == "position" else range(3, 7))
-    return vals[:, cols]
-
-
-class _ArrayMsg:
-    __slots__ = ("data",)
-
-    def __init__(self, data):
-        self.data = data
-
-
-class _JointMsg:
-    __slots__ = ("name", "position", "velocity", "effort")
-
-
-def _joint_msg(raw: bytes) -> _JointMsg:
-    names, fields, _ = _parse_joint_state(raw)
-    msg = _JointMsg()
-    msg.name = names
-    for f, (o, n) in zip(JOINT_FIELDS, fields):
-        setattr(msg, f, np.frombuffer(raw, "<f8", n, o))
-    return msg
-
-
-def header_stamps_ns(raws: list[bytes]) -> np.ndarray:
-    """Header stamps (ns) of stamped messages (JointState, PoseStamped), vectorised, little endian."""
-    head = np.frombuffer(b"".join(r[4:12] for r in raws), dtype=np.uint8).reshape(-1, 8)
-    sec = head[:, :4].copy().view("<i4")[:, 0].astype(np.int64)
-    nsec = head[:, 4:].copy().view("<u4")[:, 0].astype(np.int64)
-    return sec * 1_000_000_000 + nsec
 
 
 # -------------------------------------------------------------------------------------------- reading
@@ -430,8 +178,7 @@ def import_bag(
     contributes its nearest earlier-or-equal sample within the spec's ``max_age_s``; steps where
     a stream is missing or stale are dropped and counted in the report. ``time_source``: "log"
     (the bag's receive time) or "header" (header stamps where the type has a header, receive time
-    for Float32MultiArray, noted in the report). When the
-    bag carries ``/lifelong_ros/experience`` (written by export) task/episode/step/reward/done come
+    for the headerless Float32/Float64MultiArray, noted in the report). When the bag carries ``/lifelong_ros/experience`` (written by export) task/episode/step/reward/done come
     from it; otherwise ``task`` is required, the episode is ``episode`` or the bag's name, steps
     count from 0 and the last step is done. ``source=None`` keeps the exported source.
     """
@@ -459,7 +206,7 @@ def import_bag(
     for s in streams:
         st, raws = data[s.topic]
         try:
-            vals = decode_stream(s, raws, typestore)
+            vals = s.decode_cdr(raws, typestore)
             if time_source == "header" and s.has_header:
                 st = header_stamps_ns(raws)
                 order = np.argsort(st, kind="stable")
@@ -508,7 +255,7 @@ def import_bag(
     if info is not None:
         pos, iraws = info
         try:
-            recs = [json.loads(_parse_string(iraws[i])) for i in pos[steps].tolist()]
+            recs = [json.loads(decode_string(iraws[i])) for i in pos[steps].tolist()]
             tasks = [r["task"] for r in recs]
             episodes = [str(r["episode"]) for r in recs]
             step_no = np.array([r["step"] for r in recs], np.int64)
@@ -563,34 +310,6 @@ def import_bag(
 
 
 # -------------------------------------------------------------------------------------------- export
-def _encode_stream(stream: StreamSpec, values: np.ndarray, stamps: np.ndarray) -> list[bytes]:
-    """Raw CDR for each row of ``values`` on ``stream``."""
-    if isinstance(stream, Float32ArrayStream):
-        data = np.zeros((values.shape[0], stream.stop), dtype="<f4")
-        data[:, stream.start :] = values
-        head = np.frombuffer(_CDR_LE + struct.pack("<III", 0, 0, stream.stop), dtype=np.uint8)
-        mat = np.concatenate([np.broadcast_to(head, (values.shape[0], 16)), data.view(np.uint8)], axis=1)
-        return list(map(bytes, mat))
-    if isinstance(stream, JointStateStream):
-        k = len(stream.joints)
-        out = []
-        for row, st in zip(values.astype(np.float64), stamps.tolist()):
-            arrays = {f: row[j * k : (j + 1) * k] for j, f in enumerate(stream.fields)}
-            out.append(encode_joint_state(st, stream.frame_id, stream.joints, arrays))
-        return out
-    if isinstance(stream, PoseStream):
-        full = np.zeros((values.shape[0], 7))
-        full[:, 6] = 1.0
-        k = 0
-        for f in stream.fields:
-            cols = slice(0, 3) if f == "position" else slice(3, 7)
-            n = cols.stop - cols.start
-            full[:, cols] = values[:, k : k + n]
-            k += n
-        return [encode_pose_stamped(st, stream.frame_id, row) for row, st in zip(full, stamps.tolist())]
-    raise SpecError(f"no encoder for {stream.type}")  # pragma: no cover
-
-
 def export_bag(
     store: ExperienceStore,
     out: str | Path,
@@ -653,7 +372,7 @@ def export_bag(
             for vec, vspec in ((cat["obs"], spec.observation), (cat["action"], spec.action)):
                 for s, sl in zip(vspec.streams, vspec.slices()):
                     conn = writer.add_connection(s.topic, s.type, typestore=ts)
-                    plan.append((conn, _encode_stream(s, vec[:, sl], stamps)))
+                    plan.append((conn, s.encode_cdr(vec[:, sl], stamps)))
             if with_info:
                 conn = writer.add_connection(INFO_TOPIC, INFO_TYPE, typestore=ts)
                 infos = [

@@ -1,9 +1,10 @@
 """Observation/action specs: how standard ROS messages map to the policy's flat float32 vectors.
 
 One YAML file names the topics, message types and fields that make up the observation and the
-action; bag import/export and the ROS nodes all use it, so they build identical vectors. The
-conversions read and write messages by field name, so they work on rosbags dataclasses and on
-rclpy messages alike; outgoing messages are built from classes the caller resolves.
+action; bag import/export and the ROS nodes all use it, so they build identical vectors. A stream
+here is the selection (topic, joints, fields, slice); the conversions are its message type's codec
+(codecs.py), on message objects (rosbags dataclasses or rclpy messages, built from classes the
+caller resolves) and on raw CDR alike.
 
 YAML layout (see config/spec_metaworld.yaml)::
 
@@ -15,54 +16,43 @@ YAML layout (see config/spec_metaworld.yaml)::
         - {topic: /features, type: std_msgs/msg/Float32MultiArray, slice: [0, 16]}   # or size: 16
     action:
       streams:
-        - {topic: /cmd, type: std_msgs/msg/Float32MultiArray, size: 4}
+        - {topic: /cmd, type: std_msgs/msg/Float32MultiArray, size: 4}   # or Float64MultiArray
 """
 from __future__ import annotations
 
-import array
 import bisect
-import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import yaml
 
-JOINT_STATE = "sensor_msgs/msg/JointState"
-POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
-FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
-FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"  # what ros2_control's forward command controllers take
-ARRAY_TYPES = {FLOAT32_ARRAY: "f", FLOAT64_ARRAY: "d"}  # message type -> element type code
-SUPPORTED_TYPES = (JOINT_STATE, POSE_STAMPED, FLOAT32_ARRAY, FLOAT64_ARRAY)
-JOINT_FIELDS = ("position", "velocity", "effort")
-POSE_FIELDS = {"position": ("x", "y", "z"), "orientation": ("x", "y", "z", "w")}
+from lifelong_ros.ros_io.codecs import (
+    CODECS,
+    JOINT_FIELDS,
+    POSE_FIELDS,
+    Codec,
+    JointStateCodec,
+    MessageClasses,
+    MultiArrayCodec,
+    PoseStampedCodec,
+    codec_for,
+    jazzy_typestore,
+    normalize_type,
+)
+from lifelong_ros.ros_io.codecs import SpecError as SpecError  # re-exported: the nodes and the CLI catch it from here
+
 DEFAULT_MAX_AGE_S = 0.1
-
-MessageClasses = Callable[[str], type]
-
-
-class SpecError(ValueError):
-    """The spec YAML is invalid, or a message does not match the spec."""
-
-
-def normalize_type(name: str) -> str:
-    """'sensor_msgs/JointState' -> 'sensor_msgs/msg/JointState'."""
-    parts = str(name).strip("/").split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    return "/".join(parts)
 
 
 # ---------------------------------------------------------------------------------- message classes
 def rosbags_classes(typestore: Any = None) -> MessageClasses:
     """Resolve message type names to rosbags dataclasses (default: the ROS 2 Jazzy typestore)."""
     if typestore is None:
-        from rosbags.typesys import Stores, get_typestore
-
-        typestore = get_typestore(Stores.ROS2_JAZZY)
+        typestore = jazzy_typestore()
 
     def resolve(name: str) -> type:
         try:
@@ -83,19 +73,6 @@ def ros_classes() -> MessageClasses:
     return resolve
 
 
-def _seq(cls: type, values: np.ndarray, dtype: str) -> Any:
-    """A primitive sequence as the message library wants it: numpy for rosbags, array.array for rclpy."""
-    if dataclasses.is_dataclass(cls):
-        return np.ascontiguousarray(values, dtype=np.float32 if dtype == "f" else np.float64)
-    return array.array(dtype, np.asarray(values, dtype=np.float32 if dtype == "f" else np.float64).tobytes())
-
-
-def _header(classes: MessageClasses, stamp_ns: int, frame_id: str) -> Any:
-    time_cls = classes("builtin_interfaces/msg/Time")
-    header_cls = classes("std_msgs/msg/Header")
-    return header_cls(stamp=time_cls(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)), frame_id=frame_id)
-
-
 def header_stamp_ns(msg: Any) -> int:
     """The header stamp of a stamped message in nanoseconds."""
     st = msg.header.stamp
@@ -105,10 +82,18 @@ def header_stamp_ns(msg: Any) -> int:
 # ------------------------------------------------------------------------------------------- streams
 @dataclass(frozen=True)
 class StreamSpec:
-    """One topic's contribution to a vector."""
+    """One topic's contribution to a vector: what it selects; its message type's codec converts.
+
+    ``decode``/``decode_cdr`` give the float32 values the policy sees; ``encode``/``encode_cdr`` write
+    the values in the message's own element type (float64 for JointState, PoseStamped, Float64MultiArray).
+    """
 
     topic: str
     type: str
+
+    @property
+    def codec(self) -> Codec[Any]:
+        return codec_for(self.type)
 
     @property
     def dim(self) -> int:
@@ -116,13 +101,23 @@ class StreamSpec:
 
     @property
     def has_header(self) -> bool:
-        return self.type not in ARRAY_TYPES
+        return self.codec.has_header
 
     def decode(self, msg: Any) -> np.ndarray:
-        raise NotImplementedError
+        """A message object (rosbags or rclpy) -> [dim] float32."""
+        return self.codec.to_vector(msg, self).astype(np.float32, copy=False)
 
     def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
-        raise NotImplementedError
+        """[dim] values -> a message object built from ``classes`` (rosbags_classes() / ros_classes())."""
+        return self.codec.from_vector(vec, self, classes, stamp_ns)
+
+    def decode_cdr(self, raws: Sequence[bytes], typestore: Any = None) -> np.ndarray:
+        """Raw CDR messages -> [M, dim] float32 (numpy fast path; see Codec.decode_cdr)."""
+        return self.codec.decode_cdr(raws, self, typestore).astype(np.float32, copy=False)
+
+    def encode_cdr(self, values: np.ndarray, stamps: Sequence[int] | np.ndarray) -> list[bytes]:
+        """[M, dim] values stamped ``stamps`` (ns) -> one little-endian CDR message per row."""
+        return self.codec.encode_cdr(values, stamps, self)
 
 
 @dataclass(frozen=True)
@@ -137,36 +132,6 @@ class JointStateStream(StreamSpec):
     def dim(self) -> int:
         return len(self.joints) * len(self.fields)
 
-    def joint_index(self, names: Sequence[str]) -> np.ndarray:
-        pos = {n: i for i, n in enumerate(names)}
-        missing = [j for j in self.joints if j not in pos]
-        if missing:
-            raise SpecError(f"JointState on {self.topic} has no joint(s) {missing}; it has {list(names)}")
-        return np.array([pos[j] for j in self.joints], dtype=np.int64)
-
-    def decode(self, msg: Any) -> np.ndarray:
-        idx = self.joint_index(msg.name)
-        out = np.empty(self.dim, dtype=np.float32)
-        k = len(self.joints)
-        for i, f in enumerate(self.fields):
-            vals = np.asarray(getattr(msg, f), dtype=np.float64)
-            if vals.shape[0] != len(msg.name):
-                raise SpecError(
-                    f"JointState on {self.topic}: {f} has {vals.shape[0]} values for {len(msg.name)} joints; "
-                    f"the spec needs {f} of {list(self.joints)}"
-                )
-            out[i * k : (i + 1) * k] = vals[idx]
-        return out
-
-    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
-        cls = classes(JOINT_STATE)
-        vec = _check_vec(vec, self.dim, self.topic)
-        k = len(self.joints)
-        arrays = {f: _seq(cls, np.zeros(0), "d") for f in JOINT_FIELDS}
-        for i, f in enumerate(self.fields):
-            arrays[f] = _seq(cls, vec[i * k : (i + 1) * k], "d")
-        return cls(header=_header(classes, stamp_ns, self.frame_id), name=list(self.joints), **arrays)
-
 
 @dataclass(frozen=True)
 class PoseStream(StreamSpec):
@@ -179,27 +144,9 @@ class PoseStream(StreamSpec):
     def dim(self) -> int:
         return sum(len(POSE_FIELDS[f]) for f in self.fields)
 
-    def decode(self, msg: Any) -> np.ndarray:
-        pose = msg.pose
-        vals = [getattr(getattr(pose, f), c) for f in self.fields for c in POSE_FIELDS[f]]
-        return np.array(vals, dtype=np.float32)
-
-    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
-        vec = _check_vec(vec, self.dim, self.topic).astype(np.float64)
-        parts = {"position": np.zeros(3), "orientation": np.array([0.0, 0.0, 0.0, 1.0])}
-        k = 0
-        for f in self.fields:
-            n = len(POSE_FIELDS[f])
-            parts[f] = vec[k : k + n]
-            k += n
-        point = classes("geometry_msgs/msg/Point")(**{c: float(v) for c, v in zip("xyz", parts["position"])})
-        quat = classes("geometry_msgs/msg/Quaternion")(**{c: float(v) for c, v in zip("xyzw", parts["orientation"])})
-        pose = classes("geometry_msgs/msg/Pose")(position=point, orientation=quat)
-        return classes(POSE_STAMPED)(header=_header(classes, stamp_ns, self.frame_id), pose=pose)
-
 
 @dataclass(frozen=True)
-class Float32ArrayStream(StreamSpec):
+class ArrayStream(StreamSpec):
     """A slice [start, stop) of Float32/Float64MultiArray.data; with ``exact`` the message length must be stop."""
 
     start: int = 0
@@ -209,30 +156,6 @@ class Float32ArrayStream(StreamSpec):
     @property
     def dim(self) -> int:
         return self.stop - self.start
-
-    def decode(self, msg: Any) -> np.ndarray:
-        data = np.asarray(msg.data, dtype=np.float32)
-        n = data.shape[0]
-        if (self.exact and n != self.stop) or n < self.stop:
-            want = f"exactly {self.stop}" if self.exact else f"at least {self.stop}"
-            raise SpecError(f"{self.type.rsplit('/', 1)[-1]} on {self.topic} has {n} values; the spec expects {want}")
-        return data[self.start : self.stop].copy()
-
-    def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
-        cls = classes(self.type)
-        code = ARRAY_TYPES[self.type]
-        vec = _check_vec(vec, self.dim, self.topic)
-        data = np.zeros(self.stop, dtype=np.float32 if code == "f" else np.float64)
-        data[self.start :] = vec
-        layout = classes("std_msgs/msg/MultiArrayLayout")(dim=[], data_offset=0)
-        return cls(layout=layout, data=_seq(cls, data, code))
-
-
-def _check_vec(vec: np.ndarray, dim: int, topic: str) -> np.ndarray:
-    vec = np.asarray(vec, dtype=np.float32).reshape(-1)
-    if vec.shape[0] != dim:
-        raise SpecError(f"{topic}: got {vec.shape[0]} values; the spec maps {dim} values to this topic")
-    return vec
 
 
 # ------------------------------------------------------------------------------------------- vectors
@@ -305,7 +228,7 @@ def _vector_to_dict(v: VectorSpec) -> dict:
             d.update(joints=list(s.joints), fields=list(s.fields))
         elif isinstance(s, PoseStream):
             d.update(fields=list(s.fields))
-        elif isinstance(s, Float32ArrayStream):
+        elif isinstance(s, ArrayStream):
             if s.exact and s.start == 0:
                 d["size"] = s.stop
             else:
@@ -385,8 +308,9 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
     if not isinstance(topic, str) or not topic.startswith("/"):
         raise SpecError(f"{where}.topic: expected an absolute topic name like '/joint_states', got {topic!r}")
     if "type" not in d:
-        raise SpecError(f"{where}: missing 'type' (one of {list(SUPPORTED_TYPES)})")
+        raise SpecError(f"{where}: missing 'type' (one of {list(CODECS)})")
     typ = normalize_type(d["type"])
+    codec = CODECS.get(typ)
     frame_id = d.get("frame_id", "")
     if not isinstance(frame_id, str):
         raise SpecError(f"{where}.frame_id: expected a string, got {frame_id!r}")
@@ -396,16 +320,16 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
         if unknown:
             raise SpecError(f"{where}: unknown key(s) {sorted(unknown)} for {typ}; expected some of {sorted(allowed)}")
 
-    if typ == JOINT_STATE:
+    if isinstance(codec, JointStateCodec):
         check_keys({"joints", "fields", "frame_id"})
         joints = _names(d.get("joints"), f"{where}.joints")
         fields = _names(d.get("fields", ["position"]), f"{where}.fields", JOINT_FIELDS)
         return JointStateStream(topic=topic, type=typ, joints=joints, fields=fields, frame_id=frame_id)
-    if typ == POSE_STAMPED:
+    if isinstance(codec, PoseStampedCodec):
         check_keys({"fields", "frame_id"})
         fields = _names(d.get("fields", ["position", "orientation"]), f"{where}.fields", tuple(POSE_FIELDS))
         return PoseStream(topic=topic, type=typ, fields=fields, frame_id=frame_id)
-    if typ in ARRAY_TYPES:
+    if isinstance(codec, MultiArrayCodec):
         check_keys({"size", "slice"})
         if ("size" in d) == ("slice" in d):
             raise SpecError(f"{where}: give exactly one of 'size: N' (message has exactly N values) or 'slice: [start, stop]'")
@@ -413,7 +337,7 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
             size = d["size"]
             if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
                 raise SpecError(f"{where}.size: expected a positive int, got {size!r}")
-            return Float32ArrayStream(topic=topic, type=typ, start=0, stop=size, exact=True)
+            return ArrayStream(topic=topic, type=typ, start=0, stop=size, exact=True)
         sl = d["slice"]
         if (
             not isinstance(sl, list)
@@ -422,8 +346,8 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
             or not 0 <= sl[0] < sl[1]
         ):
             raise SpecError(f"{where}.slice: expected [start, stop] with 0 <= start < stop, got {sl!r}")
-        return Float32ArrayStream(topic=topic, type=typ, start=sl[0], stop=sl[1], exact=False)
-    raise SpecError(f"{where}.type: unsupported message type {d['type']!r}; supported: {list(SUPPORTED_TYPES)}")
+        return ArrayStream(topic=topic, type=typ, start=sl[0], stop=sl[1], exact=False)
+    raise SpecError(f"{where}.type: unsupported message type {d['type']!r}; supported: {list(CODECS)}")
 
 
 # ---------------------------------------------------------------------------------------- alignment

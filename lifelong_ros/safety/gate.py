@@ -15,20 +15,24 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
-from lifelong_ros.safety.registry import ModelRegistry, RegistryError
+from lifelong_ros.safety.registry import ModelRegistry, RegistryError, VersionInfo
+from lifelong_ros.serving.interface import OBS_INPUT, TASK_INPUT
+
+# the policy server's session settings, so gate latencies match production
+from lifelong_ros.serving.runtime import session_options
 
 log = logging.getLogger(__name__)
 
-from lifelong_ros.serving.interface import OBS_INPUT, TASK_INPUT
-from lifelong_ros.serving.runtime import session_options  # the policy server's settings, so gate latencies match production
 _BATCH = 8192
 
 RolloutFn = Callable[[bytes, str, int], int]
@@ -97,10 +101,10 @@ class GateConfig:
              "shadow_max_mean_divergence", "a number >= 0")
         need(_is_num(self.shadow_max_latency_ratio) and self.shadow_max_latency_ratio >= 1,
              "shadow_max_latency_ratio", "a number >= 1")
-        for name, lo in (("min_suite_samples", 1), ("latency_samples", 10), ("latency_rounds", 1),
-                         ("intra_op_threads", 1), ("rollout_episodes", 1), ("shadow_steps", 0), ("perturb_seed", 0)):
+        for name, least in (("min_suite_samples", 1), ("latency_samples", 10), ("latency_rounds", 1),
+                            ("intra_op_threads", 1), ("rollout_episodes", 1), ("shadow_steps", 0), ("perturb_seed", 0)):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, name, f"an integer >= {lo}")
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= least, name, f"an integer >= {least}")
         need(isinstance(self.require_all_tasks, bool), "require_all_tasks", "true or false")
         for name in ("action_low", "action_high"):
             v = getattr(self, name)
@@ -112,11 +116,11 @@ class GateConfig:
         if np.any(np.broadcast_to(lo, np.broadcast(lo, hi).shape) >= np.broadcast_to(hi, np.broadcast(lo, hi).shape)):
             raise ValueError(f"gate config action_low={self.action_low!r} must be < action_high={self.action_high!r}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "GateConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> GateConfig:
         """From a mapping: plain keys, a ``gate:`` section, flattened ``gate.<key>`` names (as
         lifelong_ros.config and ROS 2 produce them), or a whole ROS 2 params file section."""
         d = dict(_unwrap(d or {}, "gate"))
@@ -133,7 +137,7 @@ class GateConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "GateConfig":
+    def from_yaml(cls, path: str | os.PathLike[str]) -> GateConfig:
         import yaml
 
         with open(path) as f:
@@ -147,7 +151,7 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _unwrap(d: Mapping, section: str) -> Mapping:
+def _unwrap(d: Mapping[str, Any], section: str) -> Mapping[str, Any]:
     """Dig through ``<node>: ros__parameters:`` and a ``section:`` key when present."""
     if len(d) == 1:
         (only,) = d.values()
@@ -156,7 +160,8 @@ def _unwrap(d: Mapping, section: str) -> Mapping:
     if "ros__parameters" in d:
         d = d["ros__parameters"] or {}
     if section in d and isinstance(d[section], Mapping):
-        return d[section]
+        inner: Mapping[str, Any] = d[section]
+        return inner
     prefix = section + "."
     if any(isinstance(k, str) and k.startswith(prefix) for k in d):  # flattened ROS 2 names: gate.margin
         return {k[len(prefix):]: v for k, v in d.items() if isinstance(k, str) and k.startswith(prefix)}
@@ -169,9 +174,9 @@ class RegressionSuite:
     """Held-out demonstrations of one task: obs [N, D] float32, action [N, A] float32, episode ids [N]."""
 
     task: str
-    obs: np.ndarray
-    action: np.ndarray
-    episodes: np.ndarray | None = None
+    obs: npt.NDArray[np.float32]
+    action: npt.NDArray[np.float32]
+    episodes: npt.NDArray[Any] | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -192,10 +197,10 @@ class RegressionSuite:
     def __len__(self) -> int:
         return int(self.obs.shape[0])
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         h = hashlib.sha256(self.obs.tobytes())
         h.update(self.action.tobytes())
-        d = {"task": self.task, "samples": len(self), "source": self.source, "sha256": h.hexdigest()}
+        d: dict[str, Any] = {"task": self.task, "samples": len(self), "source": self.source, "sha256": h.hexdigest()}
         if self.episodes is not None and len(self):
             ep = np.unique(self.episodes)
             d.update(episodes=int(ep.size), episode_ids=[_jsonable(x) for x in ep[:50]])
@@ -210,7 +215,7 @@ def suites_from_store(store: Any, tasks: Sequence[str], sources: Sequence[str] |
     """Regression suites from an ExperienceStore's held-out split (by default demonstrations and
     corrections: actions the policy produced itself are no ground truth). A task the store does
     not know is left out, so the gate reports it as missing held-out data (and fails closed)."""
-    out = {}
+    out: dict[str, RegressionSuite] = {}
     for task in tasks:
         try:
             b = store.task_arrays(task, split="heldout", sources=list(sources) if sources else None)
@@ -250,22 +255,24 @@ class OnnxPolicy:
         self.num_heads = int(self.metadata.get("num_heads", "1"))
 
     @property
-    def signature(self) -> dict:
-        sig = {"inputs": [[i.name, i.type, [str(d) for d in i.shape]] for i in self.session.get_inputs()],
-               "outputs": [[o.name, o.type, [str(d) for d in o.shape]] for o in self.session.get_outputs()]}
+    def signature(self) -> dict[str, Any]:
+        sig: dict[str, Any] = {
+            "inputs": [[i.name, i.type, [str(d) for d in i.shape]] for i in self.session.get_inputs()],
+            "outputs": [[o.name, o.type, [str(d) for d in o.shape]] for o in self.session.get_outputs()],
+        }
         for k in ("obs_dim", "act_dim"):
             if k in self.metadata:
                 sig[k] = self.metadata[k]
         return sig
 
-    def feeds(self, obs: np.ndarray, task_id: int) -> dict:
-        f = {OBS_INPUT: obs}
+    def feeds(self, obs: npt.NDArray[np.float32], task_id: int) -> dict[str, npt.NDArray[Any]]:
+        f: dict[str, npt.NDArray[Any]] = {OBS_INPUT: obs}
         if self.has_task:
             f[TASK_INPUT] = np.full(obs.shape[0], task_id, dtype=np.int64)
         return f
 
-    def predict(self, obs: np.ndarray, task_id: int) -> np.ndarray:
-        outs = []
+    def predict(self, obs: npt.NDArray[np.float32], task_id: int) -> npt.NDArray[np.float32]:
+        outs: list[npt.NDArray[np.float32]] = []
         for i in range(0, obs.shape[0], _BATCH):
             chunk = np.ascontiguousarray(obs[i:i + _BATCH], dtype=np.float32)
             outs.append(self.session.run([self.outputs[0]], self.feeds(chunk, task_id))[0])
@@ -302,14 +309,14 @@ class CheckResult:
     value: Any = None
     threshold: Any = None
     task: str | None = None
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
     data: str = ""
 
     @property
     def name(self) -> str:
         return f"{self.kind}[{self.task}]" if self.task else self.kind
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["name"] = self.name
         return d
@@ -334,9 +341,9 @@ class GateReport:
     target_task: str | None
     decision: str  # approved | rejected | pending_shadow
     checks: list[CheckResult]
-    data: list[dict]
-    config: dict
-    timings_ms: dict
+    data: list[dict[str, Any]]
+    config: dict[str, Any]
+    timings_ms: dict[str, float]
     started: str
     duration_ms: float
     persisted: bool = False  # False for a dry run: the verdict was not recorded
@@ -370,7 +377,7 @@ class GateReport:
                 f"{self.decision.upper()}{dry} ({self.reason()})")
         return "\n".join([head] + ["  " + c.line() for c in self.checks])
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"candidate": self.candidate, "active": self.active, "target_task": self.target_task,
                 "decision": self.decision, "reason": self.reason(), "failed": self.failed,
                 "checks": [c.to_dict() for c in self.checks], "data": self.data, "config": self.config,
@@ -378,7 +385,7 @@ class GateReport:
                 "persisted": self.persisted}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GateReport":
+    def from_dict(cls, d: Mapping[str, Any]) -> GateReport:
         checks = [CheckResult(**{k: v for k, v in c.items() if k != "name"}) for c in d["checks"]]
         return cls(candidate=d["candidate"], active=d.get("active"), target_task=d.get("target_task"),
                    decision=d["decision"], checks=checks, data=list(d.get("data", [])),
@@ -417,7 +424,7 @@ class ShadowRunner:
     def done(self) -> bool:
         return self.steps >= self.config.shadow_steps
 
-    def step(self, obs: np.ndarray, task: str) -> np.ndarray:
+    def step(self, obs: npt.ArrayLike, task: str) -> npt.NDArray[np.float32]:
         """Run both models on one observation; returns the candidate's action (for logging only)."""
         x = np.asarray(obs, dtype=np.float32).reshape(1, -1)
         hc = self.candidate.head(self.candidate_tasks, task)
@@ -432,7 +439,7 @@ class ShadowRunner:
                     self.active.session.run(None, self.active.feeds(x, ha))
             self._warm = True
         t0 = time.perf_counter_ns()
-        ac = self.candidate.session.run(None, self.candidate.feeds(x, hc))[0][0]
+        ac: npt.NDArray[np.float32] = self.candidate.session.run(None, self.candidate.feeds(x, hc))[0][0]
         t1 = time.perf_counter_ns()
         self._lat_c.append((t1 - t0) / 1e6)
         if ha is not None:
@@ -450,7 +457,7 @@ class ShadowRunner:
         self.steps += 1
         return ac
 
-    def run(self, source: Iterable[tuple[np.ndarray, str]], steps: int | None = None) -> int:
+    def run(self, source: Iterable[tuple[npt.ArrayLike, str]], steps: int | None = None) -> int:
         """Feed up to ``steps`` (default: config.shadow_steps) (obs, task) pairs from ``source``."""
         limit = self.config.shadow_steps if steps is None else steps
         n = 0
@@ -497,8 +504,8 @@ class ShadowRunner:
         return out
 
 
-def _bounds(cfg: GateConfig, act_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    out = []
+def _bounds(cfg: GateConfig, act_dim: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    out: list[npt.NDArray[np.float32]] = []
     for name in ("action_low", "action_high"):
         v = np.atleast_1d(np.asarray(getattr(cfg, name), np.float32))
         if v.size not in (1, act_dim):
@@ -535,7 +542,7 @@ class SafetyGate:
         target_task: str | None = None,
         *,
         rollout_fn: RolloutFn | None = None,
-        shadow_source: Iterable[tuple[np.ndarray, str]] | None = None,
+        shadow_source: Iterable[tuple[npt.ArrayLike, str]] | None = None,
         decide: bool = True,
         progress: bool = False,
     ) -> GateReport:
@@ -559,7 +566,7 @@ class SafetyGate:
         active_id = self.registry.active()
         checks: list[CheckResult] = []
 
-        def timed(name: str):
+        def timed(name: str) -> _Timer:
             return _Timer(timings, name)
 
         # ---- load: the candidate must be intact and loadable; the active model must be servable
@@ -596,7 +603,7 @@ class SafetyGate:
         # ---- signature and head order
         checks += guarded("signature", lambda: self._signature_checks(cand, cinfo, act, ainfo, suites))
         # ---- outputs on the suites, nominal and perturbed; BC error for regression/improvement
-        mse: dict[str, dict] = {}
+        mse: dict[str, dict[str, Any]] = {}
 
         def outputs() -> list[CheckResult]:
             out_checks, m = self._output_checks(cand, cinfo, act, ainfo, suites, target)
@@ -616,7 +623,7 @@ class SafetyGate:
 
         # ---- shadow stage
         if cfg.shadow_steps > 0 and all(c.passed for c in checks):
-            if act is None:
+            if act is None or ainfo is None:
                 checks.append(CheckResult("shadow_steps", True, 0, cfg.shadow_steps,
                                           detail={"skipped": "no active version to shadow"}))
             elif shadow_source is not None:
@@ -653,9 +660,10 @@ class SafetyGate:
                             rep.started, time.perf_counter() - rep.duration_ms / 1e3, True)
 
     # ------------------------------------------------------------------ checks
-    def _signature_checks(self, cand: OnnxPolicy, cinfo, act: OnnxPolicy | None, ainfo, suites) -> list[CheckResult]:
-        out = []
-        if act is not None:
+    def _signature_checks(self, cand: OnnxPolicy, cinfo: VersionInfo, act: OnnxPolicy | None,
+                          ainfo: VersionInfo | None, suites: dict[str, RegressionSuite]) -> list[CheckResult]:
+        out: list[CheckResult] = []
+        if act is not None and ainfo is not None:
             same = cand.signature == act.signature
             out.append(CheckResult("signature", same, "unchanged" if same else "changed", "identical to active",
                                    detail={} if same else {"candidate": cand.signature, "active": act.signature},
@@ -684,15 +692,17 @@ class SafetyGate:
                                    {"tasks": cinfo.tasks}, data="ONNX metadata_props vs meta.json"))
         return out
 
-    def _output_checks(self, cand: OnnxPolicy, cinfo, act: OnnxPolicy | None, ainfo, suites, target):
+    def _output_checks(self, cand: OnnxPolicy, cinfo: VersionInfo, act: OnnxPolicy | None, ainfo: VersionInfo | None,
+                       suites: dict[str, RegressionSuite], target: str,
+                       ) -> tuple[list[CheckResult], dict[str, dict[str, Any]]]:
         cfg = self.config
         rng = np.random.default_rng(cfg.perturb_seed)
         # [nominal, perturbed] x [rows, non-finite, out of bounds]; active: [rows, out of bounds]
         cnt = np.zeros((2, 3), np.int64)
         acnt = np.zeros((2, 2), np.int64)
-        mse: dict[str, dict] = {}
-        per_task_bounds = {}
-        missing = []
+        mse: dict[str, dict[str, Any]] = {}
+        per_task_bounds: dict[str, dict[str, float | None]] = {}
+        missing: list[str] = []
         for task, s in suites.items():
             hc = cand.head(cinfo.tasks, task)
             if hc is None:
@@ -715,12 +725,12 @@ class SafetyGate:
                     oob = finite & (np.any(arr < lo, 1) | np.any(arr > hi, 1))
                 cnt[k] += (len(arr), int((~finite).sum()), int(oob.sum()))
             per_task_bounds[task] = {"max_abs_action": float(np.nanmax(np.abs(pc))) if np.isfinite(pc).any() else None}
-            entry = {"samples": len(s), "candidate": _mse(pc, s.action),
-                     "mean_predictor": _mse(np.broadcast_to(s.action.mean(0), s.action.shape), s.action)}
+            entry: dict[str, Any] = {"samples": len(s), "candidate": _mse(pc, s.action),
+                                     "mean_predictor": _mse(np.broadcast_to(s.action.mean(0), s.action.shape), s.action)}
             if s.episodes is not None:
                 entry["candidate_worst_episode"] = _worst_episode(pc, s.action, s.episodes)
-            ha = act.head(ainfo.tasks, task) if act is not None else None
-            if ha is not None:
+            ha = act.head(ainfo.tasks, task) if act is not None and ainfo is not None else None
+            if act is not None and ha is not None:
                 pa = act.predict(s.obs, ha)
                 entry["active"] = _mse(pa, s.action)
                 if s.episodes is not None:
@@ -730,7 +740,7 @@ class SafetyGate:
                         oob = ~np.isfinite(arr).all(1) | np.any(arr < lo, 1) | np.any(arr > hi, 1)
                     acnt[k] += (len(arr), int(oob.sum()))
             mse[task] = entry
-        checks = []
+        checks: list[CheckResult] = []
         if missing:
             checks.append(CheckResult("task_heads", False, missing, "a head for every suite task",
                                       detail={"candidate_tasks": cinfo.tasks}, data="suite tasks"))
@@ -738,8 +748,8 @@ class SafetyGate:
                                   detail={"nominal_rows": int(cnt[0, 0]), "perturbed_rows": int(cnt[1, 0]),
                                           "non_finite_nominal": int(cnt[0, 1]), "non_finite_perturbed": int(cnt[1, 1])},
                                   data="all suites, nominal and perturbed observations"))
-        bounds = {"low": cfg.action_low, "high": cfg.action_high, "slack": cfg.bounds_slack,
-                  "rule": "rate <= active rate + limit (limit alone without an active model); non-finite rows fail"}
+        bounds: dict[str, Any] = {"low": cfg.action_low, "high": cfg.action_high, "slack": cfg.bounds_slack,
+                                  "rule": "rate <= active rate + limit (limit alone without an active model); non-finite rows fail"}
         for k, (kind, limit, data) in enumerate((
                 ("action_bounds", cfg.max_out_of_bounds_rate, "all suites, nominal observations"),
                 ("action_bounds_perturbed", cfg.max_out_of_bounds_rate_perturbed,
@@ -754,10 +764,12 @@ class SafetyGate:
                                       detail=detail, data=data))
         return checks, mse
 
-    def _regression_checks(self, cinfo, ainfo, suites, target, mse) -> list[CheckResult]:
+    def _regression_checks(self, cinfo: VersionInfo, ainfo: VersionInfo | None, suites: dict[str, RegressionSuite],
+                           target: str, mse: dict[str, dict[str, Any]]) -> list[CheckResult]:
         cfg = self.config
-        out = []
+        out: list[CheckResult] = []
         active_tasks = list(ainfo.tasks) if ainfo is not None else []
+        active_id = ainfo.id if ainfo is not None else None  # "active" results exist only with an active version
         guarded = [t for t in dict.fromkeys(active_tasks + list(suites)) if t != target]
         for task in guarded:
             e = mse.get(task)
@@ -772,7 +784,7 @@ class SafetyGate:
                                        detail={"reason": "suite too small to certify"}, data=f"heldout {task}"))
                 continue
             if "active" in e:
-                base, base_name = e["active"], f"active {ainfo.id}"
+                base, base_name = e["active"], f"active {active_id}"
             else:
                 base, base_name = e["mean_predictor"], "mean-action predictor (active has no head for this task)"
             thr = base * (1 + cfg.regression_rel_tol) + cfg.regression_abs_tol
@@ -790,10 +802,10 @@ class SafetyGate:
             out.append(CheckResult("improvement", False, e["samples"], cfg.min_suite_samples, task=target,
                                    detail={"reason": "suite too small to certify"}, data=f"heldout {target}"))
         else:
-            options = {"mean-action predictor": e["mean_predictor"]}
+            options: dict[str, float] = {"mean-action predictor": e["mean_predictor"]}
             if "active" in e:
-                options[f"active {ainfo.id}"] = e["active"]
-            base_name = min(options, key=options.get)
+                options[f"active {active_id}"] = e["active"]
+            base_name = min(options, key=options.__getitem__)
             thr = options[base_name] * (1 - cfg.improvement_margin)
             val = e["candidate"]
             out.append(CheckResult("improvement", bool(math.isfinite(val) and val <= thr), val, thr, task=target,
@@ -802,7 +814,7 @@ class SafetyGate:
                                    data=f"heldout {target}: {e['samples']} samples, BC MSE"))
         return out
 
-    def _latency_check(self, cand: OnnxPolicy, act: OnnxPolicy | None, suites) -> CheckResult:
+    def _latency_check(self, cand: OnnxPolicy, act: OnnxPolicy | None, suites: dict[str, RegressionSuite]) -> CheckResult:
         cfg = self.config
         obs = np.concatenate([s.obs[:64] for s in suites.values() if len(s)] or [np.zeros((1, 1), np.float32)])
         rows = [np.ascontiguousarray(obs[i % len(obs)][None]) for i in range(cfg.latency_samples)]
@@ -815,7 +827,7 @@ class SafetyGate:
                 t0 = time.perf_counter_ns()
                 cand.session.run(None, fc[i])
                 lc[i] = time.perf_counter_ns() - t0
-                if fa is not None:
+                if act is not None and fa is not None:
                     t0 = time.perf_counter_ns()
                     act.session.run(None, fa[i])
                     la[i] = time.perf_counter_ns() - t0
@@ -824,9 +836,9 @@ class SafetyGate:
                 best_c, p50c = p99, float(np.percentile(lc, 50)) / 1e6
             if fa is not None:
                 best_a = min(best_a, float(np.percentile(la, 99)) / 1e6)
-        detail = {"candidate_p50_ms": p50c, "candidate_p99_ms": best_c, "samples": cfg.latency_samples,
-                  "rounds": cfg.latency_rounds, "threads": cfg.intra_op_threads,
-                  "statistic": "best p99 over rounds (candidate and active interleaved)"}
+        detail: dict[str, Any] = {"candidate_p50_ms": p50c, "candidate_p99_ms": best_c, "samples": cfg.latency_samples,
+                                  "rounds": cfg.latency_rounds, "threads": cfg.intra_op_threads,
+                                  "statistic": "best p99 over rounds (candidate and active interleaved)"}
         ok = best_c <= cfg.latency_budget_ms
         rule = "p99 <= budget"
         if fa is not None:
@@ -840,7 +852,9 @@ class SafetyGate:
         return CheckResult("latency_p99", bool(ok), best_c, cfg.latency_budget_ms,
                            detail=detail, data="single observations drawn from the suites")
 
-    def _rollout_checks(self, rollout_fn, cbytes, cand, cinfo, act, ainfo, suites, target, progress) -> list[CheckResult]:
+    def _rollout_checks(self, rollout_fn: RolloutFn, cbytes: bytes, cand: OnnxPolicy, cinfo: VersionInfo,
+                        act: OnnxPolicy | None, ainfo: VersionInfo | None, suites: dict[str, RegressionSuite],
+                        target: str, progress: bool) -> list[CheckResult]:
         cfg = self.config
         n = cfg.rollout_episodes
         tasks = [t for t in suites if cand.head(cinfo.tasks, t) is not None]
@@ -850,13 +864,14 @@ class SafetyGate:
             from tqdm import tqdm
 
             it = tqdm(tasks, desc=f"gate rollouts {cinfo.id}", unit="task")
-        out = []
+        out: list[CheckResult] = []
         for task in it:
             k = _count(rollout_fn(cbytes, task, n), n, "candidate", task)
             lo, hi = wilson_interval(k, n, cfg.rollout_confidence)
-            detail = {"episodes": n, "successes": k, "rate": k / n, "wilson": [lo, hi], "confidence": cfg.rollout_confidence}
+            detail: dict[str, Any] = {"episodes": n, "successes": k, "rate": k / n, "wilson": [lo, hi], "confidence": cfg.rollout_confidence}
             thr = cfg.rollout_min_success
-            if task != target and act is not None and act.head(ainfo.tasks, task) is not None:
+            if (task != target and act is not None and ainfo is not None and abytes is not None
+                    and act.head(ainfo.tasks, task) is not None):
                 ka = _count(rollout_fn(abytes, task, n), n, "active", task)
                 alo, ahi = wilson_interval(ka, n, cfg.rollout_confidence)
                 detail.update(active_successes=ka, active_rate=ka / n, active_wilson=[alo, ahi])
@@ -868,7 +883,9 @@ class SafetyGate:
         return out
 
     # ------------------------------------------------------------------ decision
-    def _finish(self, candidate, active_id, target, checks, data, timings, started, t_start, decide) -> GateReport:
+    def _finish(self, candidate: str, active_id: str | None, target: str | None, checks: list[CheckResult],
+                data: list[dict[str, Any]], timings: dict[str, float], started: str, t_start: float,
+                decide: bool) -> GateReport:
         decision = "approved" if checks and all(c.passed for c in checks) else "rejected"
         rep = GateReport(candidate, active_id, target, decision, checks, data, self.config.to_dict(), timings,
                          started, (time.perf_counter() - t_start) * 1e3, persisted=decide)
@@ -879,25 +896,26 @@ class SafetyGate:
 
 
 class _Timer:
-    def __init__(self, sink: dict, name: str):
+    def __init__(self, sink: dict[str, float], name: str):
         self.sink, self.name = sink, name
 
-    def __enter__(self):
+    def __enter__(self) -> _Timer:
         self.t0 = time.perf_counter()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         self.sink[self.name] = self.sink.get(self.name, 0.0) + (time.perf_counter() - self.t0) * 1e3
         return False
 
 
-def _mse(pred: np.ndarray, target: np.ndarray) -> float:
+def _mse(pred: npt.NDArray[np.floating[Any]], target: npt.NDArray[np.floating[Any]]) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
         v = float(np.mean((pred.astype(np.float64) - target) ** 2))
     return v if math.isfinite(v) else float("inf")
 
 
-def _worst_episode(pred: np.ndarray, target: np.ndarray, episodes: np.ndarray) -> dict:
+def _worst_episode(pred: npt.NDArray[np.float32], target: npt.NDArray[np.float32],
+                   episodes: npt.NDArray[Any]) -> dict[str, Any]:
     with np.errstate(over="ignore", invalid="ignore"):
         err = np.mean((pred.astype(np.float64) - target) ** 2, axis=1)
     ids, inv = np.unique(episodes, return_inverse=True)
@@ -913,6 +931,6 @@ def _count(k: Any, n: int, who: str, task: str) -> int:
 
 
 def _utcnow() -> str:
-    from datetime import datetime, timezone
+    from datetime import UTC, datetime
 
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

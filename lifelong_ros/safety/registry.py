@@ -18,6 +18,7 @@ the serving model is a single atomic file replacement.
 """
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import json
@@ -28,15 +29,17 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
-from lifelong_ros.paths import META_FILE, MODEL_FILE, REPORTS_DIR, TORCH_WEIGHTS_FILE, WEIGHTS_FILE
 from lifelong_ros.fsutil import atomic_write_json, fsync_dir, sha256_bytes
+from lifelong_ros.paths import META_FILE, MODEL_FILE, REPORTS_DIR, TORCH_WEIGHTS_FILE, WEIGHTS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,8 @@ class IntegrityError(RegistryError):
 class Swappable(Protocol):
     """What promote/rollback need from a PolicyRuntime: its atomic hot swap."""
 
-    version: str
+    @property
+    def version(self) -> str: ...
 
     def swap(self, model: bytes, version: str, expected_sha256: str | None = None) -> Any: ...
 
@@ -85,17 +89,17 @@ class VersionInfo:
     onnx_sha256: str
     weights_sha256: str | None
     weights_file: str | None
-    metrics: dict
-    data_range: dict
-    config: dict
-    extra: dict
+    metrics: dict[str, Any]
+    data_range: dict[str, Any]
+    config: dict[str, Any]
+    extra: dict[str, Any]
     path: Path
 
     @property
     def servable(self) -> bool:
         return self.state in SERVABLE_STATES
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
@@ -112,9 +116,9 @@ class Transition:
     reason: str
     seq: int
     revoked: bool = False
-    skipped: list = field(default_factory=list)
+    skipped: list[list[str]] = field(default_factory=list)  # [version, why] of rollback targets passed over
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -125,12 +129,18 @@ class GcReport:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _id_num(name: str) -> int | None:
     m = _ID_RE.match(name)
     return int(m.group(1)) if m else None
+
+
+def _id_order(name: str) -> int:
+    """Sort key of version ids (v0001 < v0002 < v10000)."""
+    n = _id_num(name)
+    return -1 if n is None else n
 
 
 def _fsync_file(path: Path) -> None:
@@ -171,7 +181,7 @@ class ModelRegistry:
     replaced files. Opening the registry cleans up what a crashed writer left behind.
     """
 
-    def __init__(self, root: str | os.PathLike, *, create: bool = True, recover: bool = True):
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True, recover: bool = True):
         self.root = Path(root).expanduser()
         self.versions_dir = self.root / "versions"
         if create:
@@ -209,9 +219,10 @@ class ModelRegistry:
             finally:
                 os.close(fd)  # closing releases the flock
 
-    def recover(self) -> dict:
+    def recover(self) -> dict[str, builtins.list[str]]:
         """Remove dead writers' build directories and quarantine incomplete version directories."""
-        removed, quarantined = [], []
+        removed: builtins.list[str] = []
+        quarantined: builtins.list[str] = []
         fd = os.open(self.root / ".build.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
@@ -240,10 +251,10 @@ class ModelRegistry:
         return {"removed_builds": removed, "quarantined": quarantined}
 
     # ------------------------------------------------------------------ reading
-    def _read_meta_dir(self, d: Path) -> dict | None:
+    def _read_meta_dir(self, d: Path) -> dict[str, Any] | None:
         """meta.json of a complete version directory, else None (never raises on garbage)."""
         try:
-            meta = json.loads((d / META_FILE).read_text())
+            meta: dict[str, Any] = json.loads((d / META_FILE).read_text())
             if meta.get("id") != d.name or meta.get("state") not in ("candidate", "approved", "rejected"):
                 return None
             if (d / MODEL_FILE).stat().st_size != meta["onnx_size"]:
@@ -255,9 +266,9 @@ class ModelRegistry:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def _read_state(self) -> dict:
+    def _read_state(self) -> dict[str, Any]:
         try:
-            st = json.loads(self._state_path.read_text())
+            st: dict[str, Any] = json.loads(self._state_path.read_text())
         except FileNotFoundError:
             st = {}
         st.setdefault("active", None)
@@ -267,7 +278,7 @@ class ModelRegistry:
             st.setdefault(k, [])
         return st
 
-    def _meta(self, vid: str) -> dict:
+    def _meta(self, vid: str) -> dict[str, Any]:
         meta = self._read_meta_dir(self.versions_dir / vid)
         if meta is None:
             if (self.root / "tombstones" / vid / META_FILE).exists():
@@ -276,7 +287,7 @@ class ModelRegistry:
         return meta
 
     @staticmethod
-    def _effective_state(meta: dict, st: dict) -> str:
+    def _effective_state(meta: dict[str, Any], st: dict[str, Any]) -> str:
         vid = meta["id"]
         if vid == st["active"]:
             return "active"
@@ -284,9 +295,10 @@ class ModelRegistry:
             return "revoked"
         if meta["state"] == "approved" and vid in st["retired"]:
             return "retired"
-        return meta["state"]
+        state: str = meta["state"]
+        return state
 
-    def _info(self, meta: dict, st: dict, path: Path, state: str | None = None) -> VersionInfo:
+    def _info(self, meta: dict[str, Any], st: dict[str, Any], path: Path, state: str | None = None) -> VersionInfo:
         return VersionInfo(
             id=meta["id"], state=state or self._effective_state(meta, st), decision=meta["state"],
             parent=meta.get("parent"), method=meta.get("method", ""), tasks=list(meta.get("tasks", [])),
@@ -303,7 +315,7 @@ class ModelRegistry:
         for d in self.versions_dir.iterdir():
             if _id_num(d.name) is not None and self._read_meta_dir(d) is not None:
                 out.append(d.name)
-        return sorted(out, key=lambda v: _id_num(v))
+        return sorted(out, key=_id_order)
 
     def list(self, states: Sequence[str] | None = None) -> list[VersionInfo]:
         """Complete versions, oldest first, optionally filtered by effective state."""
@@ -340,16 +352,17 @@ class ModelRegistry:
 
     def active(self) -> str | None:
         """Id of the version the policy server should be serving, or None before the first promotion."""
-        return self._read_state()["active"]
+        active: str | None = self._read_state()["active"]
+        return active
 
-    def history(self) -> list[dict]:
+    def history(self) -> builtins.list[dict[str, Any]]:
         """Promotions and rollbacks, oldest first (the last HISTORY_LIMIT)."""
         return list(self._read_state()["history"])
 
-    def rollback_targets(self) -> list[str]:
+    def rollback_targets(self) -> builtins.list[str]:
         """What ``rollback()`` would try, in order: earlier active versions that are still servable."""
         st = self._read_state()
-        out: list[str] = []
+        out: builtins.list[str] = []
         for vid in reversed(st["stack"]):
             if vid == st["active"] or vid in out:
                 continue
@@ -358,9 +371,10 @@ class ModelRegistry:
                 out.append(vid)
         return out
 
-    def lineage(self, version: str) -> list[VersionInfo]:
+    def lineage(self, version: str) -> builtins.list[VersionInfo]:
         """``version``, its parent, grandparent, ... up to the root (garbage-collected ones as 'deleted')."""
-        chain, seen = [], set()
+        chain: builtins.list[VersionInfo] = []
+        seen: set[str] = set()
         vid: str | None = version
         while vid is not None:
             if vid in seen:
@@ -371,7 +385,7 @@ class ModelRegistry:
             vid = info.parent
         return chain
 
-    def children(self, version: str) -> list[str]:
+    def children(self, version: str) -> builtins.list[str]:
         """Versions whose parent is ``version``."""
         return [i.id for i in self.list() if i.parent == version]
 
@@ -402,7 +416,7 @@ class ModelRegistry:
             raise IntegrityError(f"{version}/{wf} sha256 does not match the one recorded at registration")
         return data, wf
 
-    def load_weights(self, version: str, verify: bool = True) -> dict[str, np.ndarray]:
+    def load_weights(self, version: str, verify: bool = True) -> dict[str, npt.NDArray[Any]]:
         """The state dict of ``version`` as numpy arrays (safetensors weights)."""
         data, wf = self.weights_bytes(version, verify)
         if wf != WEIGHTS_FILE:
@@ -429,14 +443,14 @@ class ModelRegistry:
             raise NotApprovedError(f"version {version} is {state!r}; only {SERVABLE_STATES} versions may be served")
         return self.read_onnx(version, verify=True), meta["onnx_sha256"]
 
-    def reports(self, version: str) -> list[dict]:
+    def reports(self, version: str) -> builtins.list[dict[str, Any]]:
         """Every report persisted for ``version`` (gate, shadow, watchdog, ...), oldest first."""
         base = self.versions_dir / version
         if not base.is_dir():
             base = self.root / "tombstones" / version
             if not base.is_dir():
                 raise RegistryError(f"unknown version {version!r}; known: {self.ids()}")
-        out = []
+        out: builtins.list[dict[str, Any]] = []
         rdir = base / REPORTS_DIR
         if rdir.is_dir():
             for p in sorted(rdir.glob("*.json")):
@@ -464,7 +478,7 @@ class ModelRegistry:
             os.close(fd)
 
     @staticmethod
-    def _write_payload(dest: Path, src: bytes | os.PathLike | str) -> tuple[str, int]:
+    def _write_payload(dest: Path, src: bytes | os.PathLike[str] | str) -> tuple[str, int]:
         """Copy bytes or a file (streamed, so a pipe works) to ``dest``, fsync; returns (sha256, size)."""
         import hashlib
 
@@ -496,18 +510,18 @@ class ModelRegistry:
 
     def register(
         self,
-        onnx: bytes | os.PathLike | str,
+        onnx: bytes | os.PathLike[str] | str,
         *,
         tasks: Sequence[str],
         method: str,
         parent: str | None = None,
-        weights: Mapping[str, Any] | bytes | os.PathLike | str | None = None,
+        weights: Mapping[str, Any] | bytes | os.PathLike[str] | str | None = None,
         config: Mapping[str, Any] | None = None,
         data_range: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Any] | None = None,
         target_task: str | None = None,
         extra: Mapping[str, Any] | None = None,
-        files: Mapping[str, bytes | os.PathLike | str] | None = None,
+        files: Mapping[str, bytes | os.PathLike[str] | str] | None = None,
     ) -> str:
         """Store a new candidate version atomically and return its id (v0001, v0002, ...).
 
@@ -542,10 +556,11 @@ class ModelRegistry:
             onnx_sha, onnx_size = self._write_payload(bdir / MODEL_FILE, onnx)
             if onnx_size == 0:
                 raise ValueError(f"onnx source {onnx!r} was empty; expected a serialised ONNX model")
-            w_sha = w_size = None
-            if wblob is not None:
+            w_sha: str | None = None
+            w_size: int | None = None
+            if wblob is not None and wfile is not None:
                 w_sha, w_size = self._write_payload(bdir / wfile, wblob)
-            extra_files = {}
+            extra_files: dict[str, dict[str, Any]] = {}
             for name, src in (files or {}).items():
                 if not _FILE_RE.match(name) or name in (MODEL_FILE, META_FILE, WEIGHTS_FILE, TORCH_WEIGHTS_FILE):
                     raise ValueError(f"extra file name {name!r} must be a plain file name other than the model/meta/weights files")
@@ -602,7 +617,7 @@ class ModelRegistry:
         return self.info(version)
 
     # ------------------------------------------------------------------ the active pointer
-    def _commit_state(self, st: dict) -> None:
+    def _commit_state(self, st: dict[str, Any]) -> None:
         st["history"] = st["history"][-HISTORY_LIMIT:]
         st["stack"] = st["stack"][-HISTORY_LIMIT:]
         atomic_write_json(self._state_path, st)
@@ -611,13 +626,13 @@ class ModelRegistry:
         if runtime is not None:
             runtime.swap(data, version, expected_sha256=sha)
 
-    def _restore_runtime(self, runtime: Swappable | None, st: dict) -> None:
+    def _restore_runtime(self, runtime: Swappable | None, st: dict[str, Any]) -> None:
         """Best effort: put the previous model back in the runtime when the pointer could not be written."""
         if runtime is not None and st["active"] is not None:
             try:
                 data, sha = self.load_for_serving(st["active"])
                 runtime.swap(data, st["active"], expected_sha256=sha)
-            except Exception:  # noqa: BLE001 - already failing; the original error is what matters
+            except Exception:  # already failing; the original error is what matters
                 log.exception("could not restore %s in the runtime", st["active"])
 
     def promote(self, version: str, *, runtime: Swappable | None = None, reason: str = "") -> Transition:
@@ -662,14 +677,15 @@ class ModelRegistry:
             cur = st["active"]
             if cur is None:
                 raise RegistryError("nothing is active, so there is nothing to roll back from")
-            skipped: list[list[str]] = []
+            skipped: builtins.list[builtins.list[str]] = []
+            target: str | None
             if to is not None:
                 if to == cur:
                     raise RegistryError(f"{to} is already active")
                 data, sha = self.load_for_serving(to)
                 target = to
             else:
-                target = data = sha = None
+                target, data, sha = None, b"", ""
                 for vid in self.rollback_targets():
                     try:
                         data, sha = self.load_for_serving(vid)
@@ -742,7 +758,7 @@ class ModelRegistry:
             keep.update(i.id for i in infos if i.state == "candidate")
             doomed = [i.id for i in infos if i.id not in keep]
             if dry_run or not doomed:
-                return GcReport(deleted=doomed, kept=sorted(keep, key=_id_num))
+                return GcReport(deleted=doomed, kept=sorted(keep, key=_id_order))
             for vid in doomed:
                 src = self.versions_dir / vid
                 tmp = self.root / "tombstones" / f".{vid}.{uuid.uuid4().hex[:8]}"
@@ -765,4 +781,4 @@ class ModelRegistry:
             for d in (self.root / "trash").iterdir():
                 shutil.rmtree(d, ignore_errors=True)
         log.info("gc deleted %s", doomed)
-        return GcReport(deleted=doomed, kept=sorted(keep, key=_id_num))
+        return GcReport(deleted=doomed, kept=sorted(keep, key=_id_order))

@@ -9,11 +9,13 @@ import dataclasses
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from lifelong_ros.safety.registry import ModelRegistry, RegistryError, Swappable
 
@@ -51,7 +53,7 @@ class WatchdogConfig:
             raise ValueError(f"watchdog config bounds_slack={self.bounds_slack!r}: expected a number >= 0")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "WatchdogConfig":
+    def from_dict(cls, d: Mapping[str, Any] | None) -> WatchdogConfig:
         """From a mapping; accepts a ROS 2 params layout and a ``watchdog:`` section."""
         from lifelong_ros.safety.gate import _unwrap
 
@@ -75,9 +77,9 @@ class WatchdogEvent:
     at: str
     rolled_back_to: str | None = None
     error: str | None = None
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -116,7 +118,7 @@ class Watchdog:
             self._actions.clear()
             self._episodes.clear()
 
-    def observe_action(self, action: np.ndarray, version: str | None = None) -> WatchdogEvent | None:
+    def observe_action(self, action: npt.ArrayLike, version: str | None = None) -> WatchdogEvent | None:
         """Record one served action (or a batch [N, A]); returns an event when this call tripped it."""
         a = np.asarray(action, dtype=np.float64)
         a = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
@@ -152,7 +154,7 @@ class Watchdog:
             tripped, self._version = self._version, None
         return self._trip(tripped, "failure_rate", rate, self.config.max_failure_rate, n, {"last_task": task})
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         with self._lock:
             na, ne = len(self._actions), len(self._episodes)
             return {"version": self._version,
@@ -161,9 +163,9 @@ class Watchdog:
                     "events": len(self.events)}
 
     def _trip(self, version: str, signal: str, value: float, threshold: float, window: int,
-              detail: dict | None = None) -> WatchdogEvent:
+              detail: dict[str, Any] | None = None) -> WatchdogEvent:
         ev = WatchdogEvent(version, signal, float(value), float(threshold), window,
-                           datetime.now(timezone.utc).isoformat(timespec="milliseconds"), detail=dict(detail or {}))
+                           datetime.now(UTC).isoformat(timespec="milliseconds"), detail=dict(detail or {}))
         reason = f"watchdog: {signal} {value:.3g} > {threshold:.3g} over the last {window}"
         log.error("%s on %s; rolling back", reason, version)
         try:

@@ -36,17 +36,21 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
+import numpy.typing as npt
 import onnxruntime as ort
 
 from lifelong_ros.fsutil import sha256_bytes
 from lifelong_ros.serving.interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
 
 ModelSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
+# InferenceSession.run(output_names, feeds, run_options) -> one array per output name
+RunFn = Callable[[list[str], dict[str, npt.NDArray[Any]], Any], list[Any]]
 
 _F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
@@ -63,7 +67,7 @@ class ModelLoadError(RuntimeError):
 class PolicyOutput(NamedTuple):
     """The action and the id of the model version that actually computed it."""
 
-    action: np.ndarray
+    action: npt.NDArray[np.float32]
     version: str
 
 
@@ -89,7 +93,7 @@ class ModelSignature:
     obs_dim: int
     act_dim: int
 
-    def mismatch(self, other: "ModelSignature") -> str | None:
+    def mismatch(self, other: ModelSignature) -> str | None:
         """Why ``other`` cannot replace a model with this signature, or None if it can."""
         problems = []
         for what in ("inputs", "outputs", "obs_dim", "act_dim"):
@@ -119,15 +123,28 @@ def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
 class _Snapshot:
     """Everything ``infer`` needs about one loaded model. Never mutated once published."""
 
-    __slots__ = ("session", "run", "version", "sha256", "signature", "num_heads", "obs_dim", "act_dim",
-                 "obs_shape", "has_task", "task_ones", "out_names", "metadata")
+    __slots__ = (
+        "act_dim",
+        "has_task",
+        "metadata",
+        "num_heads",
+        "obs_dim",
+        "obs_shape",
+        "out_names",
+        "run",
+        "session",
+        "sha256",
+        "signature",
+        "task_ones",
+        "version",
+    )
 
     def __init__(self, session: ort.InferenceSession, version: str, sha256: str, signature: ModelSignature,
                  num_heads: int, has_task: bool, metadata: dict[str, str]):
         self.session = session
         # run(output_names, feeds, run_options): InferenceSession.run, or its C++ binding directly
         # once _warm_up has shown they agree.
-        self.run: Callable = session.run
+        self.run: RunFn = session.run
         self.version = version
         self.sha256 = sha256
         self.signature = signature
@@ -137,7 +154,7 @@ class _Snapshot:
         self.obs_shape = (signature.obs_dim,)
         self.has_task = has_task
         # One read-only [1] int64 array per head: single-observation calls allocate no task array.
-        ones = []
+        ones: list[npt.NDArray[np.int64]] = []
         for k in range(num_heads):
             a = np.full(1, k, dtype=np.int64)
             a.flags.writeable = False
@@ -146,7 +163,7 @@ class _Snapshot:
         self.out_names = [ACTION_OUTPUT]
         self.metadata = metadata
 
-    def relabel(self, version: str) -> "_Snapshot":
+    def relabel(self, version: str) -> _Snapshot:
         """The same loaded model under another version id (same bytes registered twice)."""
         if version == self.version:
             return self
@@ -206,11 +223,11 @@ def _signature(session: ort.InferenceSession, version: str, meta: dict[str, str]
         t = inputs[TASK_INPUT]
         raise ModelLoadError(f"{where}: input {TASK_INPUT!r} is {t.type} with shape {t.shape}; "
                              "expected tensor(int64) with shape [batch]")
-    dims = {}
+    dims: dict[str, int] = {}
     for key, graph_dim in (("obs_dim", _dim(obs.shape[1])), ("act_dim", _dim(act.shape[1]))):
-        meta_dim = meta.get(key)
+        raw = meta.get(key)
         try:
-            meta_dim = int(meta_dim) if meta_dim is not None else None
+            meta_dim = int(raw) if raw is not None else None
         except ValueError:
             raise ModelLoadError(f"{where}: metadata {key}={meta.get(key)!r} is not an integer") from None
         if graph_dim is not None and meta_dim is not None and graph_dim != meta_dim:
@@ -260,12 +277,12 @@ def _warm_up(snap: _Snapshot) -> None:
     single = np.random.default_rng(0).standard_normal((1, snap.obs_dim)).astype(np.float32)
     probes = [(single, snap.task_ones[0]),
               (np.zeros((n + 1, snap.obs_dim), np.float32), np.arange(n + 1, dtype=np.int64) % n)]
-    outputs = []
+    outputs: list[tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.float32]]] = []
     for x, task in probes:
-        feeds = {OBS_INPUT: x, TASK_INPUT: task} if snap.has_task else {OBS_INPUT: x}
+        feeds: dict[str, npt.NDArray[Any]] = {OBS_INPUT: x, TASK_INPUT: task} if snap.has_task else {OBS_INPUT: x}
         try:
             y = snap.session.run(snap.out_names, feeds)[0]
-        except Exception as exc:  # noqa: BLE001 - any failure here means: do not serve this model
+        except Exception as exc:  # any failure here means: do not serve this model
             raise ModelLoadError(f"model {snap.version!r} failed its warm-up inference: {exc}") from exc
         if not isinstance(y, np.ndarray) or y.shape != (x.shape[0], snap.act_dim) or y.dtype != _F32:
             raise ModelLoadError(f"model {snap.version!r} returned {getattr(y, 'dtype', type(y))} "
@@ -309,7 +326,7 @@ def _build(data: bytes, sha: str, version: str, options: ort.SessionOptions,
         before_build()
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types for bad models
+    except Exception as exc:  # onnxruntime raises several types for bad models
         raise ModelLoadError(f"onnxruntime cannot load model {version!r} ({len(data)} bytes, sha256 {sha[:12]}…): "
                              f"{exc}") from exc
     meta = dict(session.get_modelmeta().custom_metadata_map)
@@ -361,7 +378,7 @@ class PolicyRuntime:
         self._last_swap_ms: float | None = None
 
     # -- the hot path ------------------------------------------------------------------------
-    def infer(self, obs: np.ndarray, task_id: int | np.ndarray = 0) -> PolicyOutput:
+    def infer(self, obs: npt.NDArray[np.floating[Any]], task_id: int | npt.NDArray[np.integer[Any]] = 0) -> PolicyOutput:
         """Action for ``obs`` ([obs_dim] -> [act_dim], or [N, obs_dim] -> [N, act_dim]) with head
         ``task_id`` (an int, or one id per row), tagged with the version that computed it.
 
@@ -415,7 +432,7 @@ class PolicyRuntime:
         """
         return self.swap_async(model, version, expected_sha256).result()
 
-    def swap_async(self, model: ModelSource, version: str, expected_sha256: str | None = None) -> "Future[SwapReport]":
+    def swap_async(self, model: ModelSource, version: str, expected_sha256: str | None = None) -> Future[SwapReport]:
         """:meth:`swap` without waiting: the future holds the SwapReport or the ModelLoadError."""
         t0 = time.perf_counter()
         if threading.get_ident() == self._builder_ident[0]:  # called from the builder itself: no queueing
@@ -434,7 +451,7 @@ class PolicyRuntime:
                 self._executor.shutdown(wait=True)
                 self._executor = None
 
-    def __enter__(self) -> "PolicyRuntime":
+    def __enter__(self) -> PolicyRuntime:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -549,7 +566,7 @@ class PolicyRuntime:
                 f"num_heads={s.num_heads}, sha256={s.sha256[:12]}…)")
 
 
-def _init_builder(niceness: int, ident: list) -> None:
+def _init_builder(niceness: int, ident: list[int | None]) -> None:
     ident[0] = threading.get_ident()
     if niceness > 0 and sys.platform.startswith("linux"):
         try:  # Linux: PRIO_PROCESS with a thread id re-nices that thread only
@@ -560,7 +577,7 @@ def _init_builder(niceness: int, ident: list) -> None:
 
 
 # ------------------------------------------------------------------------------ slow-path checks
-def _check_finite(x: np.ndarray) -> None:
+def _check_finite(x: npt.NDArray[np.floating[Any]]) -> None:
     bad = ~np.isfinite(x)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -569,7 +586,7 @@ def _check_finite(x: np.ndarray) -> None:
                                  "expected finite numbers (no NaN or Inf)")
 
 
-def _coerce(obs: Any, snap: _Snapshot) -> tuple[np.ndarray, bool]:
+def _coerce(obs: Any, snap: _Snapshot) -> tuple[npt.NDArray[np.float32], bool]:
     """Everything that is not already a contiguous float32 [obs_dim] vector: validate, convert."""
     if not isinstance(obs, np.ndarray):
         if isinstance(obs, (list, tuple)):
@@ -611,7 +628,7 @@ def _bad_task_id(task_id: Any, snap: _Snapshot) -> None:
     raise InvalidObservation(f"task_id {task_id!r} is out of range; expected {hint} for model {snap.version!r}")
 
 
-def _task_array(task_id: Any, n: int, snap: _Snapshot) -> np.ndarray:
+def _task_array(task_id: Any, n: int, snap: _Snapshot) -> npt.NDArray[np.int64]:
     """Validate ``task_id`` (an int, or an integer array of length ``n``) and return [n] int64."""
     if isinstance(task_id, (bool, np.bool_)):
         raise InvalidObservation(f"task_id is a bool ({task_id!r}); expected an integer in [0, {snap.num_heads})")

@@ -11,7 +11,6 @@ from torch import nn
 from lifelong_ros.learning.trainer import (
     EWC,
     ContinualTrainer,
-    DefaultStrategyOptions,
     Experience,
     L2Anchor,
     MemoryBuffer,
@@ -21,12 +20,12 @@ from lifelong_ros.learning.trainer import (
     SynapticIntelligence,
     TrainOptions,
     cross_entropy_loss,
-    default_strategy,
     empirical_fisher,
     read_plugin_state,
     save_plugin_state,
 )
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
+from lifelong_ros.learning.strategies import build_plugins
 
 torch.set_num_threads(1)
 
@@ -326,7 +325,7 @@ def test_naive_forgets_and_ewc_plus_replay_forgets_less():
 
     def ewc_replay():
         memory = MemoryBuffer(per_task=64, seed=0)
-        return default_strategy(memory, DefaultStrategyOptions(ewc_lambda=100.0, replay_ratio=0.5, fisher_samples=128)) + [memory]
+        return build_plugins("ewc_replay", {"ewc_lambda": 100.0, "replay_ratio": 0.5, "fisher_samples": 128}, memory)
 
     kept_increase, kept_b = forgetting_on_two_tasks(ewc_replay)
     assert naive_increase > 0.1  # task A's loss rises clearly after learning B
@@ -339,7 +338,8 @@ def test_training_is_deterministic_under_a_seed():
     def run():
         model = small_policy()
         memory = MemoryBuffer(32, seed=3)
-        trainer = ContinualTrainer(model, bc_loss, default_strategy(memory) + [memory], TrainOptions(steps=30, seed=7))
+        plugins = build_plugins("ewc_replay", None, memory)
+        trainer = ContinualTrainer(model, bc_loss, plugins, TrainOptions(steps=30, seed=7))
         trainer.train_exp(regression_task(1, 0))
         trainer.train_exp(regression_task(2, 1))
         return model.state_dict()

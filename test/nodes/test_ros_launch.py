@@ -7,7 +7,7 @@ on /diagnostics; every process exits cleanly on shutdown (SIGINT).
 
 Needs a sourced ROS 2 Jazzy workspace with lifelong_ros built (`colcon test` registers this file),
 plus the pip packages of the core. Without ROS the whole module is skipped, with the reason.
-Note (DESIGN §6): Jazzy's launch_pytest breaks with pytest >= 8.4; run it with the distribution's
+Note: Jazzy's launch_pytest breaks with pytest >= 8.4; run it with the distribution's
 pytest (7.x on Ubuntu 24.04).
 """
 from __future__ import annotations
