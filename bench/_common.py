@@ -4,6 +4,7 @@ Every method runs through the same loop (lifelong_ros.learning.trainer) with the
 by the strategy registry the learner's recipes use (lifelong_ros.learning.strategies), so the numbers differ
 only by the consolidation plugins; naive and joint are run next to each of them.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,8 +30,9 @@ def method_options(tuned: Mapping[str, Mapping[str, Any]]) -> dict[str, Strategy
     out = {}
     for method in METHODS:
         keys = STRATEGIES[method].options.field_names()
-        out[method] = strategy_options(method, {**{k: v for k, v in BENCH_DEFAULTS.items() if k in keys},
-                                                **tuned.get(method, {})})
+        out[method] = strategy_options(
+            method, {**{k: v for k, v in BENCH_DEFAULTS.items() if k in keys}, **tuned.get(method, {})}
+        )
     return out
 
 

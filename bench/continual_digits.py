@@ -8,6 +8,7 @@ average accuracy, BWT, FWT, forgetting and the accuracy matrix (mean ± std); he
     python bench/continual_digits.py --quick --out /tmp/digits    # reduced run (< 3 min)
     python bench/continual_digits.py --tune --scenario task_il    # re-run the validation grid search
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import METHODS, acceptance, method_options, method_table, options_json, run_sequence, seeded  # noqa: E402
+from _common import METHODS, acceptance, method_options, method_table, options_json, run_sequence, seeded
 
-from lifelong_ros.learning import metrics  # noqa: E402
-from lifelong_ros.learning.strategies import StrategyOptions  # noqa: E402
-from lifelong_ros.learning.trainer import Experience, TrainOptions, cross_entropy_loss  # noqa: E402
-from lifelong_ros.learning.model import PolicyConfig, PolicyNet  # noqa: E402
+from lifelong_ros.learning import metrics
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet
+from lifelong_ros.learning.strategies import StrategyOptions
+from lifelong_ros.learning.trainer import Experience, TrainOptions, cross_entropy_loss
 
 SCENARIOS = ("task_il", "class_il", "domain_il")
 SPLIT_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
@@ -40,15 +41,30 @@ HIDDEN: dict[str, tuple[int, ...]] = {"task_il": (32, 32), "class_il": (32, 32),
 # test split or the reporting seeds), in the strategy registry's option names; the "strategy_options"
 # entry of the JSON has every option a run used (fisher_samples: _common.BENCH_DEFAULTS).
 TUNED: dict[str, dict[str, dict]] = {
-    "task_il": {"l2": {"l2_lambda": 1e-3}, "ewc": {"ewc_lambda": 1e6}, "online_ewc": {"ewc_lambda": 1e6},
-                "si": {"si_lambda": 10.0}, "replay": {"replay_ratio": 0.5},
-                "ewc_replay": {"ewc_lambda": 100.0, "replay_ratio": 0.5}},
-    "class_il": {"l2": {"l2_lambda": 10.0}, "ewc": {"ewc_lambda": 10.0}, "online_ewc": {"ewc_lambda": 10.0},
-                 "si": {"si_lambda": 0.01}, "replay": {"replay_ratio": 0.75},
-                 "ewc_replay": {"ewc_lambda": 1.0, "replay_ratio": 0.75}},
-    "domain_il": {"l2": {"l2_lambda": 0.1}, "ewc": {"ewc_lambda": 100.0}, "online_ewc": {"ewc_lambda": 100.0},
-                  "si": {"si_lambda": 0.1}, "replay": {"replay_ratio": 0.5},
-                  "ewc_replay": {"ewc_lambda": 1.0, "replay_ratio": 0.5}},
+    "task_il": {
+        "l2": {"l2_lambda": 1e-3},
+        "ewc": {"ewc_lambda": 1e6},
+        "online_ewc": {"ewc_lambda": 1e6},
+        "si": {"si_lambda": 10.0},
+        "replay": {"replay_ratio": 0.5},
+        "ewc_replay": {"ewc_lambda": 100.0, "replay_ratio": 0.5},
+    },
+    "class_il": {
+        "l2": {"l2_lambda": 10.0},
+        "ewc": {"ewc_lambda": 10.0},
+        "online_ewc": {"ewc_lambda": 10.0},
+        "si": {"si_lambda": 0.01},
+        "replay": {"replay_ratio": 0.75},
+        "ewc_replay": {"ewc_lambda": 1.0, "replay_ratio": 0.75},
+    },
+    "domain_il": {
+        "l2": {"l2_lambda": 0.1},
+        "ewc": {"ewc_lambda": 100.0},
+        "online_ewc": {"ewc_lambda": 100.0},
+        "si": {"si_lambda": 0.1},
+        "replay": {"replay_ratio": 0.5},
+        "ewc_replay": {"ewc_lambda": 1.0, "replay_ratio": 0.5},
+    },
 }
 MEMORY_PER_TASK = 100  # replay memory: ~40 % of a split task, ~8 % of a permuted task
 
@@ -93,7 +109,9 @@ def load_scenario(kind: str, seed: int, validation: bool, hidden: tuple[int, ...
             perm = rng.permutation(x.shape[1])
             experiences.append(Experience.from_arrays(xtr[:, perm], ytr, 0, name=f"perm{k}"))
             evals.append((torch.from_numpy(xte[:, perm]), torch.from_numpy(yte)))
-        return Scenario(f"permuted_digits_{kind}", experiences, evals, PolicyConfig(64, 10, hidden, 1, multi_head=False), False)
+        return Scenario(
+            f"permuted_digits_{kind}", experiences, evals, PolicyConfig(64, 10, hidden, 1, multi_head=False), False
+        )
     multi = kind == "task_il"
     for k, (a, b) in enumerate(SPLIT_PAIRS):
         tr = (ytr == a) | (ytr == b)
@@ -116,18 +134,34 @@ def make_evaluator(sc: Scenario):
     return evaluate
 
 
-def run_one(kind: str, method: str, seed: int, strategy: StrategyOptions, options: TrainOptions, validation: bool,
-            hidden: tuple[int, ...]) -> dict:
+def run_one(
+    kind: str,
+    method: str,
+    seed: int,
+    strategy: StrategyOptions,
+    options: TrainOptions,
+    validation: bool,
+    hidden: tuple[int, ...],
+) -> dict:
     sc = load_scenario(kind, seed, validation, hidden)
     seeded(seed)
     model = PolicyNet(sc.config)
-    r, b = run_sequence(model, cross_entropy_loss, sc.experiences, make_evaluator(sc), method, strategy,
-                        replace(options, seed=seed), MEMORY_PER_TASK)
+    r, b = run_sequence(
+        model,
+        cross_entropy_loss,
+        sc.experiences,
+        make_evaluator(sc),
+        method,
+        strategy,
+        replace(options, seed=seed),
+        MEMORY_PER_TASK,
+    )
     return metrics.summarize(r, b)
 
 
-def tune(kind: str, options: TrainOptions, base: dict[str, StrategyOptions], hidden: tuple[int, ...],
-         seeds=(1000, 1001)) -> tuple[dict[str, StrategyOptions], dict]:
+def tune(
+    kind: str, options: TrainOptions, base: dict[str, StrategyOptions], hidden: tuple[int, ...], seeds=(1000, 1001)
+) -> tuple[dict[str, StrategyOptions], dict]:
     """Grid search each method's own knob on the validation split (tuning seeds, same budget).
 
     Coordinate-wise in GRID order; the replay ratio chosen for replay is ewc_replay's too."""
@@ -147,8 +181,15 @@ def tune(kind: str, options: TrainOptions, base: dict[str, StrategyOptions], hid
     return per_method, trace
 
 
-def run_scenario(kind: str, methods, seeds, options: TrainOptions, per_method: dict[str, StrategyOptions],
-                 hidden: tuple[int, ...], out: Path | None) -> dict:
+def run_scenario(
+    kind: str,
+    methods,
+    seeds,
+    options: TrainOptions,
+    per_method: dict[str, StrategyOptions],
+    hidden: tuple[int, ...],
+    out: Path | None,
+) -> dict:
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     started = time.perf_counter()
     with tqdm(total=len(methods) * len(seeds), desc=kind, file=sys.stderr) as bar:
@@ -162,8 +203,12 @@ def run_scenario(kind: str, methods, seeds, options: TrainOptions, per_method: d
     if out is not None:
         names = [e.name for e in probe.experiences]
         for method, row in table.items():
-            metrics.plot_matrix(row["matrix"], out / f"{name}_{method}.png", names,
-                                title=f"{name} {method}: avg {row['avg_acc']['mean']:.3f}")
+            metrics.plot_matrix(
+                row["matrix"],
+                out / f"{name}_{method}.png",
+                names,
+                title=f"{name} {method}: avg {row['avg_acc']['mean']:.3f}",
+            )
     result = {
         "benchmark": name,
         "methods": table,
@@ -175,19 +220,29 @@ def run_scenario(kind: str, methods, seeds, options: TrainOptions, per_method: d
     if kind == "task_il":
         result["acceptance"] = acceptance(table)
     elif kind == "class_il":
-        reg = max(table[m]["avg_acc"]["mean"] for m in ("l2", "ewc", "online_ewc", "si") if m in table) if any(
-            m in table for m in ("l2", "ewc", "online_ewc", "si")) else None
-        rep = max(table[m]["avg_acc"]["mean"] for m in ("replay", "ewc_replay") if m in table) if any(
-            m in table for m in ("replay", "ewc_replay")) else None
+        reg = (
+            max(table[m]["avg_acc"]["mean"] for m in ("l2", "ewc", "online_ewc", "si") if m in table)
+            if any(m in table for m in ("l2", "ewc", "online_ewc", "si"))
+            else None
+        )
+        rep = (
+            max(table[m]["avg_acc"]["mean"] for m in ("replay", "ewc_replay") if m in table)
+            if any(m in table for m in ("replay", "ewc_replay"))
+            else None
+        )
         if reg is not None and rep is not None:
-            result["acceptance"] = {"best_replay_avg_acc": rep, "best_regularisation_avg_acc": reg,
-                                    "replay_minus_regularisation": rep - reg, "replay_far_above": bool(rep - reg >= 0.2)}
+            result["acceptance"] = {
+                "best_replay_avg_acc": rep,
+                "best_regularisation_avg_acc": reg,
+                "replay_minus_regularisation": rep - reg,
+                "replay_far_above": bool(rep - reg >= 0.2),
+            }
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scenario", choices=SCENARIOS + ("all",), default="all")
+    ap.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=300, help="optimiser steps per experience (every method)")

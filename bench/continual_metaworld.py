@@ -8,6 +8,7 @@ on held-out variations. Prints ONE JSON object (mean ± std over seeds); heatmap
     python bench/continual_metaworld.py --quick --out /tmp/mw    # reduced run (< 3 min)
     python bench/continual_metaworld.py --tune                   # grid search on held-out BC loss
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,13 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import METHODS, acceptance, method_options, method_table, options_json, run_sequence, seeded  # noqa: E402
+from _common import METHODS, acceptance, method_options, method_table, options_json, run_sequence, seeded
 
-from lifelong_ros.learning import metrics  # noqa: E402
-from lifelong_ros.learning.strategies import StrategyOptions  # noqa: E402
-from lifelong_ros.learning.trainer import Experience, TrainOptions  # noqa: E402
-from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
-from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations, evaluate, stack_episodes  # noqa: E402
+from lifelong_ros.learning import metrics
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
+from lifelong_ros.learning.strategies import StrategyOptions
+from lifelong_ros.learning.trainer import Experience, TrainOptions
+from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations, evaluate, stack_episodes
 
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3")
 QUICK_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-open-v3")
@@ -131,16 +132,26 @@ def bc_evaluator(val: list[Experience]):
     return evaluate_bc
 
 
-def tune(seq: Sequence_, options: TrainOptions, base: dict[str, StrategyOptions],
-         seed: int = 1000) -> tuple[dict[str, StrategyOptions], dict]:
+def tune(
+    seq: Sequence_, options: TrainOptions, base: dict[str, StrategyOptions], seed: int = 1000
+) -> tuple[dict[str, StrategyOptions], dict]:
     """Coordinate-wise grid search in GRID order; the replay ratio chosen for replay is ewc_replay's too."""
     per_method, trace = dict(base), {}
     for method, (key, values) in tqdm(GRID.items(), desc="tune", file=sys.stderr):
         scores = {}
         for v in values:
             trial = replace(per_method[method], **{key: v})
-            r, _ = run_sequence(make_model(seq, seed), bc_loss, seq.experiences, bc_evaluator(seq.val), method, trial,
-                                replace(options, seed=seed), MEMORY_PER_TASK, evaluate_future=False)
+            r, _ = run_sequence(
+                make_model(seq, seed),
+                bc_loss,
+                seq.experiences,
+                bc_evaluator(seq.val),
+                method,
+                trial,
+                replace(options, seed=seed),
+                MEMORY_PER_TASK,
+                evaluate_future=False,
+            )
             scores[v] = float(r[-1].mean())  # mean held-out -MSE over all tasks after the last one
         best = max(scores, key=lambda v: scores[v])
         per_method[method] = replace(per_method[method], **{key: best})
@@ -160,9 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000, help="optimiser steps per task (every method)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--lr-final", type=float, default=1e-5,
-                    help="cosine decay of the learning rate to this within each task (every method); "
-                         "a negative value keeps it constant")
+    ap.add_argument(
+        "--lr-final",
+        type=float,
+        default=1e-5,
+        help="cosine decay of the learning rate to this within each task (every method); "
+        "a negative value keeps it constant",
+    )
     ap.add_argument("--rollouts", type=int, default=20, help="held-out variations per matrix cell")
     ap.add_argument("--max-steps", type=int, default=200, help="rollout length cap (experts finish in < 100)")
     ap.add_argument("--quick", action="store_true", help="3 tasks, naive/joint/ewc_replay, small budgets: < 3 min")
@@ -177,7 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         tasks = QUICK_TASKS if args.tasks == ",".join(DEFAULT_TASKS) else tasks
         methods = ["naive", "joint", "ewc_replay"] if args.methods == ",".join(METHODS) else methods
-        args.demos, args.steps, args.rollouts, args.val_demos = min(args.demos, 10), min(args.steps, 300), min(args.rollouts, 5), min(args.val_demos, 3)
+        args.demos, args.steps, args.rollouts, args.val_demos = (
+            min(args.demos, 10),
+            min(args.steps, 300),
+            min(args.rollouts, 5),
+            min(args.val_demos, 3),
+        )
     bad = [m for m in methods if m not in METHODS]
     if bad:
         ap.error(f"unknown methods {bad}; expected a subset of {METHODS}")
@@ -185,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     seq = load_sequence(tasks, args.demos, args.val_demos, cache)
     lr_final = args.lr_final if args.lr_final >= 0 else None
-    options = TrainOptions(steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_final=lr_final, progress_every=10**9)
+    options = TrainOptions(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_final=lr_final, progress_every=10**9
+    )
     per_method, tuning = method_options(TUNED), None
     if args.tune:
         per_method, tuning = tune(seq, options, per_method)
@@ -195,24 +217,46 @@ def main(argv: list[str] | None = None) -> int:
     with tqdm(total=len(methods) * len(seeds), desc="metaworld", file=sys.stderr) as bar:
         for method in methods:
             for seed in seeds:
-                r, _ = run_sequence(make_model(seq, seed), bc_loss, seq.experiences, evaluator, method,
-                                    per_method[method], replace(options, seed=seed), MEMORY_PER_TASK,
-                                    evaluate_future=False)
+                r, _ = run_sequence(
+                    make_model(seq, seed),
+                    bc_loss,
+                    seq.experiences,
+                    evaluator,
+                    method,
+                    per_method[method],
+                    replace(options, seed=seed),
+                    MEMORY_PER_TASK,
+                    evaluate_future=False,
+                )
                 runs[method].append(metrics.summarize(r))
                 bar.update(1)
     table = method_table(runs)
     if args.out is not None:
         for method, row in table.items():
-            metrics.plot_matrix(row["matrix"], args.out / f"metaworld_{method}.png", list(tasks),
-                                title=f"Meta-World BC {method}: avg success {row['avg_acc']['mean']:.2f}", label="success")
+            metrics.plot_matrix(
+                row["matrix"],
+                args.out / f"metaworld_{method}.png",
+                list(tasks),
+                title=f"Meta-World BC {method}: avg success {row['avg_acc']['mean']:.2f}",
+                label="success",
+            )
     result = {
         "benchmark": "metaworld_bc_sequence",
         "tasks": list(tasks),
         "methods": table,
         "acceptance": acceptance(table),
         "strategy_options": options_json({m: per_method[m] for m in methods}, MEMORY_PER_TASK),
-        "options": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "lr_final": lr_final, "hidden": list(HIDDEN),
-                    "demos": args.demos, "rollouts": args.rollouts, "max_steps": args.max_steps, "quick": args.quick},
+        "options": {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "lr_final": lr_final,
+            "hidden": list(HIDDEN),
+            "demos": args.demos,
+            "rollouts": args.rollouts,
+            "max_steps": args.max_steps,
+            "quick": args.quick,
+        },
         "seeds": seeds,
         "seconds": round(time.perf_counter() - started, 1),
         "note": "matrix cells above the diagonal are not evaluated (untrained heads), so FWT is null",

@@ -17,6 +17,7 @@ meta-learner trained for) and "long" (Adam, a few hundred steps). Prints one JSO
 
     python bench/fewshot_grasp.py [--quick] [--seeds 3] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,9 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifelong_ros.learning.meta import MetaConfig, MetaLearner  # noqa: E402
-from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss  # noqa: E402
-from lifelong_ros.sim.metaworld import MetaWorldSim, stack_episodes  # noqa: E402
+from lifelong_ros.learning.meta import MetaConfig, MetaLearner
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
+from lifelong_ros.sim.metaworld import MetaWorldSim, stack_episodes
 
 TASK = "pick-place-v3"
 METHODS = ("scratch", "pretrained", "meta")
@@ -55,13 +56,13 @@ class GoalTasks:
         self.rng = np.random.default_rng(seed)
 
     def goal(self) -> np.ndarray:
-        return self.rng.uniform(self.low[-self.goal_dims:], self.high[-self.goal_dims:])
+        return self.rng.uniform(self.low[-self.goal_dims :], self.high[-self.goal_dims :])
 
     def placements(self, goal: np.ndarray, n: int) -> list[np.ndarray]:
         """``n`` valid placements with this goal and random object positions."""
         out = []
         while len(out) < n:
-            vec = np.concatenate([self.rng.uniform(self.low[:-self.goal_dims], self.high[:-self.goal_dims]), goal])
+            vec = np.concatenate([self.rng.uniform(self.low[: -self.goal_dims], self.high[: -self.goal_dims]), goal])
             try:
                 self.sim.reset(0, vec)
             except ValueError:  # object too near the goal for this task's rules: draw again
@@ -119,8 +120,14 @@ def fast_adapt(net: PolicyNet, obs: torch.Tensor, act: torch.Tensor) -> PolicyNe
     return net.eval()
 
 
-def meta_train(net: PolicyNet, tasks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], iterations: int,
-               seed: int, meta_batch: int, rows: int) -> PolicyNet:
+def meta_train(
+    net: PolicyNet,
+    tasks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    iterations: int,
+    seed: int,
+    meta_batch: int,
+    rows: int,
+) -> PolicyNet:
     """MAML over goals: support = 1 or more demonstrations of a goal, query = others of the same goal."""
 
     def draw(gen: torch.Generator):
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = MetaWorldSim(TASK, steps_after_success=0, max_steps=max_steps)
     gen_train, gen_test = GoalTasks(sim, 1), GoalTasks(sim, 2)  # disjoint streams of goals
     train = []
-    for g in tqdm(range(train_goals), desc="meta-train demos", file=sys.stderr, leave=False):
+    for _ in tqdm(range(train_goals), desc="meta-train demos", file=sys.stderr, leave=False):
         eps = gen_train.demos(gen_train.goal(), demos_per_goal)
         obs, act = as_tensors(eps)
         ep = torch.cat([torch.full((len(e.obs),), i) for i, e in enumerate(eps)])
@@ -197,39 +204,60 @@ def main(argv: list[str] | None = None) -> int:
         meta = meta_train(pretrained.clone(), train, meta_its, seed, meta_batch=8, rows=128)
         inits = {"scratch": fresh(seed + 1000, all_obs.numpy()), "pretrained": pretrained, "meta": meta}
         results["pretrained"]["no_adaptation"].append(
-            float(np.mean([success(pretrained, sim, places) for _, places in test])))
+            float(np.mean([success(pretrained, sim, places) for _, places in test]))
+        )
         cells: dict[str, list[float]] = {}
         for g, (demos, places) in enumerate(test):
             for k in (1, 5):
                 obs, act = as_tensors(demos[:k])
                 for b in budgets:
                     for name, init in inits.items():
-                        net = fast_adapt(init.clone(), obs, act) if b == "fast" else \
-                            fit(init.clone(), obs, act, long_steps, seed * 1000 + g)
+                        net = (
+                            fast_adapt(init.clone(), obs, act)
+                            if b == "fast"
+                            else fit(init.clone(), obs, act, long_steps, seed * 1000 + g)
+                        )
                         cells.setdefault(f"{name}/{b}_k{k}", []).append(success(net, sim, places))
                         bar.update(1)
         for key, vals in cells.items():
             name, cell = key.split("/")
             results[name][cell].append(float(np.mean(vals)))
     bar.close()
-    summary = {m: {cell: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for cell, v in r.items()}
-               for m, r in results.items()}
+    summary = {
+        m: {cell: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for cell, v in r.items()}
+        for m, r in results.items()
+    }
     accept = {}
     for b in budgets:
         for k in (1, 5):
             cell = f"{b}_k{k}"
             meta_m = summary["meta"][cell]["mean"]
-            accept[f"meta_beats_both_{cell}"] = bool(meta_m > summary["scratch"][cell]["mean"]
-                                                     and meta_m > summary["pretrained"][cell]["mean"])
+            accept[f"meta_beats_both_{cell}"] = bool(
+                meta_m > summary["scratch"][cell]["mean"] and meta_m > summary["pretrained"][cell]["mean"]
+            )
     if args.out is not None:
         plot(summary, budgets, args.out / "fewshot_grasp.png")
-    print(json.dumps({
-        "benchmark": "fewshot_grasp", "task": TASK, "setting": "goal hidden; a task is a goal; held-out goals",
-        "train_goals": train_goals, "demos_per_train_goal": demos_per_goal, "test_goals": test_goals,
-        "eval_episodes_per_goal": eval_per_goal, "pretrain_steps": pre_steps, "meta_iterations": meta_its,
-        "fast": {"optimizer": "sgd", "lr": INNER_LR, "steps": INNER_STEPS}, "long": {"optimizer": "adam", "lr": 1e-3, "steps": long_steps},
-        "seeds": args.seeds, "methods": summary, "acceptance": accept,
-        "seconds": round(time.perf_counter() - t0, 1)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "fewshot_grasp",
+                "task": TASK,
+                "setting": "goal hidden; a task is a goal; held-out goals",
+                "train_goals": train_goals,
+                "demos_per_train_goal": demos_per_goal,
+                "test_goals": test_goals,
+                "eval_episodes_per_goal": eval_per_goal,
+                "pretrain_steps": pre_steps,
+                "meta_iterations": meta_its,
+                "fast": {"optimizer": "sgd", "lr": INNER_LR, "steps": INNER_STEPS},
+                "long": {"optimizer": "adam", "lr": 1e-3, "steps": long_steps},
+                "seeds": args.seeds,
+                "methods": summary,
+                "acceptance": accept,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+    )
     return 0
 
 

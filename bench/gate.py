@@ -10,6 +10,7 @@ suites (the floor of any held-out comparison); the acceptance line is 60 s witho
     python bench/gate.py --quick                 # fewer demos/steps, rollouts 3 per task
     python bench/gate.py --rollouts 0            # offline checks only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,13 @@ def _train(model, data, steps, lr=1e-3, seed=0):
 
 def _stats(xs):
     xs = np.asarray(xs, float)
-    return {"median": float(np.median(xs)), "p99": float(np.percentile(xs, 99)), "min": float(xs.min()),
-            "max": float(xs.max()), "n": int(xs.size)}
+    return {
+        "median": float(np.median(xs)),
+        "p99": float(np.percentile(xs, 99)),
+        "min": float(xs.min()),
+        "max": float(xs.max()),
+        "n": int(xs.size),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from lifelong_ros.safety.gate import GateConfig, OnnxPolicy, RegressionSuite, SafetyGate
     from lifelong_ros.learning.model import PolicyConfig, PolicyNet, export_onnx
+    from lifelong_ros.safety.gate import GateConfig, OnnxPolicy, RegressionSuite, SafetyGate
     from lifelong_ros.safety.registry import ModelRegistry
-    from lifelong_ros.sim.rollout import sim_rollout_fn
     from lifelong_ros.sim.metaworld import stack_episodes
+    from lifelong_ros.sim.rollout import sim_rollout_fn
 
     tasks = list(args.tasks)
     t0 = time.perf_counter()
@@ -115,8 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         a_id = reg.register(export_onnx(active, {"tasks": json.dumps(tasks[:-1])}), tasks=tasks[:-1], method="joint")
         reg.set_decision(a_id, "approved", "bench bootstrap")
         reg.promote(a_id)
-        c_id = reg.register(export_onnx(cand, {"tasks": json.dumps(tasks)}), tasks=tasks, method="replay",
-                            parent=a_id, target_task=tasks[-1])
+        c_id = reg.register(
+            export_onnx(cand, {"tasks": json.dumps(tasks)}),
+            tasks=tasks,
+            method="replay",
+            parent=a_id,
+            target_task=tasks[-1],
+        )
         gate = SafetyGate(reg, GateConfig())
 
         # baseline: batched inference of both models over every suite (what any comparison costs)
@@ -151,19 +162,33 @@ def main(argv: list[str] | None = None) -> int:
                 "gate_ms": rrep.timings_ms,
                 "decision": rrep.decision,
                 "failed": rrep.failed,
-                "per_task": {c.task: {"successes": c.detail["successes"], "wilson_lower": c.value,
-                                      "threshold": c.threshold, "passed": c.passed,
-                                      "active_successes": c.detail.get("active_successes")}
-                             for c in rrep.checks if c.kind == "rollout"},
+                "per_task": {
+                    c.task: {
+                        "successes": c.detail["successes"],
+                        "wilson_lower": c.value,
+                        "threshold": c.threshold,
+                        "passed": c.passed,
+                        "active_successes": c.detail.get("active_successes"),
+                    }
+                    for c in rrep.checks
+                    if c.kind == "rollout"
+                },
             }
 
-    checks = {c.name: {"passed": c.passed, "value": c.value, "threshold": c.threshold} for c in report.checks
-              if isinstance(c.value, (int, float)) or c.value is None}
+    checks = {
+        c.name: {"passed": c.passed, "value": c.value, "threshold": c.threshold}
+        for c in report.checks
+        if isinstance(c.value, (int, float)) or c.value is None
+    }
     total = _stats(totals)
     out = {
         "bench": "gate",
-        "machine": {"cpus": os.cpu_count(), "torch_threads": args.threads, "gate_threads": 1,
-                    "note": "shared 2-core VM; timings are noisy"},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": args.threads,
+            "gate_threads": 1,
+            "note": "shared 2-core VM; timings are noisy",
+        },
         "tasks": tasks,
         "suite_samples": {t: len(s) for t, s in suites.items()},
         "model": {"hidden": args.hidden, "obs_dim": 39, "act_dim": 4, "train_steps": args.steps, "demos": args.demos},

@@ -3,6 +3,7 @@
 Same model (the paper's 1-40-40-1 sinusoid MLP), same 25 tasks, one inner step, second order,
 both measured in this process with the arms interleaved. Prints one JSON object.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifelong_ros.learning.meta import MetaConfig, MetaLearner, loop_meta_grads  # noqa: E402
+from lifelong_ros.learning.meta import MetaConfig, MetaLearner, loop_meta_grads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sinusoid import mlp, task_batch  # noqa: E402
+from sinusoid import mlp, task_batch
 
 
 def main() -> None:
@@ -46,11 +47,22 @@ def main() -> None:
         learner.meta_loss_and_grads(batch)
         vmap_ms.append((time.perf_counter() - t0) * 1e3)
     loop, vm = float(np.median(loop_ms)), float(np.median(vmap_ms))
-    print(json.dumps({"benchmark": "maml_speed", "tasks": 25, "k": 10, "rounds": rounds,
-                      "loop_ms": round(loop, 3), "vmap_ms": round(vm, 3), "ratio": round(loop / vm, 2),
-                      "loop_p90_ms": round(float(np.percentile(loop_ms, 90)), 3),
-                      "vmap_p90_ms": round(float(np.percentile(vmap_ms, 90)), 3),
-                      "max_grad_diff": max_diff}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "maml_speed",
+                "tasks": 25,
+                "k": 10,
+                "rounds": rounds,
+                "loop_ms": round(loop, 3),
+                "vmap_ms": round(vm, 3),
+                "ratio": round(loop / vm, 2),
+                "loop_p90_ms": round(float(np.percentile(loop_ms, 90)), 3),
+                "vmap_p90_ms": round(float(np.percentile(vmap_ms, 90)), 3),
+                "max_grad_diff": max_diff,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

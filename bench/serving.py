@@ -10,6 +10,7 @@ and warms a new onnxruntime session and tears an old one down.
 
     python bench/serving.py [--quick] [--rounds R] [--block B]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="short run (smoke test): fewer rounds and calls")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 30, quick 6)")
     p.add_argument("--block", type=int, default=None, help="calls per arm per round (default 2000, quick 500)")
-    p.add_argument("--build-niceness", type=int, default=10,
-                   help="PolicyRuntime build_niceness for the swapping runtime (0 = builder at normal priority)")
+    p.add_argument(
+        "--build-niceness",
+        type=int,
+        default=10,
+        help="PolicyRuntime build_niceness for the swapping runtime (0 = builder at normal priority)",
+    )
     args = p.parse_args(argv)
     rounds = args.rounds or (6 if args.quick else 30)
     block = args.block or (500 if args.quick else 2000)
@@ -132,11 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     assert np.array_equal(rt.infer(o, k).action, ort_call(o, k))
     assert np.allclose(torch_call(o, k), ort_call(o, k), atol=1e-5)
 
-    swappers = {"during_swaps": Swapper(rt_swapping, [("v1", v1), ("v2", v2)], SWAP_PERIOD_S),
-                "during_cold_swaps": Swapper(rt_cold, [("v1", v1)] + [(f"v{i + 2}", m) for i, m in enumerate(others)],
-                                             SWAP_PERIOD_S)}
-    arms = {"runtime": rt.infer, "ort": ort_call, "torch": torch_call,
-            "during_swaps": rt_swapping.infer, "during_cold_swaps": rt_cold.infer}
+    swappers = {
+        "during_swaps": Swapper(rt_swapping, [("v1", v1), ("v2", v2)], SWAP_PERIOD_S),
+        "during_cold_swaps": Swapper(
+            rt_cold, [("v1", v1)] + [(f"v{i + 2}", m) for i, m in enumerate(others)], SWAP_PERIOD_S
+        ),
+    }
+    arms = {
+        "runtime": rt.infer,
+        "ort": ort_call,
+        "torch": torch_call,
+        "during_swaps": rt_swapping.infer,
+        "during_cold_swaps": rt_cold.infer,
+    }
     samples: dict[str, list[float]] = {a: [] for a in arms}
     names = list(arms)
     try:
@@ -188,9 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     res["accept_runtime_p50_within_1.5x_ort"] = bool(res["runtime_vs_ort_p50_ratio"] <= 1.5)
     res["accept_p99_swaps_within_3x"] = bool(res["p99_swaps_vs_no_swaps_ratio"] <= 3.0)
     res["accept_p99_cold_swaps_within_3x"] = bool(res["p99_cold_swaps_vs_no_swaps_ratio"] <= 3.0)
-    res["env"] = {"onnxruntime": ort.__version__, "torch": torch.__version__, "numpy": np.__version__,
-                  "python": platform.python_version(), "cpus": os.cpu_count(),
-                  "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    res["env"] = {
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
     print(json.dumps(res, indent=2))
     return 0
 

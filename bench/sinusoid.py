@@ -6,6 +6,7 @@ with K = 5 and K = 10 support points on the same 200 held-out tasks (100 query p
 `pretrained` is the baseline: one network trained on all tasks jointly, then fine-tuned the same
 way. Prints one JSON object; `--quick` is a reduced run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lifelong_ros.paths import data_dir as default_data_dir  # noqa: E402
-from lifelong_ros.learning.meta import MetaConfig, MetaLearner, mse  # noqa: E402
+from lifelong_ros.learning.meta import MetaConfig, MetaLearner, mse
+from lifelong_ros.paths import data_dir as default_data_dir
 
 STEPS = (0, 1, 10)
 
@@ -67,7 +68,11 @@ def evaluate(learner: MetaLearner, k: int, tasks: int = 200) -> list[float]:
     for steps in STEPS:
         errs = []
         for t in range(tasks):
-            fast = learner.adapted_params((xs[t],), ys[t], steps=steps) if steps else {n: p.detach() for n, p in learner.params.items()}
+            fast = (
+                learner.adapted_params((xs[t],), ys[t], steps=steps)
+                if steps
+                else {n: p.detach() for n, p in learner.params.items()}
+            )
             with torch.no_grad():
                 errs.append(float(learner.loss(fast, (xq[t],), yq[t])))
         out.append(float(np.mean(errs)))
@@ -142,9 +147,21 @@ def main() -> None:
     out = Path(args.out) if args.out else default_data_dir() / "bench"
     out.mkdir(parents=True, exist_ok=True)
     plot(results, out / "sinusoid.png")
-    print(json.dumps({"benchmark": "sinusoid", "iterations": iterations, "seeds": args.seeds, "meta_batch": 25,
-                      "inner_lr": 0.01, "train_k": 10, "steps": list(STEPS), "methods": results,
-                      "plot": str(out / "sinusoid.png")}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "sinusoid",
+                "iterations": iterations,
+                "seeds": args.seeds,
+                "meta_batch": 25,
+                "inner_lr": 0.01,
+                "train_k": 10,
+                "steps": list(STEPS),
+                "methods": results,
+                "plot": str(out / "sinusoid.png"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

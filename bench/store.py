@@ -5,6 +5,7 @@ read+deserialize loop for bag import, rosbags' deserializer for CDR decoding, an
 append-only numpy segment file for ingest (the engine alternative). Run:
     python bench/store.py [--quick] [--dir /tmp/somewhere]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.ros_io import bag as B
 from lifelong_ros.ros_io.codecs import FLOAT32_ARRAY, FLOAT64_ARRAY, JOINT_FIELDS, JOINT_STATE
 from lifelong_ros.ros_io.spec import JointStateStream, spec_from_dict
-from lifelong_ros.experience.store import ExperienceStore
 
 D, A = 39, 4
 
@@ -40,8 +41,14 @@ def bench_ingest(root: Path, n_batched: int, n_single: int, n_power: int) -> dic
     with ExperienceStore(root / "ingest.sqlite3", D, A) as s:
         t = time.perf_counter()
         for i in range(0, n_batched, 1000):
-            s.append("reach-v3", i // 500, np.arange(i, i + 1000) % 500, obs[i : i + 1000], act[i : i + 1000],
-                     stamp_ns=np.arange(i, i + 1000))
+            s.append(
+                "reach-v3",
+                i // 500,
+                np.arange(i, i + 1000) % 500,
+                obs[i : i + 1000],
+                act[i : i + 1000],
+                stamp_ns=np.arange(i, i + 1000),
+            )
         out["ingest_batched_per_s"] = n_batched / (time.perf_counter() - t)
         t = time.perf_counter()
         for i in range(n_single):
@@ -57,7 +64,9 @@ def bench_ingest(root: Path, n_batched: int, n_single: int, n_power: int) -> dic
             s.append("reach-v3", i // 500, np.arange(i, i + 1000) % 500, obs[i : i + 1000], act[i : i + 1000])
         out["ingest_batched_power_per_s"] = (n_batched // 4) / (time.perf_counter() - t)
     # engine alternative: append-only segment file of fixed-size records (no index, no retention)
-    rec = np.zeros(n_batched, dtype=[("ep", "<i8"), ("step", "<i8"), ("stamp", "<i8"), ("obs", "<f4", (D,)), ("act", "<f4", (A,))])
+    rec = np.zeros(
+        n_batched, dtype=[("ep", "<i8"), ("step", "<i8"), ("stamp", "<i8"), ("obs", "<f4", (D,)), ("act", "<f4", (A,))]
+    )
     rec["obs"], rec["act"] = obs, act
     fd = os.open(root / "segment.bin", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     t = time.perf_counter()
@@ -79,10 +88,22 @@ def build_store(path: Path, n: int, tasks: int = 10) -> None:
     from tqdm import tqdm
 
     with ExperienceStore(path, D, A) as s:
-        for i in tqdm(range(0, n, 5000), desc=f"building {n} records", file=sys.stderr, leave=False, disable=not sys.stderr.isatty()):
+        for i in tqdm(
+            range(0, n, 5000),
+            desc=f"building {n} records",
+            file=sys.stderr,
+            leave=False,
+            disable=not sys.stderr.isatty(),
+        ):
             j = i % 10_000
-            s.append(f"task{(i // 5000) % tasks}", i // 500, np.arange(5000) % 500, obs[j : j + 5000], act[j : j + 5000],
-                     stamp_ns=np.arange(i, i + 5000))
+            s.append(
+                f"task{(i // 5000) % tasks}",
+                i // 500,
+                np.arange(5000) % 500,
+                obs[j : j + 5000],
+                act[j : j + 5000],
+                stamp_ns=np.arange(i, i + 5000),
+            )
 
 
 def bench_sample(path: Path, reps: int, tag: str) -> dict:
@@ -184,7 +205,11 @@ def main(argv=None) -> int:
     q = args.quick
     try:
         res: dict = {"quick": q, "python": platform.python_version(), "cpus": os.cpu_count()}
-        res.update(bench_ingest(root, n_batched=50_000 if q else 200_000, n_single=1000 if q else 5000, n_power=200 if q else 1000))
+        res.update(
+            bench_ingest(
+                root, n_batched=50_000 if q else 200_000, n_single=1000 if q else 5000, n_power=200 if q else 1000
+            )
+        )
         for n, tag in ((100_000, "1e5"), (1_000_000, "1e6")):
             path = root / f"sample_{tag}.sqlite3"
             build_store(path, n)

@@ -12,15 +12,17 @@ sim:=none      a real robot: topics exactly as named in the config's observation
 Every node reads the same params file (ROS 2 format; the standalone CLI reads it too). Relative
 spec paths in it are resolved against the config file's folder.
 """
+
 from __future__ import annotations
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 try:  # Jazzy and later spell it PushROSNamespace (the old name is a deprecated alias); Humble has only the old one
     from launch_ros.actions import PushROSNamespace as PushRosNamespace
@@ -61,41 +63,78 @@ def _nodes(context, *args, **kwargs):
     if data_dir:
         overrides["data_dir"] = os.path.abspath(os.path.expanduser(data_dir))
     params = [config, overrides]
-    common = dict(package="lifelong_ros", parameters=params, output="screen", emulate_tty=True,
-                  ros_arguments=["--log-level", log_level])
+    common = dict(
+        package="lifelong_ros",
+        parameters=params,
+        output="screen",
+        emulate_tty=True,
+        ros_arguments=["--log-level", log_level],
+    )
 
     policy_remaps = [("active_version", "safety_monitor/active")]
     if sim == "embedded":
         policy_remaps.append(("task", "sim_bridge/task"))
     actions = [
-        Node(executable="safety_monitor", name="safety_monitor",
-             remappings=[("policy_output", "policy_server/output"), ("experience", "policy_server/experience"),
-                         ("episode_result", "sim_bridge/episode_result")], **common),
+        Node(
+            executable="safety_monitor",
+            name="safety_monitor",
+            remappings=[
+                ("policy_output", "policy_server/output"),
+                ("experience", "policy_server/experience"),
+                ("episode_result", "sim_bridge/episode_result"),
+            ],
+            **common,
+        ),
         Node(executable="policy_server", name="policy_server", remappings=policy_remaps, **common),
         Node(executable="experience_buffer", name="experience_buffer", **common),
         Node(executable="learner", name="learner", remappings=[("gate", "safety_monitor/gate")], **common),
     ]
     if sim == "gazebo":
-        bridge_config = LaunchConfiguration("gz_bridge_config").perform(context) or _share("config", "gazebo_humanoid_bridge.yaml")
-        actions.append(Node(package="ros_gz_bridge", executable="parameter_bridge", name="gz_bridge", output="screen",
-                            parameters=[{"config_file": bridge_config, "use_sim_time": use_sim_time}]))
+        bridge_config = LaunchConfiguration("gz_bridge_config").perform(context) or _share(
+            "config", "gazebo_humanoid_bridge.yaml"
+        )
+        actions.append(
+            Node(
+                package="ros_gz_bridge",
+                executable="parameter_bridge",
+                name="gz_bridge",
+                output="screen",
+                parameters=[{"config_file": bridge_config, "use_sim_time": use_sim_time}],
+            )
+        )
     namespace = LaunchConfiguration("namespace").perform(context)
     return [GroupAction([PushRosNamespace(namespace), *actions])] if namespace else actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription([
-        DeclareLaunchArgument("config", default_value="",
-                              description="ROS 2 params file; '' = config/lifelong.yaml (gazebo_humanoid.yaml for sim:=gazebo)"),
-        DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node ('' = none)"),
-        DeclareLaunchArgument("sim", default_value="embedded", choices=list(SIM_MODES),
-                              description="embedded: Meta-World sim_bridge topics; gazebo: ros_gz_bridge; none: hardware"),
-        DeclareLaunchArgument("use_sim_time", default_value="auto",
-                              description="true/false; auto = true for sim:=gazebo, else false"),
-        DeclareLaunchArgument("data_dir", default_value="",
-                              description="Experience store + model registry directory ('' = the config's data_dir)"),
-        DeclareLaunchArgument("gz_bridge_config", default_value="",
-                              description="ros_gz_bridge YAML for sim:=gazebo ('' = config/gazebo_humanoid_bridge.yaml)"),
-        DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
-        OpaqueFunction(function=_nodes),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "config",
+                default_value="",
+                description="ROS 2 params file; '' = config/lifelong.yaml (gazebo_humanoid.yaml for sim:=gazebo)",
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node ('' = none)"),
+            DeclareLaunchArgument(
+                "sim",
+                default_value="embedded",
+                choices=list(SIM_MODES),
+                description="embedded: Meta-World sim_bridge topics; gazebo: ros_gz_bridge; none: hardware",
+            ),
+            DeclareLaunchArgument(
+                "use_sim_time", default_value="auto", description="true/false; auto = true for sim:=gazebo, else false"
+            ),
+            DeclareLaunchArgument(
+                "data_dir",
+                default_value="",
+                description="Experience store + model registry directory ('' = the config's data_dir)",
+            ),
+            DeclareLaunchArgument(
+                "gz_bridge_config",
+                default_value="",
+                description="ros_gz_bridge YAML for sim:=gazebo ('' = config/gazebo_humanoid_bridge.yaml)",
+            ),
+            DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

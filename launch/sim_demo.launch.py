@@ -8,16 +8,18 @@ applies the actions the policy server publishes on sim_bridge/command. With cont
 scripted expert drives instead and every step is published as a demonstration, which the
 experience buffer records: teach a task, then send an Adapt goal for it.
 """
+
 from __future__ import annotations
 
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 try:  # Jazzy and later spell it PushROSNamespace (the old name is a deprecated alias); Humble has only the old one
     from launch_ros.actions import PushROSNamespace as PushRosNamespace
@@ -49,28 +51,49 @@ def _sim_bridge(context, *args, **kwargs):
     data_dir = LaunchConfiguration("data_dir").perform(context)
     if data_dir:
         overrides["data_dir"] = os.path.abspath(os.path.expanduser(data_dir))
-    node = Node(package="lifelong_ros", executable="sim_bridge", name="sim_bridge", output="screen", emulate_tty=True,
-                parameters=[config, overrides], remappings=[("policy_output", "policy_server/output")],
-                ros_arguments=["--log-level", LaunchConfiguration("log_level").perform(context)])
+    node = Node(
+        package="lifelong_ros",
+        executable="sim_bridge",
+        name="sim_bridge",
+        output="screen",
+        emulate_tty=True,
+        parameters=[config, overrides],
+        remappings=[("policy_output", "policy_server/output")],
+        ros_arguments=["--log-level", LaunchConfiguration("log_level").perform(context)],
+    )
     namespace = LaunchConfiguration("namespace").perform(context)
     return [GroupAction([PushRosNamespace(namespace), node])] if namespace else [node]
 
 
 def generate_launch_description() -> LaunchDescription:
     passed = ("config", "namespace", "data_dir", "log_level")
-    return LaunchDescription([
-        DeclareLaunchArgument("config", default_value="", description="ROS 2 params file ('' = config/lifelong.yaml)"),
-        DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node ('' = none)"),
-        DeclareLaunchArgument("data_dir", default_value="", description="Store + registry directory ('' = from config)"),
-        DeclareLaunchArgument("task", default_value="", description="Meta-World task to run ('' = sim_bridge.task from config)"),
-        DeclareLaunchArgument("controller", default_value="policy", choices=list(CONTROLLERS),
-                              description="policy: actions from policy_server; expert: scripted demonstrations"),
-        DeclareLaunchArgument("rate_hz", default_value="50.0", description="Simulation steps per second"),
-        DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
-        IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifelong.launch.py")),
-            launch_arguments=[("sim", "embedded"), ("use_sim_time", "false")]
-            + [(k, LaunchConfiguration(k)) for k in passed],
-        ),
-        OpaqueFunction(function=_sim_bridge),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "config", default_value="", description="ROS 2 params file ('' = config/lifelong.yaml)"
+            ),
+            DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node ('' = none)"),
+            DeclareLaunchArgument(
+                "data_dir", default_value="", description="Store + registry directory ('' = from config)"
+            ),
+            DeclareLaunchArgument(
+                "task", default_value="", description="Meta-World task to run ('' = sim_bridge.task from config)"
+            ),
+            DeclareLaunchArgument(
+                "controller",
+                default_value="policy",
+                choices=list(CONTROLLERS),
+                description="policy: actions from policy_server; expert: scripted demonstrations",
+            ),
+            DeclareLaunchArgument("rate_hz", default_value="50.0", description="Simulation steps per second"),
+            DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(
+                    os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifelong.launch.py")
+                ),
+                launch_arguments=[("sim", "embedded"), ("use_sim_time", "false")]
+                + [(k, LaunchConfiguration(k)) for k in passed],
+            ),
+            OpaqueFunction(function=_sim_bridge),
+        ]
+    )

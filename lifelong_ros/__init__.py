@@ -3,4 +3,5 @@
 The core in this package is ROS-free (importing it never imports rclpy); ROS 2 nodes live in
 ``lifelong_ros.nodes`` and are thin shells over it.
 """
+
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ The ROS nodes get the same file through `--ros-args --params-file`; this module 
 same view: the wildcard section (``/**``) merged under each node's own section, nested keys
 flattened with dots exactly as ROS 2 flattens them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,9 @@ def load_params(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of node names to {{ros__parameters: ...}}, got {type(raw).__name__}")
+        raise ValueError(
+            f"{path}: expected a mapping of node names to {{ros__parameters: ...}}, got {type(raw).__name__}"
+        )
     sections: dict[str, dict[str, Any]] = {}
     for node, body in raw.items():
         if not isinstance(body, dict) or "ros__parameters" not in body:

@@ -5,13 +5,14 @@ the learner's worker process while the current policy keeps serving in closed lo
 candidate on held-out data, hot-swap it in, and evaluate every task learned so far. The result is
 a success matrix R[i][j] (after learning task i, success on task j) and the time to adapt.
 """
+
 from __future__ import annotations
 
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,7 +38,9 @@ TRAIN_SEED0, HELDOUT_SEED0, EVAL_SEED0 = 0, 100_000, 200_000
 class DemoSettings:
     """Everything the demo loop does; defaults come from config/lifelong.yaml's ``demo`` section."""
 
-    tasks: list[str] = field(default_factory=lambda: ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"])
+    tasks: list[str] = field(
+        default_factory=lambda: ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"]
+    )
     demos_per_task: int = 50
     heldout_demos_per_task: int = 10
     eval_episodes: int = 20
@@ -54,7 +57,7 @@ class DemoSettings:
     gate: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def quick(cls, base: "DemoSettings") -> "DemoSettings":
+    def quick(cls, base: DemoSettings) -> DemoSettings:
         """The smoke-test loop: same sequence, far fewer demonstrations, steps and episodes."""
         caps = {"demos_per_task": 15, "heldout_demos_per_task": 3, "eval_episodes": 5, "steps": 400, "max_steps": 150}
         return cls(**{**asdict(base), **{k: min(getattr(base, k), v) for k, v in caps.items()}})
@@ -124,28 +127,50 @@ class ClosedLoop:
                 obs, _, done, _ = sim.step(out.action)
                 self.steps += 1
             if rows_o:
-                self.store.append(task, f"policy-{seed}-{self.episodes}", np.arange(len(rows_o)), np.stack(rows_o),
-                                  np.stack(rows_a), source="policy")
+                self.store.append(
+                    task,
+                    f"policy-{seed}-{self.episodes}",
+                    np.arange(len(rows_o)),
+                    np.stack(rows_o),
+                    np.stack(rows_a),
+                    source="policy",
+                )
             self.episodes += 1
             seed += 1
 
     def success(self, task: str, head: int, episodes: int) -> float:
         sim = self.sim(task)
-        return float(np.mean([
-            sim.run_episode(lambda o: self.runtime.infer(o, head).action, EVAL_SEED0 + k).success for k in range(episodes)
-        ]))
+        return float(
+            np.mean(
+                [
+                    sim.run_episode(lambda o: self.runtime.infer(o, head).action, EVAL_SEED0 + k).success
+                    for k in range(episodes)
+                ]
+            )
+        )
 
 
 def record_demonstrations(store: ExperienceStore, task: str, settings: DemoSettings, progress: bool = True) -> int:
     """Expert demonstrations into the store: a training split and a held-out split for the gate."""
     sim = MetaWorldSim(task, settings.steps_after_success, settings.max_steps)
     n = 0
-    for split, seed0, count in (("train", TRAIN_SEED0, settings.demos_per_task),
-                                ("heldout", HELDOUT_SEED0, settings.heldout_demos_per_task)):
+    splits: tuple[tuple[Literal["train", "heldout"], int, int], ...] = (
+        ("train", TRAIN_SEED0, settings.demos_per_task),
+        ("heldout", HELDOUT_SEED0, settings.heldout_demos_per_task),
+    )
+    for split, seed0, count in splits:
         episodes = collect_demonstrations(task, range(seed0, seed0 + count), sim=sim, progress=progress)
         for ep in episodes:
-            store.append_episode(task, f"demo-{split}-{ep.task.seed}", ep.obs, ep.action, ep.reward, ep.done,
-                                 source="demonstration", split=split)
+            store.append_episode(
+                task,
+                f"demo-{split}-{ep.task.seed}",
+                ep.obs,
+                ep.action,
+                ep.reward,
+                ep.done,
+                source="demonstration",
+                split=split,
+            )
             n += len(ep.obs)
     sim.close()
     return n
@@ -175,15 +200,27 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     loop: ClosedLoop | None = None
     t_run = time.perf_counter()
     with Learner(threads=settings.learner_threads) as learner:
-        orchestrator = Orchestrator(registry, store.path, learner, gate if settings.gate_enabled else None,
-                                    work_dir=paths.learner_dir(data), rollout_fn=rollout_fn,
-                                    approve_ungated=not settings.gate_enabled)
+        orchestrator = Orchestrator(
+            registry,
+            store.path,
+            learner,
+            gate if settings.gate_enabled else None,
+            work_dir=paths.learner_dir(data),
+            rollout_fn=rollout_fn,
+            approve_ungated=not settings.gate_enabled,
+        )
         for i, task in enumerate(tasks):
             print(f"\n[{i + 1}/{n}] new task {task}: recording {settings.demos_per_task} demonstrations")
             records = record_demonstrations(store, task, settings, progress)
             t_last_demo = time.perf_counter()
             active = registry.active()
-            bar = tqdm(total=settings.steps, desc=f"learning {task} ({settings.method})", unit="step", disable=not progress, leave=False)
+            bar = tqdm(
+                total=settings.steps,
+                desc=f"learning {task} ({settings.method})",
+                unit="step",
+                disable=not progress,
+                leave=False,
+            )
 
             def on_progress(phase: str, step: int, loss: float, _bar=bar) -> None:
                 if phase == "train":
@@ -191,12 +228,21 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     _bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     _bar.refresh()
 
-            job = orchestrator.submit(task, method=settings.method, steps=settings.steps, seed=settings.seed + i,
-                                      options=settings.options, job_id=f"demo-{i:03d}", on_progress=on_progress)
+            job = orchestrator.submit(
+                task,
+                method=settings.method,
+                steps=settings.steps,
+                seed=settings.seed + i,
+                options=settings.options,
+                job_id=f"demo-{i:03d}",
+                on_progress=on_progress,
+            )
             served_before = loop.steps if loop else 0
             late_before = loop.late_ticks if loop else 0
             t_learn = time.perf_counter()
-            if loop is not None and active:  # keep serving the newest task the active model knows while the learner works
+            if (
+                loop is not None and active
+            ):  # keep serving the newest task the active model knows while the learner works
                 known = registry.info(active).tasks
                 loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
             candidate = job.result()
@@ -219,8 +265,10 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             time_to_adapt = to_verdict if passed else None
             verdict = ("approved" if settings.gate_enabled else "disabled") if passed else f"rejected ({update.reason})"
             what = "time to adapt" if passed else "production unchanged; time to verdict"
-            print(f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; {what} {to_verdict:.1f} s "
-                  f"(learning {learn_s:.1f} s, meanwhile {served} policy steps served at {served / learn_s:.0f} Hz)")
+            print(
+                f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; {what} {to_verdict:.1f} s "
+                f"(learning {learn_s:.1f} s, meanwhile {served} policy steps served at {served / learn_s:.0f} Hz)"
+            )
 
             active = registry.active()
             head_of = {t: k for k, t in enumerate(registry.info(active).tasks)} if active else {}
@@ -231,34 +279,49 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     matrix[i, j] = 0.0
             row = " ".join("  -  " if np.isnan(v) else f"{v:5.2f}" for v in matrix[i])
             print(f"  success after {task}: {row}")
-            updates.append({
-                "task": task, "version": version, "parent": update.parent,
-                "method": settings.method, "decision": "approved" if passed else "rejected",
-                "gate": "on" if settings.gate_enabled else "off", "failed_checks": update.failed_checks,
-                "demonstration_records": records,
-                "timings_s": {"time_to_adapt": time_to_adapt and round(time_to_adapt, 3),
-                              "time_to_verdict": round(to_verdict, 3), "learning": round(learn_s, 3),
-                              "gate": round(gate_s, 3), "swap_ms": swap_ms,
-                              "train": candidate.metadata["metrics"].get("train_s")},
-                "served_steps_during_learning": served,
-                "serving_rate_hz_during_learning": round(served / learn_s, 1) if served else None,
-                "late_control_ticks_during_learning": late,
-                "final_loss": candidate.metadata["metrics"].get("final_loss"),
-            })
+            updates.append(
+                {
+                    "task": task,
+                    "version": version,
+                    "parent": update.parent,
+                    "method": settings.method,
+                    "decision": "approved" if passed else "rejected",
+                    "gate": "on" if settings.gate_enabled else "off",
+                    "failed_checks": update.failed_checks,
+                    "demonstration_records": records,
+                    "timings_s": {
+                        "time_to_adapt": time_to_adapt and round(time_to_adapt, 3),
+                        "time_to_verdict": round(to_verdict, 3),
+                        "learning": round(learn_s, 3),
+                        "gate": round(gate_s, 3),
+                        "swap_ms": swap_ms,
+                        "train": candidate.metadata["metrics"].get("train_s"),
+                    },
+                    "served_steps_during_learning": served,
+                    "serving_rate_hz_during_learning": round(served / learn_s, 1) if served else None,
+                    "late_control_ticks_during_learning": late,
+                    "final_loss": candidate.metadata["metrics"].get("final_loss"),
+                }
+            )
     lat = np.asarray(loop.latencies_us) if loop and loop.latencies_us else np.zeros(0)
-    results = {
+    results: dict[str, Any] = {
         "tasks": tasks,
         "success_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
         "metrics": {k: v for k, v in summarize(matrix).items() if k != "matrix"},
         "updates": updates,
-        "serving": {"steps": loop.steps if loop else 0, "p50_us": float(np.median(lat)) if lat.size else None,
-                    "p99_us": float(np.percentile(lat, 99)) if lat.size else None},
+        "serving": {
+            "steps": loop.steps if loop else 0,
+            "p50_us": float(np.median(lat)) if lat.size else None,
+            "p99_us": float(np.percentile(lat, 99)) if lat.size else None,
+        },
         "settings": asdict(settings),
         "wall_s": round(time.perf_counter() - t_run, 1),
         "paths": {"store": str(store.path), "registry": str(registry.root)},
     }
     store.close()
-    plot = plot_matrix(matrix, out / "success_matrix.png", tasks, title=f"success R[i][j] ({settings.method})", label="success rate")
+    plot = plot_matrix(
+        matrix, out / "success_matrix.png", tasks, title=f"success R[i][j] ({settings.method})", label="success rate"
+    )
     results["paths"]["plot"] = str(plot)
     atomic_write_json(out / "results.json", results)
     return results

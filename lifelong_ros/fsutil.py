@@ -4,6 +4,7 @@ A reader must never see a half-written model or metadata file, even after ``kill
 loss: write to a temporary file in the same directory, fsync it, rename over the target, fsync the
 directory.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -4,14 +4,16 @@ Bags recorded on a robot feed learning on any machine, with no live robot and no
 the same spec, store, learner worker, registry and safety gate the ROS nodes use, in one call
 (`lifelong-ros offline-learn`, or `ros2 run lifelong_ros offline_learn` on a ROS machine).
 """
+
 from __future__ import annotations
 
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lifelong_ros import paths
 from lifelong_ros.learning.worker import Learner
@@ -70,9 +72,9 @@ def offline_learn(
     needs several. All bags import in one transaction: a truncated or corrupt bag imports nothing.
     The store must not be open for writing elsewhere (stop the experience_buffer node first).
     """
+    from lifelong_ros.experience.store import ExperienceStore
     from lifelong_ros.ros_io.bag import import_bag
     from lifelong_ros.ros_io.spec import load_spec
-    from lifelong_ros.experience.store import ExperienceStore
 
     t0 = time.perf_counter()
     if not task:
@@ -88,21 +90,38 @@ def offline_learn(
     names = [b.name for b in bag_list]
     if len(set(names)) != len(names):
         raise ValueError(f"bag names must be distinct (each bag becomes the episode of that name), got {names}")
-    with ExperienceStore(spath, the_spec.obs_dim, the_spec.act_dim) as store:
-        with store.transaction():
-            reports = [import_bag(b, store, the_spec, task=task, source=source, time_source=time_source, progress=progress)
-                       for b in bag_list]
-    result = OfflineResult(bags=[str(b) for b in bag_list], task=task, imported_steps=sum(r.steps for r in reports),
-                           import_summary="\n".join(r.summary() for r in reports))
+    with ExperienceStore(spath, the_spec.obs_dim, the_spec.act_dim) as store, store.transaction():
+        reports = [
+            import_bag(b, store, the_spec, task=task, source=source, time_source=time_source, progress=progress)
+            for b in bag_list
+        ]
+    result = OfflineResult(
+        bags=[str(b) for b in bag_list],
+        task=task,
+        imported_steps=sum(r.steps for r in reports),
+        import_summary="\n".join(r.summary() for r in reports),
+    )
 
     registry = ModelRegistry(paths.registry_dir(data))
     bar = _Progress(steps, progress, on_progress)
     with Learner(threads=threads) as learner:
-        orchestrator = Orchestrator(registry, spath, learner, SafetyGate(registry, GateConfig.from_dict(gate_config or {}))
-                                    if gate else None, work_dir=paths.learner_dir(data))
+        orchestrator = Orchestrator(
+            registry,
+            spath,
+            learner,
+            SafetyGate(registry, GateConfig.from_dict(gate_config or {})) if gate else None,
+            work_dir=paths.learner_dir(data),
+        )
         try:
-            job = orchestrator.submit(task, method=method, steps=steps, shots=shots, seed=seed,
-                                      job_id=f"offline-{task}-{uuid.uuid4().hex[:8]}", on_progress=bar)
+            job = orchestrator.submit(
+                task,
+                method=method,
+                steps=steps,
+                shots=shots,
+                seed=seed,
+                job_id=f"offline-{task}-{uuid.uuid4().hex[:8]}",
+                on_progress=bar,
+            )
             job.result()
         finally:
             bar.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from lifelong_ros import paths
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
@@ -46,9 +47,16 @@ def new_request(
     parent = registry.active()
     job_id = job_id or f"{task}-{uuid.uuid4().hex[:8]}"
     return AdaptRequest(
-        task=task, store_path=str(store_path), method=method, shots=shots, steps=steps, seed=seed,
+        task=task,
+        store_path=str(store_path),
+        method=method,
+        shots=shots,
+        steps=steps,
+        seed=seed,
         parent_dir=str(registry.info(parent).path) if parent else None,
-        out_dir=str(Path(work_dir) / job_id), options=dict(options or {}), job_id=job_id,
+        out_dir=str(Path(work_dir) / job_id),
+        options=dict(options or {}),
+        job_id=job_id,
     )
 
 
@@ -66,11 +74,16 @@ def register_candidate(registry: ModelRegistry, candidate: Candidate, parent: st
     extra = {k: v for k, v in meta.items() if k not in _RECORDED_KEYS}
     consolidation = Path(candidate.out_dir) / paths.CONSOLIDATION_FILE
     return registry.register(
-        candidate.onnx_path, tasks=list(meta["tasks"]), method=str(meta.get("method") or "unknown"),
+        candidate.onnx_path,
+        tasks=list(meta["tasks"]),
+        method=str(meta.get("method") or "unknown"),
         files={paths.CONSOLIDATION_FILE: consolidation} if consolidation.exists() else None,
-        parent=parent if parent is not None else meta.get("parent"), weights=weights,
-        config=meta.get("config") or {}, data_range=meta.get("data_range") or {},
-        metrics=meta.get("metrics") or {}, target_task=meta.get("target_task"),
+        parent=parent if parent is not None else meta.get("parent"),
+        weights=weights,
+        config=meta.get("config") or {},
+        data_range=meta.get("data_range") or {},
+        metrics=meta.get("metrics") or {},
+        target_task=meta.get("target_task"),
         extra={**extra, "learner_out_dir": str(candidate.out_dir)},
     )
 
@@ -185,8 +198,18 @@ class Orchestrator:
         on_progress: ProgressFn | None = None,
     ) -> AdaptJob:
         """Start adapting to ``task`` in the learner's worker process; returns at once."""
-        request = new_request(self.registry, task, store_path=self.store_path, work_dir=self.work_dir, method=method,
-                              steps=steps, shots=shots, seed=seed, options=options, job_id=job_id)
+        request = new_request(
+            self.registry,
+            task,
+            store_path=self.store_path,
+            work_dir=self.work_dir,
+            method=method,
+            steps=steps,
+            shots=shots,
+            seed=seed,
+            options=options,
+            job_id=job_id,
+        )
         return self.learner.submit(request, on_progress)
 
     def finish(
@@ -207,8 +230,16 @@ class Orchestrator:
         t0 = time.perf_counter()
         report: GateReport | None = None
         if self.gate is not None:
-            report = gate_version(self.registry, self.gate, self.store_path, version, target_task=job.request.task,
-                                  rollout_fn=self.rollout_fn, sources=self.sources, progress=progress)
+            report = gate_version(
+                self.registry,
+                self.gate,
+                self.store_path,
+                version,
+                target_task=job.request.task,
+                rollout_fn=self.rollout_fn,
+                sources=self.sources,
+                progress=progress,
+            )
             decision = report.decision
         elif self.approve_ungated:
             self.registry.set_decision(version, "approved", reason="gate disabled (baseline run)")

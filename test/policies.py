@@ -4,6 +4,7 @@ Tasks are synthetic but shaped like Meta-World's: each task has its own goal (pa
 observation) and its own expert mapping into [-1, 1]; episodes are smooth trajectories, and the
 held-out split holds whole episodes never used for training.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import json
 import numpy as np
 import torch
 
-from lifelong_ros.safety.gate import RegressionSuite
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss, export_onnx
+from lifelong_ros.safety.gate import RegressionSuite
 from lifelong_ros.safety.registry import ModelRegistry
 
 OBS_DIM, ACT_DIM, HIDDEN = 12, 4, (64, 64)
@@ -55,8 +56,14 @@ def new_model(n_heads: int, seed: int = 0) -> PolicyNet:
     return PolicyNet(PolicyConfig(obs_dim=OBS_DIM, act_dim=ACT_DIM, hidden=HIDDEN, num_heads=n_heads))
 
 
-def train(model: PolicyNet, data: list[tuple[np.ndarray, np.ndarray, int]], steps: int = 400, lr: float = 3e-3,
-          seed: int = 0, batch: int = 256) -> PolicyNet:
+def train(
+    model: PolicyNet,
+    data: list[tuple[np.ndarray, np.ndarray, int]],
+    steps: int = 400,
+    lr: float = 3e-3,
+    seed: int = 0,
+    batch: int = 256,
+) -> PolicyNet:
     """Behaviour cloning on the union of (obs, action, head) sets (replay = including earlier tasks' data)."""
     g = torch.Generator().manual_seed(seed)
     obs = torch.as_tensor(np.concatenate([d[0] for d in data]))
@@ -92,9 +99,16 @@ def export(model: PolicyNet, tasks) -> bytes:
 
 
 def register(reg: ModelRegistry, model: PolicyNet, tasks, *, parent=None, method="bc", target=None, **kw) -> str:
-    return reg.register(export(model, tasks), tasks=list(tasks), method=method, parent=parent,
-                        weights=model.state_dict(), config=model.config.to_dict(),
-                        target_task=target or tasks[-1], **kw)
+    return reg.register(
+        export(model, tasks),
+        tasks=list(tasks),
+        method=method,
+        parent=parent,
+        weights=model.state_dict(),
+        config=model.config.to_dict(),
+        target_task=target or tasks[-1],
+        **kw,
+    )
 
 
 def base_and_candidate(reg: ModelRegistry, tasks=TASKS[:2], new=TASKS[2]):
@@ -105,6 +119,6 @@ def base_and_candidate(reg: ModelRegistry, tasks=TASKS[:2], new=TASKS[2]):
     reg.promote(v1)
     cand = base.clone()
     cand.ensure_heads(len(tasks) + 1)
-    all_tasks = list(tasks) + [new]
+    all_tasks = [*list(tasks), new]
     cand = train(cand, train_data(all_tasks), steps=400)
     return base, v1, cand, all_tasks

@@ -77,8 +77,13 @@ def imports(package_dir: Path) -> list[Import]:
         me = module_name(path, package_dir)
         pkg = me if path.name == "__init__.py" else me.rpartition(".")[0]
         tree = ast.parse(path.read_text(), str(path))
-        lazy_lines = {n.lineno for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                      for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        lazy_lines = {
+            n.lineno
+            for f in ast.walk(tree)
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in ast.walk(f)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+        }
         for node in ast.walk(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
@@ -172,8 +177,11 @@ def test_every_package_of_the_tree_is_a_known_layer():
 
 def test_torch_free_layers_do_not_load_torch_at_run_time():
     """Not only no `import torch`: nothing they import (safetensors.torch, ...) may load it either."""
-    mods = sorted(module_name(p, PACKAGE_DIR) for p in PACKAGE_DIR.rglob("*.py")
-                  if layer(module_name(p, PACKAGE_DIR)) in TORCH_FREE)
+    mods = sorted(
+        module_name(p, PACKAGE_DIR)
+        for p in PACKAGE_DIR.rglob("*.py")
+        if layer(module_name(p, PACKAGE_DIR)) in TORCH_FREE
+    )
     code = "import sys\n" + "".join(f"import {m}\n" for m in mods) + "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -195,10 +203,13 @@ def _package(tmp_path: Path, files: dict[str, str]) -> Path:
 
 
 def test_checker_reports_a_core_module_importing_a_front_end(tmp_path):
-    pkg = _package(tmp_path, {
-        "experience/store.py": "def f():\n    from lifelong_ros.cli.main import main\n",
-        "cli/main.py": "from lifelong_ros.experience import store\n",
-    })
+    pkg = _package(
+        tmp_path,
+        {
+            "experience/store.py": "def f():\n    from lifelong_ros.cli.main import main\n",
+            "cli/main.py": "from lifelong_ros.experience import store\n",
+        },
+    )
     problems = violations(pkg)
     assert len(problems) == 2, problems
     assert "lifelong_ros.experience.store:2 lazily imports lifelong_ros.cli.main" in problems[0]
@@ -207,19 +218,30 @@ def test_checker_reports_a_core_module_importing_a_front_end(tmp_path):
 
 
 def test_checker_reports_torch_in_serving_and_a_cycle(tmp_path):
-    pkg = _package(tmp_path, {
-        "serving/runtime.py": "import torch\nfrom . import interface\n",
-        "serving/interface.py": "from lifelong_ros.serving.runtime import x\n",
-        "learning/model.py": "import torch\n",
-    })
+    pkg = _package(
+        tmp_path,
+        {
+            "serving/runtime.py": "import torch\nfrom . import interface\n",
+            "serving/interface.py": "from lifelong_ros.serving.runtime import x\n",
+            "learning/model.py": "import torch\n",
+        },
+    )
     problems = violations(pkg)
     assert any("serving.runtime:1 imports torch: the serving layer never imports torch" in p for p in problems)
     assert not any("learning" in p for p in problems)
     assert "import cycle among lifelong_ros.serving.interface, lifelong_ros.serving.runtime" in problems
 
 
-@pytest.mark.parametrize("src, dst, ok", [("nodes", "interfaces", True), ("cli", "interfaces", False),
-                                          ("cli", "nodes", False), ("nodes", "cli", False),
-                                          ("learning", "safety", False), ("safety", "serving", True)])
+@pytest.mark.parametrize(
+    "src, dst, ok",
+    [
+        ("nodes", "interfaces", True),
+        ("cli", "interfaces", False),
+        ("cli", "nodes", False),
+        ("nodes", "cli", False),
+        ("learning", "safety", False),
+        ("safety", "serving", True),
+    ],
+)
 def test_rules_front_ends_and_generated_interfaces(src, dst, ok):
     assert (dst in ALLOWED[src]) is ok

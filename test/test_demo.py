@@ -1,4 +1,5 @@
 """The standalone loop end to end on a tiny budget: store, learner process, gate, hot-swap, results."""
+
 import json
 
 import numpy as np
@@ -6,16 +7,21 @@ import pytest
 
 from lifelong_ros.cli.main import main as cli_main
 from lifelong_ros.demo import DemoSettings, run_demo, settings_from_config
-from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.experience.store import ExperienceStore
+from lifelong_ros.safety.registry import ModelRegistry
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 def test_demo_loop_learns_two_tasks_serves_while_learning_and_writes_results(tmp_path):
     settings = DemoSettings(
-        tasks=["reach-v3", "button-press-topdown-v3"], demos_per_task=6, heldout_demos_per_task=2, eval_episodes=2,
-        steps=150, max_steps=120, options={"hidden": [64, 64], "batch_size": 128},
+        tasks=["reach-v3", "button-press-topdown-v3"],
+        demos_per_task=6,
+        heldout_demos_per_task=2,
+        eval_episodes=2,
+        steps=150,
+        max_steps=120,
+        options={"hidden": [64, 64], "batch_size": 128},
         gate={"latency_budget_ms": 50.0},  # a loaded CI machine; the latency check is tested in test/safety
     )
     results = run_demo(settings, tmp_path, progress=False)

@@ -4,6 +4,7 @@ served, and the gate's or the registry's report names the reason.
 Production here is real: a PolicyRuntime serving the active version loaded through the registry
 (sha256-verified), and updates deployed only through gate -> promote(runtime=...).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,12 +17,12 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from policies import base_and_candidate, export, register, suites, train, train_data
+
 from lifelong_ros.safety.gate import SafetyGate
 from lifelong_ros.safety.registry import IntegrityError, ModelRegistry, RegistryError
-from lifelong_ros.serving.runtime import PolicyRuntime
 from lifelong_ros.safety.watchdog import Watchdog, WatchdogConfig
+from lifelong_ros.serving.runtime import PolicyRuntime
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +87,14 @@ def _assert_rejected_for(prod: Production, rep, check: str):
     prod.assert_unchanged()
 
 
-@pytest.mark.parametrize("poison, check", [
-    ({"pick": "shuffle"}, "improvement[pick]"),  # demonstrations of the new task with shuffled actions
-    ({"pick": "negate"}, "improvement[pick]"),  # adversarially wrong actions for the new task
-    ({"reach": "negate"}, "regression[reach]"),  # poisoned replay/corrections for an earlier task
-])
+@pytest.mark.parametrize(
+    "poison, check",
+    [
+        ({"pick": "shuffle"}, "improvement[pick]"),  # demonstrations of the new task with shuffled actions
+        ({"pick": "negate"}, "improvement[pick]"),  # adversarially wrong actions for the new task
+        ({"reach": "negate"}, "regression[reach]"),  # poisoned replay/corrections for an earlier task
+    ],
+)
 def test_poisoned_demonstrations_are_rejected(prod, trained, poison, check):
     v = register(prod.reg, _candidate(trained, **poison), prod.tasks, parent=prod.v1, method="replay")
     _assert_rejected_for(prod, prod.deploy(v), check)
@@ -213,9 +217,12 @@ def test_watchdog_rolls_back_on_out_of_bounds_actions(prod, trained):
         loud.head_b.add_(1.5)
     v = _approve_without_gate(prod, loud)
     events = []
-    dog = Watchdog(prod.reg, prod.runtime, WatchdogConfig(action_window=100, min_actions=50,
-                                                          max_out_of_bounds_rate=0.1, bounds_slack=0.05),
-                   on_event=events.append)
+    dog = Watchdog(
+        prod.reg,
+        prod.runtime,
+        WatchdogConfig(action_window=100, min_actions=50, max_out_of_bounds_rate=0.1, bounds_slack=0.05),
+        on_event=events.append,
+    )
     assert dog.version == v
     tripped = None
     for obs in prod.suites["reach"].obs[:100]:

@@ -29,11 +29,27 @@ def _store_with(path: Path, tasks, sources_heldout: dict[str, str]) -> None:
             o, a, e = task_data(t, 6, seed=99)
             for k, ep in enumerate(np.unique(e)):
                 rows = e == ep
-                store.append_episode(t, f"held-{k}", o[rows], a[rows], np.zeros(rows.sum()), np.arange(rows.sum()) == rows.sum() - 1,
-                                     source=sources_heldout.get(t, "demonstration"), split="heldout")
+                store.append_episode(
+                    t,
+                    f"held-{k}",
+                    o[rows],
+                    a[rows],
+                    np.zeros(rows.sum()),
+                    np.arange(rows.sum()) == rows.sum() - 1,
+                    source=sources_heldout.get(t, "demonstration"),
+                    split="heldout",
+                )
             o, a, e = task_data(t, 4, seed=1)
-            store.append_episode(t, "train-0", o, a, np.zeros(len(o)), np.arange(len(o)) == len(o) - 1,
-                                 source="demonstration", split="train")
+            store.append_episode(
+                t,
+                "train-0",
+                o,
+                a,
+                np.zeros(len(o)),
+                np.arange(len(o)) == len(o) - 1,
+                source="demonstration",
+                split="train",
+            )
 
 
 def test_source_vocabulary_is_one_set():
@@ -44,12 +60,20 @@ def test_source_vocabulary_is_one_set():
 
 def test_new_request_starts_from_the_active_version(tmp_path):
     reg = ModelRegistry(tmp_path / "registry")
-    req = new_request(reg, "push", store_path=tmp_path / "s.sqlite3", work_dir=tmp_path / "learner",
-                      method="ewc_replay", steps=10, job_id="job-1")
+    req = new_request(
+        reg,
+        "push",
+        store_path=tmp_path / "s.sqlite3",
+        work_dir=tmp_path / "learner",
+        method="ewc_replay",
+        steps=10,
+        job_id="job-1",
+    )
     assert req.parent_dir is None and req.out_dir == str(tmp_path / "learner" / "job-1")
-    base, v1, *_ = base_and_candidate(reg)
-    req = new_request(reg, "pick", store_path=tmp_path / "s.sqlite3", work_dir=tmp_path / "learner",
-                      method="naive", steps=10)
+    _base, v1, *_ = base_and_candidate(reg)
+    req = new_request(
+        reg, "pick", store_path=tmp_path / "s.sqlite3", work_dir=tmp_path / "learner", method="naive", steps=10
+    )
     assert Path(req.parent_dir) == reg.info(v1).path and req.job_id.startswith("pick-")
 
 
@@ -63,11 +87,19 @@ def test_register_candidate_keeps_lineage_config_and_consolidation_state(tmp_pat
 
     (out / paths.WEIGHTS_FILE).write_bytes(save({k: v.contiguous() for k, v in cand.state_dict().items()}))
     (out / paths.CONSOLIDATION_FILE).write_bytes(b"state")
-    meta = {"tasks": tasks, "method": "ewc_replay", "target_task": tasks[-1], "config": {"policy": cand.config.to_dict()},
-            "metrics": {"final_loss": 0.1}, "data_range": {"episodes": ["e"]}, "note": "kept"}
+    meta = {
+        "tasks": tasks,
+        "method": "ewc_replay",
+        "target_task": tasks[-1],
+        "config": {"policy": cand.config.to_dict()},
+        "metrics": {"final_loss": 0.1},
+        "data_range": {"episodes": ["e"]},
+        "note": "kept",
+    }
     (out / paths.META_FILE).write_text(json.dumps(meta))
-    version = register_candidate(reg, Candidate(str(out), str(out / paths.MODEL_FILE), str(out / paths.WEIGHTS_FILE), meta),
-                                 parent=v1)
+    version = register_candidate(
+        reg, Candidate(str(out), str(out / paths.MODEL_FILE), str(out / paths.WEIGHTS_FILE), meta), parent=v1
+    )
     info = reg.info(version)
     assert (info.parent, info.method, info.tasks, info.target_task) == (v1, "ewc_replay", tasks, tasks[-1])
     assert info.decision == "candidate" and info.metrics == {"final_loss": 0.1}

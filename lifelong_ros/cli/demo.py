@@ -20,30 +20,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             setattr(settings, name, getattr(args, name))
     if args.tasks:
         settings.tasks = args.tasks.split(",")
-    out = Path(args.out) if args.out else paths.data_dir() / paths.RUNS_DIR / datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+    out = (
+        Path(args.out)
+        if args.out
+        else paths.data_dir() / paths.RUNS_DIR / datetime.now().strftime("demo-%Y%m%d-%H%M%S")
+    )
     results = run_demo(settings, out, progress=not args.no_progress)
     print("\nsuccess matrix R[i][j] (row: after learning task i; column: task j)")
     for name, row in zip(results["tasks"], results["success_matrix"]):
         print(f"  {name:>26s} " + " ".join("  -  " if v is None else f"{v:5.2f}" for v in row))
     m = results["metrics"]
-    print(f"average success {m['avg_acc']:.3f}, BWT {m['bwt'] if m['bwt'] is None else round(m['bwt'], 3)}, "
-          f"forgetting {m['forgetting'] if m['forgetting'] is None else round(m['forgetting'], 3)}; "
-          f"whole run {results['wall_s']} s")
+    print(
+        f"average success {m['avg_acc']:.3f}, BWT {m['bwt'] if m['bwt'] is None else round(m['bwt'], 3)}, "
+        f"forgetting {m['forgetting'] if m['forgetting'] is None else round(m['forgetting'], 3)}; "
+        f"whole run {results['wall_s']} s"
+    )
     print(f"results: {out / 'results.json'}")
     return 0
 
 
 def add_cli(sub: Any) -> None:
     p = sub.add_parser("demo", help="run the whole lifelong-adaptation loop against the embedded simulator")
-    p.add_argument("--out", help="directory for results.json, the heatmap and the run's data (default: under the data dir)")
+    p.add_argument(
+        "--out", help="directory for results.json, the heatmap and the run's data (default: under the data dir)"
+    )
     p.add_argument("--quick", action="store_true", help="shortened loop for smoke tests (< 2 min)")
     p.add_argument("--config", help="ROS 2 params file to read (default: config/lifelong.yaml)")
     p.add_argument("--method", help="adaptation recipe (default from config: meta_ewc_replay)")
     p.add_argument("--steps", type=int, help="optimiser steps per adaptation")
     p.add_argument("--seed", type=int)
-    p.add_argument("--no-gate", dest="gate_enabled", action="store_false", default=None,
-                   help="baseline only: promote every candidate without the safety gate")
-    p.add_argument("--gate-rollouts", type=int, metavar="N", help="also gate on N closed-loop episodes per task (slower, stricter)")
+    p.add_argument(
+        "--no-gate",
+        dest="gate_enabled",
+        action="store_false",
+        default=None,
+        help="baseline only: promote every candidate without the safety gate",
+    )
+    p.add_argument(
+        "--gate-rollouts", type=int, metavar="N", help="also gate on N closed-loop episodes per task (slower, stricter)"
+    )
     p.add_argument("--tasks", help="comma-separated Meta-World task names (default from config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

@@ -37,22 +37,39 @@ def _defaults_from_config(path: str | None) -> dict[str, Any]:
         "steps": int(learner.get("default_steps", 1500)),
         "seed": int(learner.get("seed", 0)),
         "threads": int(learner.get("threads", 1)),
-        "gate_config": {k[len("gate."):]: v for k, v in monitor.items() if k.startswith("gate.")},
+        "gate_config": {k[len("gate.") :]: v for k, v in monitor.items() if k.startswith("gate.")},
     }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bag", required=True, nargs="+", dest="bags", metavar="BAG",
-                   help="rosbag2 bag(s) to learn from (directory, .mcap or .db3); each bag is one episode")
+    p.add_argument(
+        "--bag",
+        required=True,
+        nargs="+",
+        dest="bags",
+        metavar="BAG",
+        help="rosbag2 bag(s) to learn from (directory, .mcap or .db3); each bag is one episode",
+    )
     p.add_argument("--task", required=True, help="task the bag demonstrates (the task to learn), e.g. reach-v3")
     p.add_argument("--config", help="ROS 2 params file with the defaults (default: config/lifelong.yaml)")
-    p.add_argument("--data-dir", help="store + registry directory (default: the config's data_dir, else "
-                                      "$LIFELONG_ROS_DATA or ~/.local/share/lifelong_ros)")
+    p.add_argument(
+        "--data-dir",
+        help="store + registry directory (default: the config's data_dir, else "
+        "$LIFELONG_ROS_DATA or ~/.local/share/lifelong_ros)",
+    )
     p.add_argument("--spec", help="observation/action spec YAML (default: the config's spec)")
-    p.add_argument("--source", default="bag", choices=["bag", "demonstration", "correction"],
-                   help="source tag of the imported records (default: bag)")
-    p.add_argument("--time-source", default="log", choices=["log", "header"],
-                   help="align streams on the bag's receive time or on header stamps")
+    p.add_argument(
+        "--source",
+        default="bag",
+        choices=["bag", "demonstration", "correction"],
+        help="source tag of the imported records (default: bag)",
+    )
+    p.add_argument(
+        "--time-source",
+        default="log",
+        choices=["log", "header"],
+        help="align streams on the bag's receive time or on header stamps",
+    )
     p.add_argument("--method", help="adaptation recipe (default: the learner's default_method)")
     p.add_argument("--shots", type=int, default=0, help="demonstration episodes to use; 0 = all")
     p.add_argument("--steps", type=int, help="optimiser steps (default: the learner's default_steps)")
@@ -66,12 +83,22 @@ def run(args: argparse.Namespace) -> int:
     d = _defaults_from_config(args.config)
     try:
         result = offline_learn(
-            args.bags, args.task, data_dir=args.data_dir or d.get("data_dir"), spec=args.spec or d.get("spec", DEFAULT_SPEC),
-            config_dir=d.get("config_dir"), source=args.source, time_source=args.time_source,
-            method=args.method or d.get("method", "ewc_replay"), shots=args.shots,
+            args.bags,
+            args.task,
+            data_dir=args.data_dir or d.get("data_dir"),
+            spec=args.spec or d.get("spec", DEFAULT_SPEC),
+            config_dir=d.get("config_dir"),
+            source=args.source,
+            time_source=args.time_source,
+            method=args.method or d.get("method", "ewc_replay"),
+            shots=args.shots,
             steps=args.steps if args.steps is not None else d.get("steps", 1500),
-            seed=args.seed if args.seed is not None else d.get("seed", 0), threads=d.get("threads", 1),
-            gate=not args.no_gate, activate=args.activate, gate_config=d.get("gate_config"), progress=not args.quiet,
+            seed=args.seed if args.seed is not None else d.get("seed", 0),
+            threads=d.get("threads", 1),
+            gate=not args.no_gate,
+            activate=args.activate,
+            gate_config=d.get("gate_config"),
+            progress=not args.quiet,
         )
     except (AdaptCancelled, KeyboardInterrupt):
         print("offline-learn: cancelled; nothing was registered", file=sys.stderr)
@@ -84,8 +111,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    p = subparsers.add_parser("offline-learn", help="learn a task from a rosbag2 bag: import, adapt, register, gate",
-                              description=__doc__.splitlines()[0])
+    p = subparsers.add_parser(
+        "offline-learn",
+        help="learn a task from a rosbag2 bag: import, adapt, register, gate",
+        description=__doc__.splitlines()[0],
+    )
     add_arguments(p)
     p.set_defaults(func=run)
 

@@ -3,14 +3,14 @@
 An operator must be able to see what is serving, why every version was approved or rejected, and
 roll back, without ROS running; these commands read and write the same directories the nodes use.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES, SOURCES
 from lifelong_ros.paths import registry_dir, store_path
@@ -59,8 +59,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'ID':<7} {'STATE':<10} {'PARENT':<7} {'METHOD':<16} {'CREATED':<24} TASKS / GATE")
     for i in infos:
         mark = "*" if i.state == "active" else " "
-        print(f"{i.id + mark:<7} {i.state:<10} {i.parent or '-':<7} {i.method[:16]:<16} {i.created[:23]:<24} "
-              f"{','.join(i.tasks)}")
+        print(
+            f"{i.id + mark:<7} {i.state:<10} {i.parent or '-':<7} {i.method[:16]:<16} {i.created[:23]:<24} "
+            f"{','.join(i.tasks)}"
+        )
         line = _gate_line(reg, i.id)
         if line:
             print(f"{'':<66}{line[:120]}")
@@ -98,7 +100,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     reg = _open_registry(args, write=True)
     tr = reg.rollback(args.to, reason=args.reason or "lifelong-ros registry rollback", revoke=args.revoke)
-    print(f"rolled back {tr.from_version} -> {tr.to_version}" + (" (revoked " + tr.from_version + ")" if tr.revoked else ""))
+    print(
+        f"rolled back {tr.from_version} -> {tr.to_version}"
+        + (" (revoked " + tr.from_version + ")" if tr.revoked else "")
+    )
     for vid, why in tr.skipped:
         print(f"  skipped {vid}: {why}")
     print("running policy servers pick the new active version up from the registry")
@@ -134,8 +139,17 @@ def cmd_gate(args: argparse.Namespace) -> int:
         rollout_fn = sim_rollout_fn(args.rollout_seed)
         cfg.rollout_episodes = args.rollouts
         cfg.validate()
-    rep = gate_version(reg, SafetyGate(reg, cfg), spath, args.version, target_task=args.target, rollout_fn=rollout_fn,
-                       sources=args.sources, decide=not args.dry_run, progress=True)
+    rep = gate_version(
+        reg,
+        SafetyGate(reg, cfg),
+        spath,
+        args.version,
+        target_task=args.target,
+        rollout_fn=rollout_fn,
+        sources=args.sources,
+        decide=not args.dry_run,
+        progress=True,
+    )
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2, default=str))
     else:
@@ -160,7 +174,9 @@ def _wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespa
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (default: $LIFELONG_ROS_DATA or ~/.local/share/lifelong_ros)")
+    common.add_argument(
+        "--data-dir", help="data directory (default: $LIFELONG_ROS_DATA or ~/.local/share/lifelong_ros)"
+    )
     common.add_argument("--registry", help="registry directory (default: <data dir>/registry)")
 
     reg = subparsers.add_parser("registry", help="list, inspect, roll back model versions")
@@ -193,9 +209,14 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--store", help="experience store file (default: <data dir>/experience.sqlite3)")
     g.add_argument("--config", help="YAML with gate settings (plain, a 'gate:' section, or a ROS 2 params file)")
     g.add_argument("--target", help="task the update is for (default: the candidate's recorded target)")
-    g.add_argument("--sources", nargs="+", default=list(GROUND_TRUTH_SOURCES), choices=SOURCES,
-                   help="experience sources whose held-out episodes form the regression suites "
-                        f"(default: the ground truth, {' '.join(GROUND_TRUTH_SOURCES)})")
+    g.add_argument(
+        "--sources",
+        nargs="+",
+        default=list(GROUND_TRUTH_SOURCES),
+        choices=SOURCES,
+        help="experience sources whose held-out episodes form the regression suites "
+        f"(default: the ground truth, {' '.join(GROUND_TRUTH_SOURCES)})",
+    )
     g.add_argument("--rollouts", type=int, default=0, help="closed-loop episodes per task in the simulator (0 = off)")
     g.add_argument("--rollout-seed", type=int, default=100_000, help="first variation seed for rollouts")
     g.add_argument("--dry-run", action="store_true", help="run the checks without recording a decision")

@@ -3,6 +3,7 @@
 Bags recorded on any robot become training data here, and stored experience goes back out as a
 bag, without ROS installed; `store stats` shows what a store holds and what its budget does.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _import_bag(args: argparse.Namespace) -> int:
+    from lifelong_ros.experience.store import ExperienceStore, StoreError
     from lifelong_ros.ros_io.bag import BagImportError, import_bag
     from lifelong_ros.ros_io.spec import load_spec
-    from lifelong_ros.experience.store import ExperienceStore, StoreError
 
     spec = load_spec(args.spec)
     try:
@@ -51,9 +52,9 @@ def _import_bag(args: argparse.Namespace) -> int:
 
 
 def _export_bag(args: argparse.Namespace) -> int:
+    from lifelong_ros.experience.store import ExperienceStore, StoreError
     from lifelong_ros.ros_io.bag import BagExportError, export_bag
     from lifelong_ros.ros_io.spec import load_spec
-    from lifelong_ros.experience.store import ExperienceStore, StoreError
 
     spec = load_spec(args.spec)
     path = args.store or default_store_path()
@@ -91,7 +92,9 @@ def _stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0
-    print(f"{st['path']}: {st['records']} records, {st['bytes_on_disk'] / 1e6:.1f} MB, obs {st['obs_dim']} / action {st['act_dim']}")
+    print(
+        f"{st['path']}: {st['records']} records, {st['bytes_on_disk'] / 1e6:.1f} MB, obs {st['obs_dim']} / action {st['act_dim']}"
+    )
     print(
         f"held-out: {st['heldout_records']} records (fraction {st['heldout_fraction']}, seed {st['split_seed']}); "
         f"protected {st['protected_records']}; flagged non-finite {st['flagged_nonfinite']}; evicted so far {st['evicted_total']}"
@@ -110,15 +113,26 @@ def _stats(args: argparse.Namespace) -> int:
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("import-bag", help="import a rosbag2 bag (MCAP or sqlite3) into the experience store")
     p.add_argument("bag", type=Path, help="bag directory (or .mcap / .db3 file)")
-    p.add_argument("--spec", type=Path, required=True, help="observation/action spec YAML (e.g. config/spec_metaworld.yaml)")
+    p.add_argument(
+        "--spec", type=Path, required=True, help="observation/action spec YAML (e.g. config/spec_metaworld.yaml)"
+    )
     _store_arg(p)
-    p.add_argument("--task", help="task name for the records (required unless the bag carries /lifelong_ros/experience)")
+    p.add_argument(
+        "--task", help="task name for the records (required unless the bag carries /lifelong_ros/experience)"
+    )
     p.add_argument("--episode", help="episode id (default: the bag's name)")
     p.add_argument(
         "--source", default="bag", choices=[*SOURCES, "keep"], help="record source (default: bag; keep: as exported)"
     )
-    p.add_argument("--time-source", default="log", choices=["log", "header"], help="align on receive time or header stamps")
-    p.add_argument("--nonfinite", default="reject", choices=["reject", "flag"], help="NaN/Inf values: reject the bag or flag the records")
+    p.add_argument(
+        "--time-source", default="log", choices=["log", "header"], help="align on receive time or header stamps"
+    )
+    p.add_argument(
+        "--nonfinite",
+        default="reject",
+        choices=["reject", "flag"],
+        help="NaN/Inf values: reject the bag or flag the records",
+    )
     p.set_defaults(func=_import_bag)
 
     p = subparsers.add_parser("export-bag", help="write stored experience to a new rosbag2 bag")
@@ -127,7 +141,9 @@ def add_cli(subparsers) -> None:
     _store_arg(p)
     p.add_argument("--task", action="append", help="task to export (repeatable; default: all)")
     p.add_argument("--split", default="all", choices=["train", "heldout", "all"])
-    p.add_argument("--source", action="append", choices=list(SOURCES), help="source to export (repeatable; default: all)")
+    p.add_argument(
+        "--source", action="append", choices=list(SOURCES), help="source to export (repeatable; default: all)"
+    )
     p.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
     p.add_argument("--no-info", action="store_true", help="omit the /lifelong_ros/experience topic")
     p.add_argument("--retime", type=float, default=None, metavar="HZ", help="rewrite stamps as a uniform clock at HZ")

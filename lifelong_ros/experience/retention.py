@@ -4,6 +4,7 @@ Pure numpy over the store's in-memory index, so the policy is testable without a
 Demonstrations and held-out episodes are *protected*: never evicted here; when the budget
 cannot be met without them the caller gets a `RetentionOverflow` to raise or flag.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -62,7 +63,9 @@ class RetentionPolicy:
 
     @property
     def active(self) -> bool:
-        return not (self.max_records is None and self.max_bytes is None and self.per_task_cap is None and self.max_age_s is None)
+        return not (
+            self.max_records is None and self.max_bytes is None and self.per_task_cap is None and self.max_age_s is None
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,7 +76,9 @@ class RetentionPolicy:
             return cls()
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown retention keys {sorted(unknown)}; expected some of {sorted(cls.__dataclass_fields__)}")
+            raise ValueError(
+                f"unknown retention keys {sorted(unknown)}; expected some of {sorted(cls.__dataclass_fields__)}"
+            )
         return cls(**d)
 
 

@@ -3,6 +3,7 @@
 Each sampler maps a candidate set (record ids in insertion order, optionally grouped by task) to
 ``n`` positions with replacement, with no per-record Python loop, so sampling stays O(n).
 """
+
 from __future__ import annotations
 
 from typing import Literal

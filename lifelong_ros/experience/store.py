@@ -11,6 +11,7 @@ committed WAL frames are in the OS page cache), not a power loss or kernel crash
 last transactions may be missing but the store is never corrupt. ``durability="power"``
 (``synchronous=FULL``, fsync per commit) also survives power loss, at ~6x the single-append cost.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -220,7 +221,9 @@ class _Pending:
     next_id: int
     rows: list[npt.NDArray[np.void]] = field(default_factory=list)  # structured _INDEX_DTYPE arrays
     tasks: dict[str, int] = field(default_factory=dict)  # name -> id
-    episodes: dict[tuple[int, str], tuple[int, bool]] = field(default_factory=dict)  # (task_id, name) -> (ep_id, heldout)
+    episodes: dict[tuple[int, str], tuple[int, bool]] = field(
+        default_factory=dict
+    )  # (task_id, name) -> (ep_id, heldout)
 
 
 # ---------------------------------------------------------------------------------------- store
@@ -338,7 +341,9 @@ class ExperienceStore:
             if self.readonly:
                 raise StoreError(f"{self.path} is an empty experience store (no writer has initialised it yet)")
             if obs_dim is None or act_dim is None:
-                raise ValueError(f"creating experience store {self.path} needs obs_dim and act_dim (got {obs_dim}, {act_dim})")
+                raise ValueError(
+                    f"creating experience store {self.path} needs obs_dim and act_dim (got {obs_dim}, {act_dim})"
+                )
             for name in ("obs_dim", "act_dim"):
                 v = wanted[name]
                 if not isinstance(v, (int, np.integer)) or v <= 0:
@@ -372,7 +377,12 @@ class ExperienceStore:
         self.heldout_fraction = float(meta["heldout_fraction"])
         self.split_seed = int(meta["split_seed"])
         self._salt = int(meta["reservoir_salt"])
-        stored = {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "heldout_fraction": self.heldout_fraction, "split_seed": self.split_seed}
+        stored = {
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+            "heldout_fraction": self.heldout_fraction,
+            "split_seed": self.split_seed,
+        }
         for name, value in wanted.items():
             if value is not None and stored[name] != (float(value) if name == "heldout_fraction" else int(value)):
                 raise ValueError(
@@ -737,7 +747,11 @@ class ExperienceStore:
                 return True
         if pol.max_age_s is not None and n_total:
             stamps = [s for s in (self._max_stamp, int(new["stamp"].max()) if new.shape[0] else None) if s is not None]
-            mins = [s for s in (self._ev_min_stamp, int(new["stamp"][new_ev].min()) if new_ev.any() else None) if s is not None]
+            mins = [
+                s
+                for s in (self._ev_min_stamp, int(new["stamp"][new_ev].min()) if new_ev.any() else None)
+                if s is not None
+            ]
             if stamps and mins and min(mins) < max(stamps) - int(pol.max_age_s * 1e9):
                 return True
         return False
@@ -949,7 +963,16 @@ class ExperienceStore:
         if stamp_ns is None:
             stamp_ns = time.time_ns() + np.arange(t, dtype=np.int64)  # distinct, ordered stamps
         return self.append(
-            task, episode, np.arange(t), obs, action, reward=reward, done=done, stamp_ns=stamp_ns, source=source, split=split
+            task,
+            episode,
+            np.arange(t),
+            obs,
+            action,
+            reward=reward,
+            done=done,
+            stamp_ns=stamp_ns,
+            source=source,
+            split=split,
         )
 
     def delete_episodes(self, task: str, episodes: Sequence[str | int]) -> int:
@@ -970,7 +993,12 @@ class ExperienceStore:
                 self._gen += 1
                 self._conn.execute(
                     "INSERT INTO evictions(gen, ids, reason, stamp_ns) VALUES (?, ?, ?, ?)",
-                    (self._gen, ids.astype("<i8").tobytes(), f"explicit delete of {len(eids)} episode(s)", time.time_ns()),
+                    (
+                        self._gen,
+                        ids.astype("<i8").tobytes(),
+                        f"explicit delete of {len(eids)} episode(s)",
+                        time.time_ns(),
+                    ),
                 )
                 self._evicted_total += int(ids.shape[0])
                 self._write_state(self._txn().next_id)
@@ -995,7 +1023,9 @@ class ExperienceStore:
                 raise ValueError(f"unknown source(s) {bad}; expected some of {SOURCES}")
         return (tkey, skey, split)
 
-    def _mask(self, rows: npt.NDArray[np.void], key: _FilterKey, include_flagged: bool = False) -> npt.NDArray[np.bool_]:
+    def _mask(
+        self, rows: npt.NDArray[np.void], key: _FilterKey, include_flagged: bool = False
+    ) -> npt.NDArray[np.bool_]:
         tkey, skey, split = key
         m = np.ones(rows.shape[0], bool) if include_flagged else (rows["flags"] & FLAG_NONFINITE) == 0
         if split == "train":
@@ -1245,7 +1275,9 @@ class ExperienceStore:
                         "heldout": int(cube[t, 1].sum()),
                         "episodes": int((ep_t == t).sum()),
                         "heldout_episodes": int(((ep_t == t) & ep_h).sum()),
-                        "by_source": {s: int(cube[t, :, i].sum()) for i, s in enumerate(SOURCES) if cube[t, :, i].sum()},
+                        "by_source": {
+                            s: int(cube[t, :, i].sum()) for i, s in enumerate(SOURCES) if cube[t, :, i].sum()
+                        },
                     }
                 files = [self.path, Path(str(self.path) + "-wal")]
                 size = sum(f.stat().st_size for f in files if f.exists())

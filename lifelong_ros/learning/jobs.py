@@ -27,8 +27,11 @@ class Recipe:
 
 # Every strategy is a recipe of the same name; meta_ewc_replay adds the meta-learned head init to ewc_replay.
 RECIPES: Mapping[str, Recipe] = MappingProxyType(
-    {"ewc_replay": Recipe("ewc_replay"), "meta_ewc_replay": Recipe("ewc_replay", meta_head_init=True),
-     **{name: Recipe(name) for name in STRATEGIES}}
+    {
+        "ewc_replay": Recipe("ewc_replay"),
+        "meta_ewc_replay": Recipe("ewc_replay", meta_head_init=True),
+        **{name: Recipe(name) for name in STRATEGIES},
+    }
 )
 
 
@@ -71,14 +74,18 @@ def parse_recipe_options(
     meta_only = [k for k in values if k in META_OPTIONS and not recipe.meta_head_init]
     if meta_only:
         with_meta = [name for name, r in RECIPES.items() if r.meta_head_init]
-        raise ValueError(f"options {meta_only} apply only to the recipes with a meta-learned head "
-                         f"({', '.join(with_meta)}), not to {method!r}")
+        raise ValueError(
+            f"options {meta_only} apply only to the recipes with a meta-learned head "
+            f"({', '.join(with_meta)}), not to {method!r}"
+        )
     spec = STRATEGIES[recipe.strategy]
     own = [k for k in RecipeOptions.field_names() if recipe.meta_head_init or k not in META_OPTIONS]
     check_keys(values, {f"strategy {spec.name}": spec.options.field_names(), "training": own}, f"recipe {method!r}")
     strategy_keys = set(spec.options.field_names())
-    return (RecipeOptions(**{k: v for k, v in values.items() if k not in strategy_keys}),
-            spec.options(**{k: v for k, v in values.items() if k in strategy_keys}))
+    return (
+        RecipeOptions(**{k: v for k, v in values.items() if k not in strategy_keys}),
+        spec.options(**{k: v for k, v in values.items() if k in strategy_keys}),
+    )
 
 
 @dataclass

@@ -4,11 +4,12 @@ A new task should be learned from a handful of demonstrations. learn2learn's sma
 (meta-train an initialisation, then ``adapt`` it) without its per-task module copies: parameters
 are plain dicts and tasks are batched with torch.func (``functional_call`` + ``grad`` + ``vmap``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +59,9 @@ def default_head_names(model: nn.Module) -> tuple[str, ...]:
 class MetaLearner:
     """Owns a model's meta-parameters (its own nn.Parameters, updated in place) and the outer optimiser."""
 
-    def __init__(self, model: nn.Module, config: MetaConfig = MetaConfig(), loss_fn: Callable[[Tensor, Tensor], Tensor] = mse):
+    def __init__(
+        self, model: nn.Module, config: MetaConfig = MetaConfig(), loss_fn: Callable[[Tensor, Tensor], Tensor] = mse
+    ):
         self.model = model
         self.config = config
         self.loss_fn = loss_fn
@@ -72,7 +75,9 @@ class MetaLearner:
         trainable = list(self.params.values())
         self.log_lr: Params = {}
         if config.method == "metasgd":  # learned per-parameter inner step sizes, kept positive via exp
-            self.log_lr = {n: torch.full_like(self.params[n], math.log(config.inner_lr)).requires_grad_() for n in self.adapt_names}
+            self.log_lr = {
+                n: torch.full_like(self.params[n], math.log(config.inner_lr)).requires_grad_() for n in self.adapt_names
+            }
             trainable += list(self.log_lr.values())
         self.optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
         self.iterations = 0
@@ -81,8 +86,16 @@ class MetaLearner:
     def loss(self, params: Params, inputs: tuple[Tensor, ...], target: Tensor) -> Tensor:
         return self.loss_fn(functional_call(self.model, (params, self.buffers), inputs), target)
 
-    def adapt(self, params: Params, inputs: tuple[Tensor, ...], target: Tensor, steps: int | None = None,
-              lr: float | None = None, first_order: bool = False, log_lr: Params | None = None) -> Params:
+    def adapt(
+        self,
+        params: Params,
+        inputs: tuple[Tensor, ...],
+        target: Tensor,
+        steps: int | None = None,
+        lr: float | None = None,
+        first_order: bool = False,
+        log_lr: Params | None = None,
+    ) -> Params:
         """Inner loop: ``steps`` gradient steps on the support set, differentiable unless ``first_order``."""
         steps = self.config.inner_steps if steps is None else steps
         lr = self.config.inner_lr if lr is None else lr
@@ -146,9 +159,14 @@ class MetaLearner:
         self.iterations += 1
         return float(losses.mean())
 
-    def meta_train(self, sample_tasks: Callable[[torch.Generator], TaskBatch], iterations: int,
-                   on_progress: ProgressFn | None = None, should_stop: Callable[[], bool] | None = None,
-                   progress_every: int = 50) -> list[float]:
+    def meta_train(
+        self,
+        sample_tasks: Callable[[torch.Generator], TaskBatch],
+        iterations: int,
+        on_progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        progress_every: int = 50,
+    ) -> list[float]:
         """Outer loop over ``iterations`` task batches from ``sample_tasks(generator)``; stops early on ``should_stop``."""
         gen = torch.Generator().manual_seed(self.config.seed)
         losses: list[float] = []
@@ -173,7 +191,7 @@ def loop_meta_grads(model: nn.Module, batch: TaskBatch, inner_lr: float, loss_fn
     autograd.grad(create_graph=True): what the vmap path is measured and tested against."""
     names, params = zip(*model.named_parameters())
     xs, ys, xq, yq = batch
-    total = 0.0
+    total = torch.zeros(())
     for t in range(ys.shape[0]):
         support = loss_fn(model(*(x[t] for x in xs)), ys[t])
         g = torch.autograd.grad(support, params, create_graph=True)

@@ -3,19 +3,27 @@
 Every method is scored by the same functions on the same matrix R, where R[i][j] is the accuracy
 (or closed-loop success) on task j after training on tasks 0..i; plus a heatmap of R.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 __all__ = [
-    "as_matrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting",
-    "forgetting_per_task", "summarize", "aggregate", "plot_matrix",
+    "aggregate",
+    "as_matrix",
+    "average_accuracy",
+    "backward_transfer",
+    "forgetting",
+    "forgetting_per_task",
+    "forward_transfer",
+    "plot_matrix",
+    "summarize",
 ]
 
 
@@ -30,7 +38,9 @@ def as_matrix(r) -> np.ndarray:
 def _need(m: np.ndarray, cells: list[tuple[int, int]], what: str) -> None:
     missing = [c for c in cells if not math.isfinite(m[c])]
     if missing:
-        raise ValueError(f"{what} needs R{list(missing[0])} (and {len(missing) - 1} more cells), but it is {m[missing[0]]}")
+        raise ValueError(
+            f"{what} needs R{list(missing[0])} (and {len(missing) - 1} more cells), but it is {m[missing[0]]}"
+        )
 
 
 def average_accuracy(r) -> float:
@@ -74,7 +84,7 @@ def forgetting_per_task(r) -> np.ndarray:
     t = m.shape[0]
     out = []
     for j in range(t - 1):
-        _need(m, [(l, j) for l in range(j, t)], "forgetting")
+        _need(m, [(i, j) for i in range(j, t)], "forgetting")
         out.append(float(np.max(m[j : t - 1, j]) - m[t - 1, j]))
     return np.asarray(out)
 
@@ -109,8 +119,14 @@ def aggregate(runs: Sequence[Mapping]) -> dict:
     out: dict = {"seeds": len(runs)}
     for key in ("avg_acc", "bwt", "forgetting", "fwt"):
         vals = [r[key] for r in runs if r.get(key) is not None]
-        out[key] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "runs": [float(v) for v in vals]} if vals else None
-    mats = np.asarray([[[np.nan if v is None else v for v in row] for row in r["matrix"]] for r in runs], dtype=np.float64)
+        out[key] = (
+            {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "runs": [float(v) for v in vals]}
+            if vals
+            else None
+        )
+    mats = np.asarray(
+        [[[np.nan if v is None else v for v in row] for row in r["matrix"]] for r in runs], dtype=np.float64
+    )
     with warnings.catch_warnings():  # all-NaN cells (never evaluated) stay NaN without a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(mats, axis=0)
@@ -143,7 +159,15 @@ def plot_matrix(
     for i in range(t):
         for j in range(t):
             if math.isfinite(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="white" if m[i, j] < 0.6 else "black", fontsize=8)
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    color="white" if m[i, j] < 0.6 else "black",
+                    fontsize=8,
+                )
     ax.set_xticks(range(t), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(t), names, fontsize=8)
     ax.set_xlabel("evaluated on task j")

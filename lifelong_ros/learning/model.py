@@ -4,10 +4,12 @@ A shared MLP backbone with per-task linear heads: the heads keep conflicting tas
 the backbone is what continual consolidation protects. Observation normalisation lives inside the
 network, so the exported graph takes raw observations.
 """
+
 from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ from torch import nn
 
 from lifelong_ros.paths import WEIGHTS_FILE
 from lifelong_ros.serving.interface import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT
+
 ONNX_OPSET = 17
 
 
@@ -35,7 +38,7 @@ class PolicyConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PolicyConfig":
+    def from_dict(cls, d: dict) -> PolicyConfig:
         return cls(
             obs_dim=int(d["obs_dim"]),
             act_dim=int(d["act_dim"]),
@@ -52,6 +55,10 @@ class PolicyNet(nn.Module):
     so strategies can treat the two groups differently (ANIL adapts heads only, EWC protects the
     backbone and the heads of earlier tasks).
     """
+
+    # Buffers (register_buffer in __init__): declared so they type as tensors, not Tensor | Module.
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -107,14 +114,23 @@ class PolicyNet(nn.Module):
             self.head_b = nn.Parameter(torch.cat([self.head_b.detach(), torch.zeros(extra, self.config.act_dim)], 0))
         self.config = PolicyConfig(**{**asdict(self.config), "num_heads": n})
 
-    def clone(self) -> "PolicyNet":
+    def clone(self) -> PolicyNet:
         other = PolicyNet(self.config)
         other.load_state_dict(self.state_dict())
         return other
 
 
-def bc_loss(model: nn.Module, obs: torch.Tensor, task_id: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """Behaviour cloning: mean squared error to the demonstrated action."""
+def bc_loss(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    obs: torch.Tensor,
+    task_id: torch.Tensor,
+    action: torch.Tensor,
+) -> torch.Tensor:
+    """Behaviour cloning: mean squared error to the demonstrated action.
+
+    ``model`` is called only as ``model(obs, task_id)``: the module, or (during Fisher estimation) a
+    functional stand-in for it (plugins.LossFn).
+    """
     return torch.mean((model(obs, task_id) - action) ** 2)
 
 
@@ -164,7 +180,9 @@ def export_onnx(model: PolicyNet, metadata: dict[str, str] | None = None) -> byt
         torch.onnx.export(
             _ExportWrapper(model),
             (obs, task),
-            buf,
+            # The stub says path only, but the TorchScript exporter (dynamo=False) writes to any
+            # binary file object, and torch.onnx.export passes `f` through under the same ignore.
+            buf,  # type: ignore[arg-type]
             input_names=[OBS_INPUT, TASK_INPUT],
             output_names=[ACTION_OUTPUT],
             dynamic_axes={OBS_INPUT: {0: "batch"}, TASK_INPUT: {0: "batch"}, ACTION_OUTPUT: {0: "batch"}},
@@ -172,7 +190,12 @@ def export_onnx(model: PolicyNet, metadata: dict[str, str] | None = None) -> byt
             dynamo=False,
         )
     proto = onnx.load_from_string(buf.getvalue())
-    meta = {"num_heads": str(model.num_heads), "multi_head": str(model.config.multi_head).lower(), "obs_dim": str(model.config.obs_dim), "act_dim": str(model.config.act_dim)}
+    meta = {
+        "num_heads": str(model.num_heads),
+        "multi_head": str(model.config.multi_head).lower(),
+        "obs_dim": str(model.config.obs_dim),
+        "act_dim": str(model.config.act_dim),
+    }
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     for k, v in meta.items():
         entry = proto.metadata_props.add()

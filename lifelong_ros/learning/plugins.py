@@ -4,10 +4,12 @@ Each plugin hooks named moments of ``ContinualTrainer`` (trainer.py) and returns
 penalty, replayed samples) instead of mutating the loop; its state is a dict of tensors plus a
 small config, so a learner can persist it beside a model version and resume after a restart.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,7 +44,9 @@ class Experience:
     def __post_init__(self) -> None:
         n = self.x.shape[0] if self.x.dim() > 0 else -1
         if n <= 0:
-            raise ValueError(f"experience {self.name!r} needs at least one sample, got x of shape {tuple(self.x.shape)}")
+            raise ValueError(
+                f"experience {self.name!r} needs at least one sample, got x of shape {tuple(self.x.shape)}"
+            )
         if self.task_idx.dtype != torch.int64 or self.task_idx.shape != (n,):
             raise ValueError(
                 f"experience {self.name!r}: task_idx must be int64 of shape ({n},), "
@@ -58,8 +62,12 @@ class Experience:
 
     @classmethod
     def from_arrays(
-        cls, x: np.ndarray | Tensor, y: np.ndarray | Tensor, task_idx: int | Sequence[int] | np.ndarray | Tensor, name: str = ""
-    ) -> "Experience":
+        cls,
+        x: np.ndarray | Tensor,
+        y: np.ndarray | Tensor,
+        task_idx: int | Sequence[int] | np.ndarray | Tensor,
+        name: str = "",
+    ) -> Experience:
         """Build from numpy/tensors; float inputs become float32, integer labels int64."""
         xt = _as_tensor(x)
         yt = _as_tensor(y)
@@ -70,7 +78,7 @@ class Experience:
         return cls(xt, tt, yt, name)
 
     @staticmethod
-    def concat(experiences: Sequence["Experience"], name: str = "") -> "Experience":
+    def concat(experiences: Sequence[Experience], name: str = "") -> Experience:
         if not experiences:
             raise ValueError("concat needs at least one experience")
         return Experience(
@@ -141,7 +149,9 @@ class Plugin:
 
     def load_state(self, tensors: Mapping[str, Tensor], config: Mapping) -> None:
         if config.get("kind") != type(self).__name__:
-            raise ValueError(f"plugin {self.name!r}: saved state is for {config.get('kind')!r}, expected {type(self).__name__!r}")
+            raise ValueError(
+                f"plugin {self.name!r}: saved state is for {config.get('kind')!r}, expected {type(self).__name__!r}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,7 +270,7 @@ class L2Anchor(Plugin):
 
     def load_state(self, tensors: Mapping[str, Tensor], config: Mapping) -> None:
         super().load_state(tensors, config)
-        self.anchor = {k[len("anchor."):]: v.clone() for k, v in tensors.items() if k.startswith("anchor.")}
+        self.anchor = {k[len("anchor.") :]: v.clone() for k, v in tensors.items() if k.startswith("anchor.")}
 
 
 class EWC(Plugin):
@@ -285,11 +295,13 @@ class EWC(Plugin):
     def penalty(self, model: nn.Module) -> Tensor | None:
         if not self.fishers or self.lam == 0:
             return None
-        total = sum(_quadratic(model, a, f) for a, f in zip(self.anchors, self.fishers))
+        total = sum((_quadratic(model, a, f) for a, f in zip(self.anchors, self.fishers)), torch.zeros(()))
         return 0.5 * self.lam * total
 
     def after_training_exp(self, ctx: ExpContext) -> None:
-        self.fishers.append(empirical_fisher(ctx.model, ctx.loss_fn, ctx.exp, self.fisher_samples, generator=ctx.generator))
+        self.fishers.append(
+            empirical_fisher(ctx.model, ctx.loss_fn, ctx.exp, self.fisher_samples, generator=ctx.generator)
+        )
         self.anchors.append(_snapshot(ctx.model))
 
     def config(self) -> dict:
@@ -356,15 +368,24 @@ class OnlineEWC(Plugin):
         self.consolidate(f, trainable(ctx.model))
 
     def config(self) -> dict:
-        return {**super().config(), "lam": self.lam, "decay": self.decay, "fisher_samples": self.fisher_samples, "tasks": self.tasks}
+        return {
+            **super().config(),
+            "lam": self.lam,
+            "decay": self.decay,
+            "fisher_samples": self.fisher_samples,
+            "tasks": self.tasks,
+        }
 
     def tensors(self) -> dict[str, Tensor]:
-        return {**{f"fisher.{n}": v for n, v in self.fisher.items()}, **{f"anchor.{n}": v for n, v in self.anchor.items()}}
+        return {
+            **{f"fisher.{n}": v for n, v in self.fisher.items()},
+            **{f"anchor.{n}": v for n, v in self.anchor.items()},
+        }
 
     def load_state(self, tensors: Mapping[str, Tensor], config: Mapping) -> None:
         super().load_state(tensors, config)
-        self.fisher = {k[len("fisher."):]: v.clone() for k, v in tensors.items() if k.startswith("fisher.")}
-        self.anchor = {k[len("anchor."):]: v.clone() for k, v in tensors.items() if k.startswith("anchor.")}
+        self.fisher = {k[len("fisher.") :]: v.clone() for k, v in tensors.items() if k.startswith("fisher.")}
+        self.anchor = {k[len("anchor.") :]: v.clone() for k, v in tensors.items() if k.startswith("anchor.")}
         self.tasks = int(config["tasks"])
 
 
@@ -402,7 +423,10 @@ class SynapticIntelligence(Plugin):
 
     def after_backward(self, model: nn.Module) -> None:
         self._before = _snapshot(model)
-        self._grad = {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for n, p in trainable(model).items()}
+        self._grad = {
+            n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in trainable(model).items()
+        }
 
     def after_update(self, model: nn.Module) -> None:
         for n, p in trainable(model).items():
@@ -425,12 +449,15 @@ class SynapticIntelligence(Plugin):
         return {**super().config(), "c": self.c, "xi": self.xi, "tasks": self.tasks}
 
     def tensors(self) -> dict[str, Tensor]:
-        return {**{f"omega.{n}": v for n, v in self.omega.items()}, **{f"anchor.{n}": v for n, v in self.anchor.items()}}
+        return {
+            **{f"omega.{n}": v for n, v in self.omega.items()},
+            **{f"anchor.{n}": v for n, v in self.anchor.items()},
+        }
 
     def load_state(self, tensors: Mapping[str, Tensor], config: Mapping) -> None:
         super().load_state(tensors, config)
-        self.omega = {k[len("omega."):]: v.clone() for k, v in tensors.items() if k.startswith("omega.")}
-        self.anchor = {k[len("anchor."):]: v.clone() for k, v in tensors.items() if k.startswith("anchor.")}
+        self.omega = {k[len("omega.") :]: v.clone() for k, v in tensors.items() if k.startswith("omega.")}
+        self.anchor = {k[len("anchor.") :]: v.clone() for k, v in tensors.items() if k.startswith("anchor.")}
         self.tasks = int(config["tasks"])
 
 
@@ -455,14 +482,16 @@ class Replay(Plugin):
             try:
                 ratio = float(ratio)
             except (TypeError, ValueError):
-                raise ValueError(f"replay ratio must be a number in [0, 1) or {self.BALANCED!r}, got {ratio!r}") from None
+                raise ValueError(
+                    f"replay ratio must be a number in [0, 1) or {self.BALANCED!r}, got {ratio!r}"
+                ) from None
             if not 0.0 <= ratio < 1.0:
                 raise ValueError(f"replay ratio must be in [0, 1) or {self.BALANCED!r}, got {ratio}")
         self.source = source
-        self.ratio = ratio
+        self.ratio: float | str = ratio  # a float in [0, 1), or BALANCED (the only str __init__ lets through)
 
     def replay_count(self, n_new: int) -> int:
-        if self.ratio == self.BALANCED:
+        if isinstance(self.ratio, str):  # == BALANCED
             return n_new * _task_count(self.source)
         return int(round(n_new * self.ratio / (1.0 - self.ratio)))
 
@@ -539,7 +568,10 @@ class MemoryBuffer(Plugin):
 
     def load_state(self, tensors: Mapping[str, Tensor], config: Mapping) -> None:
         super().load_state(tensors, config)
-        self.items = [(tensors[f"x.{k}"].clone(), tensors[f"t.{k}"].clone(), tensors[f"y.{k}"].clone()) for k in range(int(config["tasks"]))]
+        self.items = [
+            (tensors[f"x.{k}"].clone(), tensors[f"t.{k}"].clone(), tensors[f"y.{k}"].clone())
+            for k in range(int(config["tasks"]))
+        ]
 
 
 class StoreReplay:
@@ -549,7 +581,9 @@ class StoreReplay:
     replay (normally every task except the one being learned).
     """
 
-    def __init__(self, store, tasks: Sequence[str], task_order: Sequence[str], sampler: str = "task_balanced", seed: int = 0):
+    def __init__(
+        self, store, tasks: Sequence[str], task_order: Sequence[str], sampler: str = "task_balanced", seed: int = 0
+    ):
         missing = [t for t in tasks if t not in task_order]
         if missing:
             raise ValueError(f"replay tasks {missing} are not in the model's task list {list(task_order)}")
@@ -568,4 +602,8 @@ class StoreReplay:
             return torch.empty(0), torch.empty(0, dtype=torch.int64), torch.empty(0)
         batch = self.store.sample(n, tasks=self.tasks, sampler=self.sampler, split="train", rng=self.rng)
         heads = torch.as_tensor([self.head_of[str(t)] for t in batch.task], dtype=torch.int64)
-        return torch.as_tensor(batch.obs, dtype=torch.float32), heads, torch.as_tensor(batch.action, dtype=torch.float32)
+        return (
+            torch.as_tensor(batch.obs, dtype=torch.float32),
+            heads,
+            torch.as_tensor(batch.action, dtype=torch.float32),
+        )

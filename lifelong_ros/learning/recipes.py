@@ -5,20 +5,21 @@ version (or from scratch), trains with a continual strategy of the registry (str
 replay by default; naive and joint as baselines), and writes a self-contained candidate directory
 (ONNX, weights, consolidation state, metadata) for the safety gate.
 """
+
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from lifelong_ros.learning.trainer import ContinualTrainer, Experience, StoreReplay, TrainOptions, read_plugin_state
-from lifelong_ros.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from lifelong_ros.experience.sources import TRAIN_SOURCES
+from lifelong_ros.experience.store import ExperienceStore
+from lifelong_ros.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from lifelong_ros.learning.jobs import (
     RECIPES,
     AdaptCancelled,
@@ -27,10 +28,10 @@ from lifelong_ros.learning.jobs import (
     RecipeOptions,
     parse_recipe_options,
 )
-from lifelong_ros.learning.strategies import STRATEGIES, build_plugins
-from lifelong_ros.paths import CHECKPOINT_FILE, CONSOLIDATION_FILE, META_FILE, MODEL_FILE, WEIGHTS_FILE
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss, export_onnx, load_policy
-from lifelong_ros.experience.store import ExperienceStore
+from lifelong_ros.learning.strategies import STRATEGIES, build_plugins
+from lifelong_ros.learning.trainer import ContinualTrainer, Experience, StoreReplay, TrainOptions, read_plugin_state
+from lifelong_ros.paths import CHECKPOINT_FILE, CONSOLIDATION_FILE, META_FILE, MODEL_FILE, WEIGHTS_FILE
 
 NORMALIZER_STD_FLOOR = 0.05  # metres-scale features: never scale a near-constant input by more than 20x
 
@@ -49,7 +50,10 @@ def load_parent(parent_dir: str | Path) -> ParentVersion:
 
     d = Path(parent_dir)
     meta = json.loads((d / META_FILE).read_text())
-    recorded = {WEIGHTS_FILE: meta.get("weights_sha256"), CONSOLIDATION_FILE: meta.get("files", {}).get(CONSOLIDATION_FILE, {}).get("sha256")}
+    recorded = {
+        WEIGHTS_FILE: meta.get("weights_sha256"),
+        CONSOLIDATION_FILE: meta.get("files", {}).get(CONSOLIDATION_FILE, {}).get("sha256"),
+    }
     for name, sha in recorded.items():  # registry versions record sha256s: never train on a corrupted parent
         if sha and (d / name).exists() and sha256_file(d / name) != sha:
             raise ValueError(f"parent {d}: {name} does not match the sha256 recorded at registration")
@@ -94,8 +98,9 @@ def init_head_by_meta_learning(
         linear = torch.nn.Linear(model.feature_dim, model.config.act_dim)
         linear.weight.copy_(model.head_w[:head].mean(0).T * scale)
         linear.bias.copy_(model.head_b[:head].mean(0))
-    cfg = MetaConfig("maml", inner_lr=opts.meta_inner_lr, inner_steps=opts.meta_inner_steps,
-                     outer_lr=opts.meta_outer_lr, seed=seed)
+    cfg = MetaConfig(
+        "maml", inner_lr=opts.meta_inner_lr, inner_steps=opts.meta_inner_steps, outer_lr=opts.meta_outer_lr, seed=seed
+    )
     learner = MetaLearner(linear, cfg)
 
     def draw(g: torch.Generator):
@@ -103,7 +108,10 @@ def init_head_by_meta_learning(
         for i in torch.randint(0, len(old_tasks), (opts.meta_batch,), generator=g).tolist():
             f, a = feats[old_tasks[i]]
             rows = torch.randint(0, f.shape[0], (2 * k,), generator=g)
-            xs.append(f[rows[:k]]), ys.append(a[rows[:k]]), xq.append(f[rows[k:]]), yq.append(a[rows[k:]])
+            xs.append(f[rows[:k]])
+            ys.append(a[rows[:k]])
+            xq.append(f[rows[k:]])
+            yq.append(a[rows[k:]])
         return (torch.stack(xs),), torch.stack(ys), (torch.stack(xq),), torch.stack(yq)
 
     losses = learner.meta_train(draw, opts.meta_iterations, on_progress, should_stop)
@@ -119,8 +127,12 @@ def init_head_by_meta_learning(
         model.head_w[head] = fast["weight"].T / scale
         model.head_b[head] = fast["bias"]
     on_progress("adapt-head", len(losses), head_loss)
-    return {"meta_iterations": len(losses), "meta_loss": losses[-1] if losses else None,
-            "head_loss_after_adapt": head_loss, "meta_s": round(time.perf_counter() - t0, 3)}
+    return {
+        "meta_iterations": len(losses),
+        "meta_loss": losses[-1] if losses else None,
+        "head_loss_after_adapt": head_loss,
+        "meta_s": round(time.perf_counter() - t0, 3),
+    }
 
 
 def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -135,7 +147,7 @@ def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarra
     else:
         obs, act = batch.obs, batch.action
     used = sorted({str(e) for e in episodes.tolist()})
-    return obs, act, {"task": task, "episodes": used, "records": int(len(obs))}
+    return obs, act, {"task": task, "episodes": used, "records": len(obs)}
 
 
 def run_request(
@@ -205,7 +217,9 @@ def run_request(
         )
         meta_metrics = {}
         if recipe.meta_head_init and old_tasks and head == model.num_heads - 1:
-            meta_metrics = init_head_by_meta_learning(model, store, old_tasks, head, obs, act, opts, req.seed, on_progress, should_stop)
+            meta_metrics = init_head_by_meta_learning(
+                model, store, old_tasks, head, obs, act, opts, req.seed, on_progress, should_stop
+            )
         if parent is not None and parent.consolidation is not None and plugins:
             tensors, config = parent.consolidation
             trainer.load_state(tensors, config)
@@ -219,7 +233,12 @@ def run_request(
             model,
             tasks,
             trainer,
-            metrics={"final_loss": result.final_loss, "steps": result.steps, "train_s": round(train_s, 3), **meta_metrics},
+            metrics={
+                "final_loss": result.final_loss,
+                "steps": result.steps,
+                "train_s": round(train_s, 3),
+                **meta_metrics,
+            },
             data_used=data_used,
             parent_version=parent.version if parent else None,
         )
@@ -254,7 +273,10 @@ def write_candidate(
         "target_task": req.task,
         "method": req.method,
         "parent": parent_version,
-        "config": {"policy": model.config.to_dict(), "request": {"shots": req.shots, "steps": req.steps, "seed": req.seed, "options": req.options}},
+        "config": {
+            "policy": model.config.to_dict(),
+            "request": {"shots": req.shots, "steps": req.steps, "seed": req.seed, "options": req.options},
+        },
         "data_range": data_used,
         "metrics": metrics,
         "onnx_sha256": sha256_bytes(onnx_bytes),

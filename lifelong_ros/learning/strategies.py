@@ -3,6 +3,7 @@
 The learner's recipes and the benchmarks both build their methods here, so a benchmark number comes
 from the plugins and option names a deployed recipe uses. Torch-free: front ends validate options cheaply.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,14 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 # typed, checked option sets
 # ---------------------------------------------------------------------------------------------
-def option(default: Any, *, at_least: float | None = None, above: float | None = None,
-           at_most: float | None = None, below: float | None = None) -> Any:
+def option(
+    default: Any,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    below: float | None = None,
+) -> Any:
     """A field of an ``Options`` class with bounds on its numbers (a tuple's bounds apply to each item)."""
     return field(default=default, metadata={"bounds": (at_least, above, at_most, below)})
 
@@ -102,8 +109,12 @@ def _check_bounds(owner: Options, key: str, value: Any, bounds: tuple | None) ->
     items = value if isinstance(value, tuple) else (value,)
 
     def fits(v: float) -> bool:
-        return ((at_least is None or v >= at_least) and (above is None or v > above)
-                and (at_most is None or v <= at_most) and (below is None or v < below))
+        return (
+            (at_least is None or v >= at_least)
+            and (above is None or v > above)
+            and (at_most is None or v <= at_most)
+            and (below is None or v < below)
+        )
 
     if (isinstance(value, tuple) and not value) or not all(fits(v) for v in items):
         low = f"[{at_least:g}" if at_least is not None else f"({above:g}" if above is not None else "(-inf"
@@ -242,16 +253,29 @@ class Strategy:
     trains_on_all_tasks: bool = False  # joint: every experience trains on all tasks so far (not a plugin)
 
 
-STRATEGIES: Mapping[str, Strategy] = MappingProxyType({s.name: s for s in (
-    Strategy("naive", NoOptions, _no_plugins, "fine-tune on each new task (the forgetting baseline)"),
-    Strategy("joint", NoOptions, _no_plugins, "train on every task so far (the upper bound)", trains_on_all_tasks=True),
-    Strategy("l2", L2Options, _l2, "L2 anchor to the previous parameters"),
-    Strategy("ewc", EWCOptions, _ewc, "EWC, one Fisher per task"),
-    Strategy("online_ewc", OnlineEWCOptions, _online_ewc, "online EWC, one decayed Fisher"),
-    Strategy("si", SIOptions, _si, "Synaptic Intelligence"),
-    Strategy("replay", ReplayOptions, _replay, "experience replay of earlier tasks", uses_replay=True),
-    Strategy("ewc_replay", EWCReplayOptions, _ewc_replay, "online EWC + replay (the default)", uses_replay=True),
-)})
+STRATEGIES: Mapping[str, Strategy] = MappingProxyType(
+    {
+        s.name: s
+        for s in (
+            Strategy("naive", NoOptions, _no_plugins, "fine-tune on each new task (the forgetting baseline)"),
+            Strategy(
+                "joint",
+                NoOptions,
+                _no_plugins,
+                "train on every task so far (the upper bound)",
+                trains_on_all_tasks=True,
+            ),
+            Strategy("l2", L2Options, _l2, "L2 anchor to the previous parameters"),
+            Strategy("ewc", EWCOptions, _ewc, "EWC, one Fisher per task"),
+            Strategy("online_ewc", OnlineEWCOptions, _online_ewc, "online EWC, one decayed Fisher"),
+            Strategy("si", SIOptions, _si, "Synaptic Intelligence"),
+            Strategy("replay", ReplayOptions, _replay, "experience replay of earlier tasks", uses_replay=True),
+            Strategy(
+                "ewc_replay", EWCReplayOptions, _ewc_replay, "online EWC + replay (the default)", uses_replay=True
+            ),
+        )
+    }
+)
 
 
 def strategy(name: str) -> Strategy:
@@ -273,8 +297,9 @@ def strategy_options(name: str, mapping: Mapping[str, Any] | None = None) -> Str
     return spec.options(**values)
 
 
-def build_plugins(name: str, options: StrategyOptions | Mapping[str, Any] | None = None,
-                  replay: ReplaySource | None = None) -> list[Plugin]:
+def build_plugins(
+    name: str, options: StrategyOptions | Mapping[str, Any] | None = None, replay: ReplaySource | None = None
+) -> list[Plugin]:
     """The plugins of strategy ``name`` (options as built by ``strategy_options``, or a mapping of them).
 
     ``replay`` samples earlier tasks for the strategies that replay (None: nothing to replay yet);

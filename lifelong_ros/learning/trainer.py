@@ -3,14 +3,15 @@
 The robot must learn new tasks without forgetting old ones (DESIGN §2). Like Avalanche, the loop is
 fixed and methods (EWC, online EWC, L2, SI, replay; plugins.py) hook its named moments.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,27 @@ from lifelong_ros.learning.plugins import (
 )
 
 __all__ = [
-    "ContinualTrainer", "TrainOptions", "ExpResult", "Experience", "Plugin", "ExpContext", "LossFn", "ReplaySource",
-    "L2Anchor", "EWC", "OnlineEWC", "SynapticIntelligence", "Replay", "MemoryBuffer", "StoreReplay", "empirical_fisher",
-    "cross_entropy_loss", "plugin_state", "load_plugin_state", "save_plugin_state", "read_plugin_state",
+    "EWC",
+    "ContinualTrainer",
+    "ExpContext",
+    "ExpResult",
+    "Experience",
+    "L2Anchor",
+    "LossFn",
+    "MemoryBuffer",
+    "OnlineEWC",
+    "Plugin",
+    "Replay",
+    "ReplaySource",
+    "StoreReplay",
+    "SynapticIntelligence",
+    "TrainOptions",
+    "cross_entropy_loss",
+    "empirical_fisher",
+    "load_plugin_state",
+    "plugin_state",
+    "read_plugin_state",
+    "save_plugin_state",
 ]
 
 STATE_FORMAT = "lifelong_ros.plugins/1"
@@ -65,7 +84,9 @@ class TrainOptions:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.progress_every < 1:
-            raise ValueError(f"steps, batch_size and progress_every must be >= 1, got {self.steps}, {self.batch_size}, {self.progress_every}")
+            raise ValueError(
+                f"steps, batch_size and progress_every must be >= 1, got {self.steps}, {self.batch_size}, {self.progress_every}"
+            )
         if not self.lr > 0 or self.weight_decay < 0:
             raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr={self.lr}, weight_decay={self.weight_decay}")
         if self.lr_final is not None and not 0 <= self.lr_final <= self.lr:
@@ -171,7 +192,9 @@ class ContinualTrainer:
             loss = self.loss_fn(model, x, t, y)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"task loss became {value} at step {step} of experience {exp.name!r}; lower lr")
+                raise FloatingPointError(
+                    f"task loss became {value} at step {step} of experience {exp.name!r}; lower lr"
+                )
             penalties = [q for q in (p.penalty(model) for p in self.plugins) if q is not None]
             loss.backward()
             for p in self.plugins:
@@ -190,7 +213,7 @@ class ContinualTrainer:
             if step % opt.progress_every == 0 or step == opt.steps:
                 self._report("train", step, value)
             if opt.checkpoint_path and step % opt.checkpoint_every == 0 and step < opt.steps:
-                self._save_checkpoint(exp, optimizer, gen, step, order, cursor, losses)
+                self._save_checkpoint(opt.checkpoint_path, exp, optimizer, gen, step, order, cursor, losses)
         tail = losses[-20:]
         final = sum(tail) / len(tail) if tail else float("nan")
         if not cancelled:
@@ -205,18 +228,26 @@ class ContinualTrainer:
         return ExpResult(exp.name, len(losses), final, cancelled, time.perf_counter() - started, losses)
 
     # --- checkpoint / resume within one experience --------------------------------------------
-    def _save_checkpoint(self, exp, optimizer, gen, step, order, cursor, losses) -> None:
+    def _save_checkpoint(self, path: str, exp, optimizer, gen, step, order, cursor, losses) -> None:
         import io
 
         tensors, config = plugin_state(self.plugins)
         state = {
-            "exp": exp.name, "n": len(exp), "step": step, "cursor": cursor, "order": order, "losses": losses,
-            "model": self.model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-            "plugins": tensors, "plugin_config": json.dumps(config),
+            "exp": exp.name,
+            "n": len(exp),
+            "step": step,
+            "cursor": cursor,
+            "order": order,
+            "losses": losses,
+            "model": self.model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "generator": gen.get_state(),
+            "plugins": tensors,
+            "plugin_config": json.dumps(config),
         }
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write_bytes(self.options.checkpoint_path, buf.getvalue())
+        atomic_write_bytes(path, buf.getvalue())
 
     def _load_checkpoint(self, exp, optimizer, gen):
         """(next step, order, cursor, losses) from a checkpoint of this same experience, else None."""
@@ -270,7 +301,9 @@ def plugin_state(plugins: Sequence[Plugin]) -> tuple[dict[str, Tensor], dict]:
     return tensors, config
 
 
-def load_plugin_state(plugins: Sequence[Plugin], tensors: Mapping[str, Tensor], config: Mapping, strict: bool = True) -> None:
+def load_plugin_state(
+    plugins: Sequence[Plugin], tensors: Mapping[str, Tensor], config: Mapping, strict: bool = True
+) -> None:
     """Restore state saved by ``plugin_state`` into the plugins of the same name.
 
     A plugin absent from the saved state keeps its fresh state (e.g. Replay added once there are
@@ -288,7 +321,7 @@ def load_plugin_state(plugins: Sequence[Plugin], tensors: Mapping[str, Tensor], 
         if p.name not in config:
             continue
         prefix = p.name + "/"
-        p.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, config[p.name])
+        p.load_state({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, config[p.name])
 
 
 def _encode(tensors: Mapping[str, Tensor], config: Mapping) -> bytes:
@@ -308,6 +341,8 @@ def read_plugin_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != STATE_FORMAT:
-            raise ValueError(f"{path} is not a consolidation state file (format {meta.get('format')!r}, expected {STATE_FORMAT!r})")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+            raise ValueError(
+                f"{path} is not a consolidation state file (format {meta.get('format')!r}, expected {STATE_FORMAT!r})"
+            )
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
     return tensors, json.loads(meta["config"])

@@ -5,6 +5,7 @@ process with a bounded thread count and a lower scheduling priority; the caller 
 events (phase, step, loss), can cancel, and receives a candidate (ONNX + weights + metadata).
 The worker stays up between jobs so each adaptation does not pay torch's import again.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,7 +30,10 @@ from lifelong_ros.learning.jobs import (
 
 log = logging.getLogger(__name__)
 
-def _worker_main(job: JobFn | str, jobs: "mp.Queue", events: "mp.Queue", cancel_flags: Any, threads: int, nice: int) -> None:
+
+def _worker_main(
+    job: JobFn | str, jobs: mp.Queue, events: mp.Queue, cancel_flags: Any, threads: int, nice: int
+) -> None:
     """Worker loop: take jobs, run them, report progress/results. Runs in the child process."""
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if nice:
@@ -41,7 +45,8 @@ def _worker_main(job: JobFn | str, jobs: "mp.Queue", events: "mp.Queue", cancel_
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # the first optimiser imports torch._dynamo (~4 s): pay it now
+    # The first optimiser imports torch._dynamo (~4 s): pay it now.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     job_fn = resolve_job(job)
     while True:
         item = jobs.get()
@@ -61,14 +66,14 @@ def _worker_main(job: JobFn | str, jobs: "mp.Queue", events: "mp.Queue", cancel_
             events.put((slot, "result", candidate))
         except AdaptCancelled:
             events.put((slot, "cancelled", None))
-        except BaseException:  # report everything; the worker itself stays alive for the next job
+        except BaseException:  # noqa: BLE001 - report everything; the worker stays alive for the next job
             events.put((slot, "error", traceback.format_exc()))
 
 
 class AdaptJob:
     """Handle on one submitted adaptation: progress callback, cancel(), result()."""
 
-    def __init__(self, learner: "Learner", slot: int, request: AdaptRequest, on_progress: ProgressFn | None):
+    def __init__(self, learner: Learner, slot: int, request: AdaptRequest, on_progress: ProgressFn | None):
         self._learner = learner
         self.slot = slot
         self.request = request
@@ -86,6 +91,7 @@ class AdaptJob:
     def result(self, timeout: float | None = None) -> Candidate:
         if not self._done.wait(timeout):
             raise TimeoutError(f"adaptation job {self.request.job_id} still running after {timeout} s")
+        assert self._outcome is not None  # _finish sets it before it sets _done
         kind, payload = self._outcome
         if kind == "result":
             return payload
@@ -194,7 +200,7 @@ class Learner:
             self._proc.join(5)
         self._fail_pending("learner closed")
 
-    def __enter__(self) -> "Learner":
+    def __enter__(self) -> Learner:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -3,11 +3,12 @@
 Kept here so each node module is only its wiring: parameters -> core objects, callbacks that
 translate messages and call the core.
 """
+
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -23,23 +24,47 @@ KIT = m.RclpyKit()
 # ---------------------------------------------------------------------------- QoS, chosen per stream
 # Sensor streams: best effort, keep last — a late observation is worth nothing, and a best-effort
 # subscription matches both reliable and best-effort publishers (robot drivers, `ros2 bag play`).
-SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                        reliability=ReliabilityPolicy.BEST_EFFORT, durability=DurabilityPolicy.VOLATILE)
+SENSOR_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=5,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
 # Commands and per-step outputs: reliable (a reliable publisher matches reliable *and* best-effort
 # subscribers such as ros2_control's), shallow queue so nothing stale is delivered late.
-COMMAND_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+COMMAND_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 # Experience records: reliable with a deep queue — the buffer should see every served step.
-EXPERIENCE_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
-                            reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+EXPERIENCE_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1000,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 # Announcements (active version, candidates, gate reports): reliable + transient-local, so a node
 # that starts later still receives the last ones ("latched").
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                         reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50,
-                       reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-DIAGNOSTICS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                             reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+LATCHED_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+EVENT_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=50,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+DIAGNOSTICS_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -51,13 +76,21 @@ def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:
         default = Parameter.Type.STRING_ARRAY if p.default is None else p.default
         if p.min is not None or p.max is not None:
             if isinstance(p.default, float):
-                desc.floating_point_range = [FloatingPointRange(
-                    from_value=float(p.min if p.min is not None else -1e300),
-                    to_value=float(p.max if p.max is not None else 1e300), step=0.0)]
+                desc.floating_point_range = [
+                    FloatingPointRange(
+                        from_value=float(p.min if p.min is not None else -1e300),
+                        to_value=float(p.max if p.max is not None else 1e300),
+                        step=0.0,
+                    )
+                ]
             elif isinstance(p.default, int) and not isinstance(p.default, bool):
-                desc.integer_range = [IntegerRange(
-                    from_value=int(p.min if p.min is not None else -(2**62)),
-                    to_value=int(p.max if p.max is not None else 2**62), step=1)]
+                desc.integer_range = [
+                    IntegerRange(
+                        from_value=int(p.min if p.min is not None else -(2**62)),
+                        to_value=int(p.max if p.max is not None else 2**62),
+                        step=1,
+                    )
+                ]
         value = node.declare_parameter(p.name, default, desc).value
         if p.default is None and value is None:
             value = []
@@ -77,15 +110,20 @@ def declare_section(node: Node, section: str, config_cls: type) -> dict[str, Any
     for f in dataclasses.fields(config_cls):
         if f.default is dataclasses.MISSING:
             continue
-        desc = ParameterDescriptor(description=f"{config_cls.__name__}.{f.name} (see lifelong_ros docs)",
-                                   read_only=True, dynamic_typing=True)
+        desc = ParameterDescriptor(
+            description=f"{config_cls.__name__}.{f.name} (see lifelong_ros docs)", read_only=True, dynamic_typing=True
+        )
         values[f.name] = node.declare_parameter(f"{section}.{f.name}", f.default, desc).value
     return values
 
 
 # ---------------------------------------------------------------------------- health
-_LEVELS = {m.OK: DiagnosticStatus.OK, m.WARN: DiagnosticStatus.WARN, m.ERROR: DiagnosticStatus.ERROR,
-           m.STALE: DiagnosticStatus.STALE}
+_LEVELS = {
+    m.OK: DiagnosticStatus.OK,
+    m.WARN: DiagnosticStatus.WARN,
+    m.ERROR: DiagnosticStatus.ERROR,
+    m.STALE: DiagnosticStatus.STALE,
+}
 
 
 class Health:
@@ -113,8 +151,10 @@ class Health:
     def publish(self) -> None:
         st = self._safe_status()
         status = DiagnosticStatus(
-            level=_LEVELS[st.level], name=f"lifelong_ros: {self._node.get_fully_qualified_name()}",
-            message=st.message, hardware_id=self._hardware_id,
+            level=_LEVELS[st.level],
+            name=f"lifelong_ros: {self._node.get_fully_qualified_name()}",
+            message=st.message,
+            hardware_id=self._hardware_id,
             values=m.key_values(KIT, {**st.values, "active_version": st.active_version}),
         )
         self._pub.publish(DiagnosticArray(header=_header(self._node), status=[status]))

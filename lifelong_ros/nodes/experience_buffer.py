@@ -11,6 +11,7 @@ Interfaces:
   services  ~/set_recording (SetRecording), ~/get_status (GetStatus)
   publishes /diagnostics
 """
+
 from __future__ import annotations
 
 import queue
@@ -23,13 +24,12 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
-from lifelong_ros.msg import ExperienceRecord
-from lifelong_ros.srv import SetRecording
-
-from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
+from lifelong_ros import paths
 from lifelong_ros.experience.sources import TEACHER_SOURCES
 from lifelong_ros.experience.store import ExperienceStore, InvalidRecord, StoreError
-from lifelong_ros import paths
+from lifelong_ros.msg import ExperienceRecord
+from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
+from lifelong_ros.srv import SetRecording
 
 from . import _common as c
 from . import messages as m
@@ -64,16 +64,19 @@ class ExperienceBuffer(Node):
 
         self._group = MutuallyExclusiveCallbackGroup()  # all recording callbacks: one at a time, in order
         for topic in p["experience_topics"]:
-            self.create_subscription(ExperienceRecord, topic, self._on_experience, c.EXPERIENCE_QOS,
-                                     callback_group=self._group)
+            self.create_subscription(
+                ExperienceRecord, topic, self._on_experience, c.EXPERIENCE_QOS, callback_group=self._group
+            )
         self.create_service(SetRecording, "~/set_recording", self._on_set_recording, callback_group=self._group)
         if p["raw_topics"]:
             self._start_raw()
         self.health = c.Health(self, self._status, p["diagnostics_period_s"])
         self._writer = threading.Thread(target=self._write_loop, name="experience-writer", daemon=True)
         self._writer.start()
-        self.get_logger().info(f"store {path} ({len(self.store)} records); recording {p['experience_topics']}"
-                               + (f" and raw topics {self._raw_topics()}" if self._raw_subs else ""))
+        self.get_logger().info(
+            f"store {path} ({len(self.store)} records); recording {p['experience_topics']}"
+            + (f" and raw topics {self._raw_topics()}" if self._raw_subs else "")
+        )
 
     # ------------------------------------------------------------------ experience messages
     def _on_experience(self, msg: Any) -> None:
@@ -106,14 +109,25 @@ class ExperienceBuffer(Node):
         self._act_aligner = StreamAligner(self.spec.action.topics, self.spec.action.max_age_s)
         trigger = self.spec.action.streams[0]
         for stream in self.spec.observation.streams:
-            self._raw_subs.append(self.create_subscription(
-                self._classes(stream.type), stream.topic, partial(self._on_raw, stream, self._obs_aligner, False),
-                c.SENSOR_QOS, callback_group=self._group))
+            self._raw_subs.append(
+                self.create_subscription(
+                    self._classes(stream.type),
+                    stream.topic,
+                    partial(self._on_raw, stream, self._obs_aligner, False),
+                    c.SENSOR_QOS,
+                    callback_group=self._group,
+                )
+            )
         for stream in self.spec.action.streams:
-            self._raw_subs.append(self.create_subscription(
-                self._classes(stream.type), stream.topic,
-                partial(self._on_raw, stream, self._act_aligner, stream is trigger),
-                c.SENSOR_QOS, callback_group=self._group))
+            self._raw_subs.append(
+                self.create_subscription(
+                    self._classes(stream.type),
+                    stream.topic,
+                    partial(self._on_raw, stream, self._act_aligner, stream is trigger),
+                    c.SENSOR_QOS,
+                    callback_group=self._group,
+                )
+            )
 
     def _stop_raw(self) -> None:
         for sub in self._raw_subs:
@@ -137,15 +151,29 @@ class ExperienceBuffer(Node):
         obs_parts, act_parts = self._obs_aligner.get(stamp), self._act_aligner.get(stamp)
         if obs_parts is None or act_parts is None:
             self._counts["decode_errors"] += 1
-            self._last_error = f"raw action at t={stamp} dropped: {self._obs_aligner.stale(stamp) or self._act_aligner.stale(stamp)}"
+            self._last_error = (
+                f"raw action at t={stamp} dropped: {self._obs_aligner.stale(stamp) or self._act_aligner.stale(stamp)}"
+            )
             return
-        if not self._raw_episode or stamp - self._raw_last_ns > self._p["episode_gap_s"] * 1e9 or stamp < self._raw_last_ns:
+        if (
+            not self._raw_episode
+            or stamp - self._raw_last_ns > self._p["episode_gap_s"] * 1e9
+            or stamp < self._raw_last_ns
+        ):
             self._raw_episodes += 1
             self._raw_episode, self._raw_step = f"{self._run_id}-{self._raw_episodes:05d}", 0
         self._raw_last_ns = stamp
-        self._enqueue(m.ExperienceStep(
-            stamp_ns=stamp, task=self._raw_task, episode=self._raw_episode, step=self._raw_step, source=self._raw_source,
-            obs=self.spec.observation.assemble(obs_parts), action=self.spec.action.assemble(act_parts)))
+        self._enqueue(
+            m.ExperienceStep(
+                stamp_ns=stamp,
+                task=self._raw_task,
+                episode=self._raw_episode,
+                step=self._raw_step,
+                source=self._raw_source,
+                obs=self.spec.observation.assemble(obs_parts),
+                action=self.spec.action.assemble(act_parts),
+            )
+        )
         self._raw_step += 1
 
     # ------------------------------------------------------------------ service
@@ -168,8 +196,14 @@ class ExperienceBuffer(Node):
         return self._recording_response(True, what)
 
     def _recording_response(self, ok: bool, message: str) -> Any:
-        return m.set_recording_response(c.KIT, success=ok, message=message, recording=self._recording,
-                                        raw_topics=bool(self._raw_subs), records_total=len(self.store))
+        return m.set_recording_response(
+            c.KIT,
+            success=ok,
+            message=message,
+            recording=self._recording,
+            raw_topics=bool(self._raw_subs),
+            records_total=len(self.store),
+        )
 
     # ------------------------------------------------------------------ writer thread
     def _drain(self, first: m.ExperienceStep) -> list:
@@ -205,23 +239,40 @@ class ExperienceBuffer(Node):
         except (StoreError, OSError, ValueError) as exc:
             self._counts["write_errors"] += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
-            self.get_logger().error(f"could not write {len(batch)} records: {self._last_error}",
-                                    throttle_duration_sec=5.0)
+            self.get_logger().error(
+                f"could not write {len(batch)} records: {self._last_error}", throttle_duration_sec=5.0
+            )
 
     def _append(self, batch: list) -> None:
         cols = m.stack_steps(batch)
         versions = [s.model_version for s in batch]
         meta = [{"model_version": v} if v else None for v in versions] if any(versions) else None
-        self.store.append(cols["task"], cols["episode"], cols["step"], cols["obs"], cols["action"],
-                          reward=cols["reward"], done=cols["done"], stamp_ns=cols["stamp_ns"],
-                          source=cols["source"], meta=meta)
+        self.store.append(
+            cols["task"],
+            cols["episode"],
+            cols["step"],
+            cols["obs"],
+            cols["action"],
+            reward=cols["reward"],
+            done=cols["done"],
+            stamp_ns=cols["stamp_ns"],
+            source=cols["source"],
+            meta=meta,
+        )
         self._counts["written"] += len(batch)
 
     # ------------------------------------------------------------------ health, shutdown
     def _status(self) -> m.Status:
-        values = dict(self._counts, queued=self._queue.qsize(), recording=self._recording,
-                      raw_topics=bool(self._raw_subs), raw_task=self._raw_task, raw_source=self._raw_source,
-                      last_error=self._last_error, store_records=len(self.store))
+        values = dict(
+            self._counts,
+            queued=self._queue.qsize(),
+            recording=self._recording,
+            raw_topics=bool(self._raw_subs),
+            raw_task=self._raw_task,
+            raw_source=self._raw_source,
+            last_error=self._last_error,
+            store_records=len(self.store),
+        )
         values.update({f"store_{k}": v for k, v in self.store.stats()["by_source"].items()})
         if self._counts["write_errors"]:
             return m.Status(m.ERROR, f"store writes failing: {self._last_error}", values)

@@ -11,6 +11,7 @@ Interfaces:
   calls     gate (GateCandidate; remap to safety_monitor/gate)
   services  ~/get_status (GetStatus)
 """
+
 from __future__ import annotations
 
 import math
@@ -24,21 +25,21 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
+from lifelong_ros import paths
 from lifelong_ros.action import Adapt
-from lifelong_ros.msg import ModelVersion
-from lifelong_ros.srv import GateCandidate
-
 from lifelong_ros.learning.jobs import AdaptCancelled, AdaptError
-from lifelong_ros.learning.worker import Learner
+from lifelong_ros.learning.worker import AdaptJob, Learner
+from lifelong_ros.msg import ModelVersion
 from lifelong_ros.orchestration import new_request, register_candidate
 from lifelong_ros.safety.registry import ModelRegistry
-from lifelong_ros import paths
+from lifelong_ros.srv import GateCandidate
 
 from . import _common as c
 from . import messages as m
 from . import params as P
 
 NODE_NAME = "learner"
+
 
 class LearnerNode(Node):
     def __init__(self) -> None:
@@ -53,7 +54,7 @@ class LearnerNode(Node):
 
         self._busy_lock = threading.Lock()
         self._busy: str = ""  # task of the goal being executed
-        self._job = None
+        self._job: AdaptJob | None = None
         self._counts = {"goals": 0, "succeeded": 0, "failed": 0, "cancelled": 0, "approved": 0}
         self._last = ""
 
@@ -62,8 +63,13 @@ class LearnerNode(Node):
         self._candidate_pub = self.create_publisher(ModelVersion, "~/candidate", c.LATCHED_QOS)
         self._gate_client = self.create_client(GateCandidate, "gate", callback_group=self._client_group)
         self._server = ActionServer(
-            self, Adapt, "~/adapt", self._execute,
-            goal_callback=self._on_goal, cancel_callback=self._on_cancel, callback_group=goals,
+            self,
+            Adapt,
+            "~/adapt",
+            self._execute,
+            goal_callback=self._on_goal,
+            cancel_callback=self._on_cancel,
+            callback_group=goals,
         )
         self.health = c.Health(self, self._status, p["diagnostics_period_s"])
         self.get_logger().info(f"learner worker pid {self.learner.pid}; store {self._store_path}")
@@ -94,8 +100,12 @@ class LearnerNode(Node):
             result = self._run(goal_handle, goal, t0)
         except Exception as exc:  # noqa: BLE001 - a failed goal is reported, the node keeps serving
             self.get_logger().error(f"Adapt {goal.task!r} failed: {type(exc).__name__}: {exc}")
-            result = m.adapt_result(c.KIT, success=False, message=f"{type(exc).__name__}: {exc}",
-                                    active_version=self.registry.active() or "")
+            result = m.adapt_result(
+                c.KIT,
+                success=False,
+                message=f"{type(exc).__name__}: {exc}",
+                active_version=self.registry.active() or "",
+            )
         finally:
             self._job = None
             with self._busy_lock:
@@ -117,9 +127,16 @@ class LearnerNode(Node):
         feedback("loading", 0, 0, math.nan, force=True)
         active = self.registry.active()
         steps = int(goal.max_steps or self._p["default_steps"])
-        request = new_request(self.registry, goal.task, store_path=self._store_path, work_dir=self._work_dir,
-                              method=goal.method or self._p["default_method"], steps=steps, shots=int(goal.shots),
-                              seed=int(self._p["seed"]))
+        request = new_request(
+            self.registry,
+            goal.task,
+            store_path=self._store_path,
+            work_dir=self._work_dir,
+            method=goal.method or self._p["default_method"],
+            steps=steps,
+            shots=int(goal.shots),
+            seed=int(self._p["seed"]),
+        )
         self._job = job = self.learner.submit(request, on_progress=lambda ph, st, loss: feedback(ph, st, steps, loss))
         deadline = t0 + goal.max_seconds if goal.max_seconds > 0 else math.inf
         while True:
@@ -131,14 +148,26 @@ class LearnerNode(Node):
             except TimeoutError:
                 continue
             except AdaptCancelled:
-                why = "cancelled" if goal_handle.is_cancel_requested else f"time budget of {goal.max_seconds:g} s exceeded"
-                return m.adapt_result(c.KIT, success=False, message=f"adaptation {why}; nothing was registered",
-                                      active_version=self.registry.active() or "")
+                why = (
+                    "cancelled"
+                    if goal_handle.is_cancel_requested
+                    else f"time budget of {goal.max_seconds:g} s exceeded"
+                )
+                return m.adapt_result(
+                    c.KIT,
+                    success=False,
+                    message=f"adaptation {why}; nothing was registered",
+                    active_version=self.registry.active() or "",
+                )
             except AdaptError as exc:
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
                 self.get_logger().error(str(exc))  # the worker's full traceback
-                return m.adapt_result(c.KIT, success=False, message=f"adaptation failed: {lines[-1][:500]}",
-                                      active_version=self.registry.active() or "")
+                return m.adapt_result(
+                    c.KIT,
+                    success=False,
+                    message=f"adaptation failed: {lines[-1][:500]}",
+                    active_version=self.registry.active() or "",
+                )
 
         feedback("registering", steps, steps, math.nan, force=True)
         version = register_candidate(self.registry, candidate, parent=active)
@@ -149,14 +178,25 @@ class LearnerNode(Node):
         feedback("gating", 0, 0, math.nan, force=True)
         response, why = self._call_gate(goal_handle, version, activate=not goal.dry_run)
         if response is None:
-            return m.adapt_result(c.KIT, success=False, message=f"candidate {version} registered, but {why}",
-                                  candidate_version=version, active_version=self.registry.active() or "",
-                                  metrics=metrics)
+            return m.adapt_result(
+                c.KIT,
+                success=False,
+                message=f"candidate {version} registered, but {why}",
+                candidate_version=version,
+                active_version=self.registry.active() or "",
+                metrics=metrics,
+            )
         approved = bool(response.report.approved)
         self._counts["approved"] += approved
         return m.adapt_result(
-            c.KIT, success=bool(response.success), message=response.message, candidate_version=version,
-            approved=approved, gate_report=response.report, active_version=response.active_version, metrics=metrics,
+            c.KIT,
+            success=bool(response.success),
+            message=response.message,
+            candidate_version=version,
+            approved=approved,
+            gate_report=response.report,
+            active_version=response.active_version,
+            metrics=metrics,
         )
 
     def _call_gate(self, goal_handle: Any, version: str, activate: bool) -> tuple[Any, str]:
@@ -177,8 +217,13 @@ class LearnerNode(Node):
 
     # ------------------------------------------------------------------ health, shutdown
     def _status(self) -> m.Status:
-        values = dict(self._counts, worker_pid=self.learner.pid, worker_alive=self.learner.alive(),
-                      busy=self._busy, last=self._last)
+        values = dict(
+            self._counts,
+            worker_pid=self.learner.pid,
+            worker_alive=self.learner.alive(),
+            busy=self._busy,
+            last=self._last,
+        )
         active = self.registry.active() or ""
         if not self.learner.alive():
             return m.Status(m.ERROR, "learner worker process is not running", values, active)
@@ -208,8 +253,9 @@ class _Feedback:
             if not force and now - self._last < self._period:
                 return
             self._last = now
-        self._gh.publish_feedback(m.adapt_feedback(c.KIT, phase=phase, step=step, total_steps=total, loss=loss,
-                                                   elapsed_s=now - self._t0))
+        self._gh.publish_feedback(
+            m.adapt_feedback(c.KIT, phase=phase, step=step, total_steps=total, loss=loss, elapsed_s=now - self._t0)
+        )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -5,15 +5,17 @@ where message classes come from: rclpy's generated classes on a robot (`RclpyKit
 `rosbags` generates from our own .msg/.srv/.action files (`RosbagsKit`), which have the same field
 names. So this module never imports rclpy, and the tests run it everywhere without ROS.
 """
+
 from __future__ import annotations
 
 import array
 import importlib
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -199,10 +201,18 @@ class ExperienceStep:
 
 def experience_msg(kit: Any, s: ExperienceStep) -> Any:
     return build(
-        kit, f"{PACKAGE}/msg/ExperienceRecord",
-        header=header(kit, s.stamp_ns), task=s.task, episode=str(s.episode), step=int(s.step),
-        source=s.source, observation=kit.float32s(s.obs), action=kit.float32s(s.action),
-        reward=float(s.reward), done=bool(s.done), model_version=s.model_version,
+        kit,
+        f"{PACKAGE}/msg/ExperienceRecord",
+        header=header(kit, s.stamp_ns),
+        task=s.task,
+        episode=str(s.episode),
+        step=int(s.step),
+        source=s.source,
+        observation=kit.float32s(s.obs),
+        action=kit.float32s(s.action),
+        reward=float(s.reward),
+        done=bool(s.done),
+        model_version=s.model_version,
     )
 
 
@@ -211,11 +221,20 @@ def experience_from_msg(msg: Any, obs_dim: int | None = None, act_dim: int | Non
     obs, act = as_f32(msg.observation), as_f32(msg.action)
     for field, vec, want in (("observation", obs, obs_dim), ("action", act, act_dim)):
         if want is not None and vec.size != want:
-            raise ValueError(f"ExperienceRecord.{field} has {vec.size} values, expected {want} "
-                             f"(task {msg.task!r}, episode {msg.episode}, step {msg.step})")
+            raise ValueError(
+                f"ExperienceRecord.{field} has {vec.size} values, expected {want} "
+                f"(task {msg.task!r}, episode {msg.episode}, step {msg.step})"
+            )
     return ExperienceStep(
-        stamp_ns=stamp_ns(msg.header.stamp), task=msg.task, episode=msg.episode, step=int(msg.step),
-        source=msg.source, obs=obs, action=act, reward=float(msg.reward), done=bool(msg.done),
+        stamp_ns=stamp_ns(msg.header.stamp),
+        task=msg.task,
+        episode=msg.episode,
+        step=int(msg.step),
+        source=msg.source,
+        obs=obs,
+        action=act,
+        reward=float(msg.reward),
+        done=bool(msg.done),
         model_version=msg.model_version,
     )
 
@@ -244,17 +263,36 @@ def model_version_msg(kit: Any, info: Any, stamp_ns: int) -> Any:
     config = getattr(info, "config", None) or {}
     config = config.get("policy", config)  # the learner nests the PolicyConfig under "policy"
     return build(
-        kit, f"{PACKAGE}/msg/ModelVersion",
-        header=header(kit, stamp_ns), version=info.id, parent_version=info.parent or "",
-        state=info.state, method=info.method or "", tasks=[str(t) for t in info.tasks],
-        onnx_path=str(Path(info.path) / paths.MODEL_FILE), sha256=info.onnx_sha256,
-        obs_dim=int(config.get("obs_dim") or 0), act_dim=int(config.get("act_dim") or 0),
+        kit,
+        f"{PACKAGE}/msg/ModelVersion",
+        header=header(kit, stamp_ns),
+        version=info.id,
+        parent_version=info.parent or "",
+        state=info.state,
+        method=info.method or "",
+        tasks=[str(t) for t in info.tasks],
+        onnx_path=str(Path(info.path) / paths.MODEL_FILE),
+        sha256=info.onnx_sha256,
+        obs_dim=int(config.get("obs_dim") or 0),
+        act_dim=int(config.get("act_dim") or 0),
     )
 
 
 def empty_model_version(kit: Any, stamp_ns: int = 0) -> Any:
-    return build(kit, f"{PACKAGE}/msg/ModelVersion", header=header(kit, stamp_ns), version="", parent_version="",
-                 state="", method="", tasks=[], onnx_path="", sha256="", obs_dim=0, act_dim=0)
+    return build(
+        kit,
+        f"{PACKAGE}/msg/ModelVersion",
+        header=header(kit, stamp_ns),
+        version="",
+        parent_version="",
+        state="",
+        method="",
+        tasks=[],
+        onnx_path="",
+        sha256="",
+        obs_dim=0,
+        act_dim=0,
+    )
 
 
 # --------------------------------------------------------------------------- GateReport
@@ -268,18 +306,30 @@ def _f(x: Any) -> float:
 def gate_check_msg(kit: Any, check: Mapping[str, Any]) -> Any:
     """One check from a gate report (keys: name, passed, value, threshold, unit, detail; missing -> empty)."""
     return build(
-        kit, f"{PACKAGE}/msg/GateCheck",
-        name=str(check.get("name", "")), passed=bool(check.get("passed", False)),
-        value=_f(check.get("value")), threshold=_f(check.get("threshold")),
-        unit=str(check.get("unit", "") or ""), detail=str(check.get("detail", "") or ""),
+        kit,
+        f"{PACKAGE}/msg/GateCheck",
+        name=str(check.get("name", "")),
+        passed=bool(check.get("passed", False)),
+        value=_f(check.get("value")),
+        threshold=_f(check.get("threshold")),
+        unit=str(check.get("unit", "") or ""),
+        detail=str(check.get("detail", "") or ""),
     )
 
 
 # Units of the gate's check kinds (gate.py CheckResult.kind).
 CHECK_UNITS = {
-    "regression": "mse", "improvement": "mse", "latency_p99": "ms", "shadow_latency": "ms",
-    "action_bounds": "rate", "action_bounds_perturbed": "rate", "shadow_outputs": "rate", "finite": "count",
-    "shadow_steps": "count", "rollout": "success_rate", "shadow_divergence": "action_l2",
+    "regression": "mse",
+    "improvement": "mse",
+    "latency_p99": "ms",
+    "shadow_latency": "ms",
+    "action_bounds": "rate",
+    "action_bounds_perturbed": "rate",
+    "shadow_outputs": "rate",
+    "finite": "count",
+    "shadow_steps": "count",
+    "rollout": "success_rate",
+    "shadow_divergence": "action_l2",
 }
 
 
@@ -290,7 +340,8 @@ def gate_checks(checks: Iterable[Any]) -> list[dict]:
 
     out = []
     for chk in checks:
-        value, threshold = getattr(chk, "value", None), getattr(chk, "threshold", None)
+        value: Any = getattr(chk, "value", None)
+        threshold: Any = getattr(chk, "threshold", None)
         numeric = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)  # noqa: E731
         parts = []
         if value is not None and not numeric(value):
@@ -301,69 +352,138 @@ def gate_checks(checks: Iterable[Any]) -> list[dict]:
             parts.append(f"data: {chk.data}")
         if getattr(chk, "detail", None):
             parts.append(json.dumps(chk.detail, default=str, sort_keys=True)[:2000])
-        out.append({
-            "name": chk.name, "passed": bool(chk.passed),
-            "value": float(value) if numeric(value) else math.nan,
-            "threshold": float(threshold) if numeric(threshold) else math.nan,
-            "unit": CHECK_UNITS.get(getattr(chk, "kind", ""), ""), "detail": "; ".join(parts),
-        })
+        out.append(
+            {
+                "name": chk.name,
+                "passed": bool(chk.passed),
+                "value": float(value) if numeric(value) else math.nan,
+                "threshold": float(threshold) if numeric(threshold) else math.nan,
+                "unit": CHECK_UNITS.get(getattr(chk, "kind", ""), ""),
+                "detail": "; ".join(parts),
+            }
+        )
     return out
 
 
 def gate_report_msg(
-    kit: Any, *, stamp_ns: int, candidate_version: str, baseline_version: str | None, approved: bool,
-    reason: str, checks: Iterable[Mapping[str, Any]], report_path: str = "", duration_s: float = math.nan,
+    kit: Any,
+    *,
+    stamp_ns: int,
+    candidate_version: str,
+    baseline_version: str | None,
+    approved: bool,
+    reason: str,
+    checks: Iterable[Mapping[str, Any]],
+    report_path: str = "",
+    duration_s: float = math.nan,
 ) -> Any:
     return build(
-        kit, f"{PACKAGE}/msg/GateReport",
-        header=header(kit, stamp_ns), candidate_version=candidate_version,
-        baseline_version=baseline_version or "", approved=bool(approved), reason=reason or "",
-        checks=[gate_check_msg(kit, c) for c in checks], report_path=str(report_path or ""),
+        kit,
+        f"{PACKAGE}/msg/GateReport",
+        header=header(kit, stamp_ns),
+        candidate_version=candidate_version,
+        baseline_version=baseline_version or "",
+        approved=bool(approved),
+        reason=reason or "",
+        checks=[gate_check_msg(kit, c) for c in checks],
+        report_path=str(report_path or ""),
         duration_s=_f(duration_s),
     )
 
 
 def empty_gate_report(kit: Any) -> Any:
-    return gate_report_msg(kit, stamp_ns=0, candidate_version="", baseline_version="", approved=False,
-                           reason="", checks=[])
+    return gate_report_msg(
+        kit, stamp_ns=0, candidate_version="", baseline_version="", approved=False, reason="", checks=[]
+    )
 
 
 def gate_report_summary(msg: Any) -> dict:
     """The message back as a plain dict (for logs, tests and the Adapt result)."""
     return {
-        "candidate_version": msg.candidate_version, "baseline_version": msg.baseline_version,
-        "approved": bool(msg.approved), "reason": msg.reason, "report_path": msg.report_path,
-        "checks": [{"name": c.name, "passed": bool(c.passed), "value": float(c.value),
-                    "threshold": float(c.threshold), "unit": c.unit, "detail": c.detail} for c in msg.checks],
+        "candidate_version": msg.candidate_version,
+        "baseline_version": msg.baseline_version,
+        "approved": bool(msg.approved),
+        "reason": msg.reason,
+        "report_path": msg.report_path,
+        "checks": [
+            {
+                "name": c.name,
+                "passed": bool(c.passed),
+                "value": float(c.value),
+                "threshold": float(c.threshold),
+                "unit": c.unit,
+                "detail": c.detail,
+            }
+            for c in msg.checks
+        ],
     }
 
 
 # --------------------------------------------------------------------------- PolicyOutput, EpisodeResult
 def policy_output_msg(
-    kit: Any, *, stamp_ns: int, model_version: str, task: str, task_id: int, action: np.ndarray,
-    inference_us: float, observation_age_s: float,
+    kit: Any,
+    *,
+    stamp_ns: int,
+    model_version: str,
+    task: str,
+    task_id: int,
+    action: np.ndarray,
+    inference_us: float,
+    observation_age_s: float,
 ) -> Any:
     return build(
-        kit, f"{PACKAGE}/msg/PolicyOutput",
-        header=header(kit, stamp_ns), model_version=model_version, task=task, task_id=int(task_id),
-        action=kit.float32s(action), inference_us=float(inference_us), observation_age_s=float(observation_age_s),
+        kit,
+        f"{PACKAGE}/msg/PolicyOutput",
+        header=header(kit, stamp_ns),
+        model_version=model_version,
+        task=task,
+        task_id=int(task_id),
+        action=kit.float32s(action),
+        inference_us=float(inference_us),
+        observation_age_s=float(observation_age_s),
     )
 
 
 def episode_result_msg(
-    kit: Any, *, stamp_ns: int, task: str, episode: str, seed: int, success: bool, steps: int,
-    total_reward: float, controller: str, model_version: str,
+    kit: Any,
+    *,
+    stamp_ns: int,
+    task: str,
+    episode: str,
+    seed: int,
+    success: bool,
+    steps: int,
+    total_reward: float,
+    controller: str,
+    model_version: str,
 ) -> Any:
     return build(
-        kit, f"{PACKAGE}/msg/EpisodeResult",
-        header=header(kit, stamp_ns), task=task, episode=str(episode), seed=int(seed), success=bool(success),
-        steps=int(steps), total_reward=float(total_reward), controller=controller, model_version=model_version,
+        kit,
+        f"{PACKAGE}/msg/EpisodeResult",
+        header=header(kit, stamp_ns),
+        task=task,
+        episode=str(episode),
+        seed=int(seed),
+        success=bool(success),
+        steps=int(steps),
+        total_reward=float(total_reward),
+        controller=controller,
+        model_version=model_version,
     )
 
 
 # --------------------------------------------------------------------------- Adapt, metrics, status
-_UNITS = (("_seconds", "s"), ("_s", "s"), ("_ms", "ms"), ("_us", "us"), ("loss", "mse"), ("steps", "count"),
-          ("episodes", "count"), ("samples", "count"), ("success", "success_rate"))
+_UNITS = (
+    ("_seconds", "s"),
+    ("_s", "s"),
+    ("_ms", "ms"),
+    ("_us", "us"),
+    ("loss", "mse"),
+    ("steps", "count"),
+    ("episodes", "count"),
+    ("samples", "count"),
+    ("success", "success_rate"),
+)
 
 
 def metric_unit(name: str) -> str:
@@ -385,24 +505,44 @@ def metrics_msgs(kit: Any, metrics: Mapping[str, Any]) -> list:
 
 
 def adapt_feedback(kit: Any, *, phase: str, step: int, total_steps: int, loss: float, elapsed_s: float) -> Any:
-    return build(kit, f"{PACKAGE}/action/Adapt_Feedback", phase=phase, step=max(0, int(step)),
-                 total_steps=max(0, int(total_steps)), loss=_f(loss), elapsed_s=float(elapsed_s))
+    return build(
+        kit,
+        f"{PACKAGE}/action/Adapt_Feedback",
+        phase=phase,
+        step=max(0, int(step)),
+        total_steps=max(0, int(total_steps)),
+        loss=_f(loss),
+        elapsed_s=float(elapsed_s),
+    )
 
 
 def adapt_result(
-    kit: Any, *, success: bool, message: str, candidate_version: str = "", approved: bool = False,
-    gate_report: Any = None, active_version: str = "", metrics: Mapping[str, Any] | None = None,
+    kit: Any,
+    *,
+    success: bool,
+    message: str,
+    candidate_version: str = "",
+    approved: bool = False,
+    gate_report: Any = None,
+    active_version: str = "",
+    metrics: Mapping[str, Any] | None = None,
 ) -> Any:
     return build(
-        kit, f"{PACKAGE}/action/Adapt_Result",
-        success=bool(success), message=message, candidate_version=candidate_version or "",
-        approved=bool(approved), gate_report=gate_report if gate_report is not None else empty_gate_report(kit),
-        active_version=active_version or "", metrics=metrics_msgs(kit, metrics or {}),
+        kit,
+        f"{PACKAGE}/action/Adapt_Result",
+        success=bool(success),
+        message=message,
+        candidate_version=candidate_version or "",
+        approved=bool(approved),
+        gate_report=gate_report if gate_report is not None else empty_gate_report(kit),
+        active_version=active_version or "",
+        metrics=metrics_msgs(kit, metrics or {}),
     )
 
 
 def key_values(kit: Any, values: Mapping[str, Any]) -> list:
     """diagnostic_msgs/KeyValue list (values formatted as strings, floats to 6 significant digits)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, (float, np.floating)):
             return f"{float(v):.6g}"
@@ -426,32 +566,60 @@ class Status:
 
 
 def status_response(kit: Any, node_name: str, status: Status) -> Any:
-    return build(kit, f"{PACKAGE}/srv/GetStatus_Response", node_name=node_name, level=int(status.level),
-                 message=status.message, active_version=status.active_version,
-                 values=key_values(kit, status.values))
+    return build(
+        kit,
+        f"{PACKAGE}/srv/GetStatus_Response",
+        node_name=node_name,
+        level=int(status.level),
+        message=status.message,
+        active_version=status.active_version,
+        values=key_values(kit, status.values),
+    )
 
 
 # --------------------------------------------------------------------------- service responses
 # rclpy lets a service callback return a fresh response instance; building it here (every field
 # given) is what the rosbags-based tests check against the .srv files.
-def gate_candidate_response(kit: Any, *, success: bool, message: str, report: Any = None, activated: bool = False,
-                            active_version: str = "") -> Any:
-    return build(kit, f"{PACKAGE}/srv/GateCandidate_Response", success=bool(success), message=message,
-                 report=report if report is not None else empty_gate_report(kit), activated=bool(activated),
-                 active_version=active_version or "")
+def gate_candidate_response(
+    kit: Any, *, success: bool, message: str, report: Any = None, activated: bool = False, active_version: str = ""
+) -> Any:
+    return build(
+        kit,
+        f"{PACKAGE}/srv/GateCandidate_Response",
+        success=bool(success),
+        message=message,
+        report=report if report is not None else empty_gate_report(kit),
+        activated=bool(activated),
+        active_version=active_version or "",
+    )
 
 
 def rollback_response(kit: Any, *, success: bool, message: str, active_version: str, previous_version: str) -> Any:
-    return build(kit, f"{PACKAGE}/srv/Rollback_Response", success=bool(success), message=message,
-                 active_version=active_version or "", previous_version=previous_version or "")
+    return build(
+        kit,
+        f"{PACKAGE}/srv/Rollback_Response",
+        success=bool(success),
+        message=message,
+        active_version=active_version or "",
+        previous_version=previous_version or "",
+    )
 
 
 def list_versions_response(kit: Any, versions: Sequence[Any], active_version: str) -> Any:
-    return build(kit, f"{PACKAGE}/srv/ListVersions_Response", versions=list(versions),
-                 active_version=active_version or "")
+    return build(
+        kit, f"{PACKAGE}/srv/ListVersions_Response", versions=list(versions), active_version=active_version or ""
+    )
 
 
-def set_recording_response(kit: Any, *, success: bool, message: str, recording: bool, raw_topics: bool,
-                           records_total: int) -> Any:
-    return build(kit, f"{PACKAGE}/srv/SetRecording_Response", success=bool(success), message=message,
-                 recording=bool(recording), raw_topics=bool(raw_topics), records_total=max(0, int(records_total)))
+def set_recording_response(
+    kit: Any, *, success: bool, message: str, recording: bool, raw_topics: bool, records_total: int
+) -> Any:
+    return build(
+        kit,
+        f"{PACKAGE}/srv/SetRecording_Response",
+        success=bool(success),
+        message=message,
+        recording=bool(recording),
+        raw_topics=bool(raw_topics),
+        records_total=max(0, int(records_total)),
+    )

@@ -4,6 +4,7 @@ ROS-free on purpose: the nodes declare these with descriptors (nodes/_common.py)
 check that config/*.yaml names only parameters a node really declares (ROS ignores unknown ones
 silently). Shared keys live in the `/**: ros__parameters:` block, which the standalone CLI reads too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,15 +29,28 @@ class Param:
 DEFAULT_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"]
 
 # ----------------------------------------------------------------------------- shared (/**)
-DATA_DIR = Param("data_dir", "", "Directory of the experience store (experience.sqlite3) and model registry "
-                 "(registry/); '' = $LIFELONG_ROS_DATA or ~/.local/share/lifelong_ros")
-CONFIG_DIR = Param("config_dir", "", "Directory relative spec paths are resolved against; '' = the package's "
-                   "config/ (the launch files set it to the params file's folder)")
-SPEC = Param("spec", "spec_metaworld.yaml", "Observation/action spec YAML (spec.py): which topics and fields "
-             "make the observation vector and how the action vector is published; relative = under config_dir")
+DATA_DIR = Param(
+    "data_dir",
+    "",
+    "Directory of the experience store (experience.sqlite3) and model registry "
+    "(registry/); '' = $LIFELONG_ROS_DATA or ~/.local/share/lifelong_ros",
+)
+CONFIG_DIR = Param(
+    "config_dir",
+    "",
+    "Directory relative spec paths are resolved against; '' = the package's "
+    "config/ (the launch files set it to the params file's folder)",
+)
+SPEC = Param(
+    "spec",
+    "spec_metaworld.yaml",
+    "Observation/action spec YAML (spec.py): which topics and fields "
+    "make the observation vector and how the action vector is published; relative = under config_dir",
+)
 TASKS = Param("tasks", DEFAULT_TASKS, "Ordered task names (index = task id / model head)")
-DIAGNOSTICS_PERIOD = Param("diagnostics_period_s", 1.0, "Period of the node's /diagnostics status (s)",
-                           min=0.05, max=60.0)
+DIAGNOSTICS_PERIOD = Param(
+    "diagnostics_period_s", 1.0, "Period of the node's /diagnostics status (s)", min=0.05, max=60.0
+)
 SHARED = [DATA_DIR, CONFIG_DIR, SPEC, TASKS, DIAGNOSTICS_PERIOD]
 # Shared keys only the standalone CLI reads (the demo's task sequence); no node declares them.
 CLI_ONLY = {TASKS.name}
@@ -45,38 +59,69 @@ CLI_SECTIONS = {"demo"}
 
 # ----------------------------------------------------------------------------- per node
 POLICY_SERVER = [
-    DATA_DIR, CONFIG_DIR, SPEC, DIAGNOSTICS_PERIOD,
-    Param("task", "reach-v3", "Task the policy acts for (selects the model head); a message on the `task` topic "
-          "(std_msgs/String) changes it too", read_only=False),
-    Param("enabled", True, "Publish actions; false = observe only (the operator's switch, e.g. while a bag is "
-          "replayed on the same topics)", read_only=False),
-    Param("control_rate_hz", 0.0, "Act at this fixed rate (Hz); 0 = act on every message of the observation "
-          "spec's first stream", min=0.0, max=10_000.0),
-    Param("episode_gap_s", 1.0, "Observations arriving after a pause longer than this start a new experience "
-          "episode (s)", min=0.0, max=3600.0),
+    DATA_DIR,
+    CONFIG_DIR,
+    SPEC,
+    DIAGNOSTICS_PERIOD,
+    Param(
+        "task",
+        "reach-v3",
+        "Task the policy acts for (selects the model head); a message on the `task` topic "
+        "(std_msgs/String) changes it too",
+        read_only=False,
+    ),
+    Param(
+        "enabled",
+        True,
+        "Publish actions; false = observe only (the operator's switch, e.g. while a bag is "
+        "replayed on the same topics)",
+        read_only=False,
+    ),
+    Param(
+        "control_rate_hz",
+        0.0,
+        "Act at this fixed rate (Hz); 0 = act on every message of the observation spec's first stream",
+        min=0.0,
+        max=10_000.0,
+    ),
+    Param(
+        "episode_gap_s",
+        1.0,
+        "Observations arriving after a pause longer than this start a new experience episode (s)",
+        min=0.0,
+        max=3600.0,
+    ),
     Param("publish_experience", True, "Publish every served (observation, action) pair on ~/experience"),
-    Param("intra_op_threads", 1, "onnxruntime intra-op threads (1 = lowest single-observation latency)",
-          min=1, max=64),
+    Param("intra_op_threads", 1, "onnxruntime intra-op threads (1 = lowest single-observation latency)", min=1, max=64),
 ]
 
 EXPERIENCE_BUFFER = [
-    DATA_DIR, CONFIG_DIR, SPEC, DIAGNOSTICS_PERIOD,
-    Param("experience_topics", ["policy_server/experience", "sim_bridge/demonstrations"],
-          "ExperienceRecord topics to record (relative names resolve in the node's namespace)"),
+    DATA_DIR,
+    CONFIG_DIR,
+    SPEC,
+    DIAGNOSTICS_PERIOD,
+    Param(
+        "experience_topics",
+        ["policy_server/experience", "sim_bridge/demonstrations"],
+        "ExperienceRecord topics to record (relative names resolve in the node's namespace)",
+    ),
     Param("recording", True, "Record from start-up (~/set_recording switches it at run time)"),
-    Param("raw_topics", False, "Also record the specs' raw observation/action topics from start-up "
-          "(teleop streams, `ros2 bag play`)"),
+    Param(
+        "raw_topics",
+        False,
+        "Also record the specs' raw observation/action topics from start-up (teleop streams, `ros2 bag play`)",
+    ),
     Param("raw_task", "reach-v3", "Task tag of raw-topic records"),
     Param("raw_source", "correction", "Source tag of raw-topic records: demonstration, correction or bag"),
     Param("episode_gap_s", 2.0, "Raw topics: a pause longer than this starts a new episode (s)", min=0.0, max=3600.0),
     Param("batch_size", 256, "Records per store transaction", min=1, max=1_000_000),
-    Param("flush_period_s", 0.2, "Longest time a received record waits before it is written (s)",
-          min=0.001, max=60.0),
+    Param("flush_period_s", 0.2, "Longest time a received record waits before it is written (s)", min=0.001, max=60.0),
     Param("durability", "process", "Store durability: 'process' (survives kill -9) or 'power' (fsync per commit)"),
 ]
 
 LEARNER = [
-    DATA_DIR, DIAGNOSTICS_PERIOD,
+    DATA_DIR,
+    DIAGNOSTICS_PERIOD,
     Param("default_method", "ewc_replay", "Recipe used when an Adapt goal leaves `method` empty"),
     Param("default_steps", 1500, "Optimiser steps when an Adapt goal leaves `max_steps` at 0", min=1, max=10_000_000),
     Param("seed", 0, "Seed of every adaptation (runs are deterministic under it)", min=0, max=2**31 - 1),
@@ -87,32 +132,62 @@ LEARNER = [
 ]
 
 SAFETY_MONITOR = [
-    DATA_DIR, DIAGNOSTICS_PERIOD,
-    Param("auto_activate", True, "Activate an approved candidate when the ~/gate request asks for it; false = "
-          "never activate from ~/gate (rollback still works)"),
-    Param("suite_sources", list(GROUND_TRUTH_SOURCES),
-          "Experience sources whose held-out episodes form the regression suites (actions the policy "
-          "produced itself are no ground truth)"),
+    DATA_DIR,
+    DIAGNOSTICS_PERIOD,
+    Param(
+        "auto_activate",
+        True,
+        "Activate an approved candidate when the ~/gate request asks for it; false = "
+        "never activate from ~/gate (rollback still works)",
+    ),
+    Param(
+        "suite_sources",
+        list(GROUND_TRUTH_SOURCES),
+        "Experience sources whose held-out episodes form the regression suites (actions the policy "
+        "produced itself are no ground truth)",
+    ),
     Param("watchdog_enabled", True, "Roll back automatically when online signals breach the watchdog limits"),
-    Param("registry_poll_period_s", 1.0, "How often to look for active-version changes made outside this node, "
-          "e.g. by `lifelong-ros registry rollback` (s)", min=0.05, max=60.0),
+    Param(
+        "registry_poll_period_s",
+        1.0,
+        "How often to look for active-version changes made outside this node, "
+        "e.g. by `lifelong-ros registry rollback` (s)",
+        min=0.05,
+        max=60.0,
+    ),
 ]
 # Sections declared field by field from a core config dataclass: `gate.<field>`, `watchdog.<field>`.
-SAFETY_MONITOR_SECTIONS = {"gate": ("lifelong_ros.safety.gate", "GateConfig"), "watchdog": ("lifelong_ros.safety.watchdog", "WatchdogConfig")}
+SAFETY_MONITOR_SECTIONS = {
+    "gate": ("lifelong_ros.safety.gate", "GateConfig"),
+    "watchdog": ("lifelong_ros.safety.watchdog", "WatchdogConfig"),
+}
 
 SIM_BRIDGE = [
-    CONFIG_DIR, SPEC, DIAGNOSTICS_PERIOD,
-    Param("task", "reach-v3", "Meta-World task to simulate; a change takes effect at the next episode",
-          read_only=False),
-    Param("controller", "policy", "'policy': apply actions from the command topic; 'expert': Meta-World's "
-          "scripted expert acts and each step is published on ~/demonstrations", read_only=False),
+    CONFIG_DIR,
+    SPEC,
+    DIAGNOSTICS_PERIOD,
+    Param(
+        "task", "reach-v3", "Meta-World task to simulate; a change takes effect at the next episode", read_only=False
+    ),
+    Param(
+        "controller",
+        "policy",
+        "'policy': apply actions from the command topic; 'expert': Meta-World's "
+        "scripted expert acts and each step is published on ~/demonstrations",
+        read_only=False,
+    ),
     Param("paused", False, "Stop stepping (observations stop too) until set back to false", read_only=False),
     Param("rate_hz", 50.0, "Simulation steps per second", min=0.1, max=2000.0),
     Param("seed", 0, "Variation seed of the first episode; episode k uses seed + k", min=0, max=2**31 - 1),
     Param("max_steps", 200, "Steps after which an episode ends", min=1, max=500),
     Param("steps_after_success", 10, "Steps an episode continues after the first success", min=0, max=500),
-    Param("command_timeout_s", 0.5, "Republish the observation when no command arrived for this long (s)",
-          min=0.01, max=60.0),
+    Param(
+        "command_timeout_s",
+        0.5,
+        "Republish the observation when no command arrived for this long (s)",
+        min=0.01,
+        max=60.0,
+    ),
 ]
 
 NODES = {

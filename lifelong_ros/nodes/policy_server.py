@@ -12,6 +12,7 @@ Interfaces:
             (ExperienceRecord, source "policy"), /diagnostics
   services  ~/get_status (GetStatus)
 """
+
 from __future__ import annotations
 
 import threading
@@ -28,12 +29,11 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from lifelong_ros import paths
 from lifelong_ros.msg import ExperienceRecord, ModelVersion, PolicyOutput
-
+from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
 from lifelong_ros.safety.registry import ModelRegistry, RegistryError
 from lifelong_ros.serving.runtime import InvalidObservation, ModelLoadError, PolicyRuntime
-from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
-from lifelong_ros import paths
 
 from . import _common as c
 from . import messages as m
@@ -64,8 +64,16 @@ class PolicyServer(Node):
         self._episode, self._step, self._last_act_ns = "", 0, 0
         self._run_id = f"ps{time.time_ns() // 1_000_000}"
         self._episodes = 0
-        self._counts = {"actions": 0, "stale": 0, "no_model": 0, "unknown_task": 0, "bad_input": 0,
-                        "decode_errors": 0, "swaps": 0, "failed_swaps": 0}
+        self._counts = {
+            "actions": 0,
+            "stale": 0,
+            "no_model": 0,
+            "unknown_task": 0,
+            "bad_input": 0,
+            "decode_errors": 0,
+            "swaps": 0,
+            "failed_swaps": 0,
+        }
         self._problem = ""
         self._inference_us = 0.0
 
@@ -75,13 +83,23 @@ class PolicyServer(Node):
         first = self.spec.observation.streams[0]
         for stream in self.spec.observation.streams:
             trigger = stream is first and p["control_rate_hz"] <= 0
-            self.create_subscription(self._classes(stream.type), stream.topic, partial(self._on_observation, stream, trigger),
-                                     c.SENSOR_QOS, callback_group=group)
-        self._action_pubs = {s.topic: self.create_publisher(self._classes(s.type), s.topic, c.COMMAND_QOS)
-                             for s in self.spec.action.streams}
+            self.create_subscription(
+                self._classes(stream.type),
+                stream.topic,
+                partial(self._on_observation, stream, trigger),
+                c.SENSOR_QOS,
+                callback_group=group,
+            )
+        self._action_pubs = {
+            s.topic: self.create_publisher(self._classes(s.type), s.topic, c.COMMAND_QOS)
+            for s in self.spec.action.streams
+        }
         self._output_pub = self.create_publisher(PolicyOutput, "~/output", c.EVENT_QOS)
-        self._experience_pub = self.create_publisher(ExperienceRecord, "~/experience", c.EXPERIENCE_QOS) \
-            if p["publish_experience"] else None
+        self._experience_pub = (
+            self.create_publisher(ExperienceRecord, "~/experience", c.EXPERIENCE_QOS)
+            if p["publish_experience"]
+            else None
+        )
         self.create_subscription(ModelVersion, "active_version", self._on_active, c.LATCHED_QOS, callback_group=group)
         self.create_subscription(String, "task", self._on_task_msg, c.LATCHED_QOS, callback_group=group)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -94,7 +112,8 @@ class PolicyServer(Node):
             self._request_swap(active, "")
         self.get_logger().info(
             f"spec {self.spec.name or p['spec']}: obs {self.spec.obs_dim} from {self.spec.observation.topics}, "
-            f"action {self.spec.act_dim} to {self.spec.action.topics}; active version {active or '(none yet)'}")
+            f"action {self.spec.act_dim} to {self.spec.action.topics}; active version {active or '(none yet)'}"
+        )
 
     # ------------------------------------------------------------------ observations -> action
     def _on_observation(self, stream: Any, trigger: bool, msg: Any) -> None:
@@ -144,19 +163,38 @@ class PolicyServer(Node):
             self._action_pubs[topic].publish(msg)
         self._counts["actions"] += 1
         age_s = (now - min(self._last_stamp.values())) / 1e9
-        self._output_pub.publish(m.policy_output_msg(
-            c.KIT, stamp_ns=now, model_version=out.version, task=self._task, task_id=head, action=out.action,
-            inference_us=self._inference_us, observation_age_s=age_s))
+        self._output_pub.publish(
+            m.policy_output_msg(
+                c.KIT,
+                stamp_ns=now,
+                model_version=out.version,
+                task=self._task,
+                task_id=head,
+                action=out.action,
+                inference_us=self._inference_us,
+                observation_age_s=age_s,
+            )
+        )
         if self._experience_pub is not None:
             self._publish_experience(now, obs, out)
 
     def _publish_experience(self, now: int, obs: np.ndarray, out: Any) -> None:
+        if self._experience_pub is None:  # publish_experience is off
+            return
         if not self._episode or now - self._last_act_ns > self._p["episode_gap_s"] * 1e9:
             self._episodes += 1
             self._episode, self._step = f"{self._run_id}-{self._episodes:06d}", 0
         self._last_act_ns = now
-        step = m.ExperienceStep(stamp_ns=now, task=self._task, episode=self._episode, step=self._step,
-                                source="policy", obs=obs, action=out.action, model_version=out.version)
+        step = m.ExperienceStep(
+            stamp_ns=now,
+            task=self._task,
+            episode=self._episode,
+            step=self._step,
+            source="policy",
+            obs=obs,
+            action=out.action,
+            model_version=out.version,
+        )
         self._experience_pub.publish(m.experience_msg(c.KIT, step))
         self._step += 1
 
@@ -181,7 +219,9 @@ class PolicyServer(Node):
         for prm in params:
             if prm.name == "task":
                 if not isinstance(prm.value, str) or not prm.value:
-                    return SetParametersResult(successful=False, reason=f"task must be a non-empty task name, got {prm.value!r}")
+                    return SetParametersResult(
+                        successful=False, reason=f"task must be a non-empty task name, got {prm.value!r}"
+                    )
                 self._set_task(prm.value)
             elif prm.name == "enabled":
                 self._enabled = bool(prm.value)
@@ -205,13 +245,16 @@ class PolicyServer(Node):
             try:
                 data, sha = self.registry.load_for_serving(version)  # refuses unapproved / altered models
                 if announced_sha256 and announced_sha256 != sha:
-                    raise ModelLoadError(f"announced sha256 {announced_sha256[:12]}… differs from the registry's "
-                                         f"{sha[:12]}… for {version}")
+                    raise ModelLoadError(
+                        f"announced sha256 {announced_sha256[:12]}… differs from the registry's "
+                        f"{sha[:12]}… for {version}"
+                    )
                 info = self.registry.info(version)
                 self._model_tasks[version] = list(info.tasks)
                 if self.runtime is None:
-                    self.runtime = PolicyRuntime(data, version, expected_sha256=sha,
-                                                 intra_op_threads=self._p["intra_op_threads"])
+                    self.runtime = PolicyRuntime(
+                        data, version, expected_sha256=sha, intra_op_threads=self._p["intra_op_threads"]
+                    )
                     report = f"loaded {version}"
                 else:
                     r = self.runtime.swap(data, version, expected_sha256=sha)
@@ -222,27 +265,34 @@ class PolicyServer(Node):
             except (RegistryError, ModelLoadError, OSError, ValueError) as exc:
                 self._counts["failed_swaps"] += 1
                 self._problem = f"refused version {version}: {exc}"
-                self.get_logger().error(self._problem + f"; still serving {self.runtime.version if self.runtime else 'nothing'}")
+                self.get_logger().error(
+                    self._problem + f"; still serving {self.runtime.version if self.runtime else 'nothing'}"
+                )
 
     def _check_dims(self) -> None:
         rt = self.runtime
         if rt is not None and (rt.obs_dim, rt.act_dim) != (self.spec.obs_dim, self.spec.act_dim):
-            self._problem = (f"model {rt.version} maps {rt.obs_dim} -> {rt.act_dim} values but the spec gives "
-                             f"{self.spec.obs_dim} -> {self.spec.act_dim}")
+            self._problem = (
+                f"model {rt.version} maps {rt.obs_dim} -> {rt.act_dim} values but the spec gives "
+                f"{self.spec.obs_dim} -> {self.spec.act_dim}"
+            )
             self.get_logger().error(self._problem)
 
     # ------------------------------------------------------------------ health, shutdown
     def _status(self) -> m.Status:
         rt = self.runtime
-        values = dict(self._counts, task=self._task, enabled=self._enabled, inference_us=self._inference_us,
-                      problem=self._problem)
+        values = dict(
+            self._counts, task=self._task, enabled=self._enabled, inference_us=self._inference_us, problem=self._problem
+        )
         if rt is None:
             return m.Status(m.WARN, "no model loaded (waiting for an active version)", values, "")
         if not self._enabled:
             return m.Status(m.WARN, f"disabled by the operator (serving {rt.version} once enabled)", values, rt.version)
         values.update({f"runtime_{k}": v for k, v in rt.stats().items() if k not in ("sha256",)})
         if self._wanted and self._wanted != rt.version:
-            return m.Status(m.WARN, f"serving {rt.version}, {self._wanted} not loaded: {self._problem}", values, rt.version)
+            return m.Status(
+                m.WARN, f"serving {rt.version}, {self._wanted} not loaded: {self._problem}", values, rt.version
+            )
         if self._problem and self._counts["actions"] == 0:
             return m.Status(m.WARN, self._problem, values, rt.version)
         return m.Status(m.OK, f"serving {rt.version} for {self._task}", values, rt.version)

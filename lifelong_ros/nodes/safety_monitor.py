@@ -11,6 +11,7 @@ Interfaces:
   subscribes policy_output (PolicyOutput) and episode_result (EpisodeResult) for the watchdog,
             experience (ExperienceRecord) for the optional shadow stage
 """
+
 from __future__ import annotations
 
 import threading
@@ -22,21 +23,21 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
-from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
-from lifelong_ros.srv import GateCandidate, ListVersions, Rollback
-
+from lifelong_ros import paths
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
+from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
 from lifelong_ros.orchestration import gate_version, promote
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry, RegistryError
 from lifelong_ros.safety.watchdog import Watchdog, WatchdogConfig, WatchdogEvent
-from lifelong_ros import paths
+from lifelong_ros.srv import GateCandidate, ListVersions, Rollback
 
 from . import _common as c
 from . import messages as m
 from . import params as P
 
 NODE_NAME = "safety_monitor"
+
 
 class SafetyMonitor(Node):
     def __init__(self) -> None:
@@ -49,8 +50,9 @@ class SafetyMonitor(Node):
         self.registry = ModelRegistry(paths.registry_dir(data))  # the writer: recovers crashed writes on open
         self._store_path = paths.store_path(data)
         self.gate = SafetyGate(self.registry, gate_cfg)
-        self.watchdog = Watchdog(self.registry, None, wd_cfg, on_event=self._on_watchdog_event) \
-            if p["watchdog_enabled"] else None
+        self.watchdog = (
+            Watchdog(self.registry, None, wd_cfg, on_event=self._on_watchdog_event) if p["watchdog_enabled"] else None
+        )
 
         self._gate_lock = threading.Lock()  # one evaluation at a time; they are CPU-bound anyway
         self._shadow: dict[str, Any] | None = None  # {"version", "runner", "activate"} while a shadow runs
@@ -65,12 +67,15 @@ class SafetyMonitor(Node):
         self.create_service(GateCandidate, "~/gate", self._on_gate, callback_group=slow)
         self.create_service(Rollback, "~/rollback", self._on_rollback, callback_group=fast)
         self.create_service(ListVersions, "~/list_versions", self._on_list, callback_group=fast)
-        self.create_subscription(PolicyOutput, "policy_output", self._on_policy_output, c.SENSOR_QOS,
-                                 callback_group=fast)
-        self.create_subscription(EpisodeResult, "episode_result", self._on_episode_result, c.EVENT_QOS,
-                                 callback_group=fast)
-        self.create_subscription(ExperienceRecord, "experience", self._on_experience, c.EXPERIENCE_QOS,
-                                 callback_group=fast)
+        self.create_subscription(
+            PolicyOutput, "policy_output", self._on_policy_output, c.SENSOR_QOS, callback_group=fast
+        )
+        self.create_subscription(
+            EpisodeResult, "episode_result", self._on_episode_result, c.EVENT_QOS, callback_group=fast
+        )
+        self.create_subscription(
+            ExperienceRecord, "experience", self._on_experience, c.EXPERIENCE_QOS, callback_group=fast
+        )
         self.create_timer(p["registry_poll_period_s"], self._poll_registry, callback_group=fast)
         self.health = c.Health(self, self._status, p["diagnostics_period_s"])
         self._announce_active("startup")
@@ -116,8 +121,10 @@ class SafetyMonitor(Node):
             activated = False
             if report.decision == "pending_shadow":
                 self._shadow = {"version": info.id, "runner": self.gate.shadow_runner(info.id), "activate": activate}
-                message = (f"{info.id} passed the offline checks; shadow stage running for "
-                           f"{self.gate.config.shadow_steps} steps beside {report.active}")
+                message = (
+                    f"{info.id} passed the offline checks; shadow stage running for "
+                    f"{self.gate.config.shadow_steps} steps beside {report.active}"
+                )
             elif report.decision == "approved" and activate:
                 try:
                     self._promote(info.id, f"gate approved ({report.reason()})")
@@ -127,8 +134,14 @@ class SafetyMonitor(Node):
             else:
                 message = f"{info.id} {report.decision}: {report.reason()}"
         self.get_logger().info(message)
-        return m.gate_candidate_response(c.KIT, success=True, message=message, report=msg, activated=activated,
-                                         active_version=self.registry.active() or "")
+        return m.gate_candidate_response(
+            c.KIT,
+            success=True,
+            message=message,
+            report=msg,
+            activated=activated,
+            active_version=self.registry.active() or "",
+        )
 
     def _evaluate(self, info: Any) -> Any:
         """The gate on the store's held-out ground truth (read-only: the experience_buffer is the writer)."""
@@ -140,9 +153,15 @@ class SafetyMonitor(Node):
         path = str(self.registry.info(report.candidate).path / "reports" / reports[-1]["file"]) if reports else ""
         self._last_report = f"{report.candidate}: {report.decision} ({report.reason()})"
         return m.gate_report_msg(
-            c.KIT, stamp_ns=c.now_ns(self), candidate_version=report.candidate, baseline_version=report.active,
-            approved=report.decision == "approved", reason="" if report.passed else report.reason(),
-            checks=m.gate_checks(report.checks), report_path=path, duration_s=duration_s,
+            c.KIT,
+            stamp_ns=c.now_ns(self),
+            candidate_version=report.candidate,
+            baseline_version=report.active,
+            approved=report.decision == "approved",
+            reason="" if report.passed else report.reason(),
+            checks=m.gate_checks(report.checks),
+            report_path=path,
+            duration_s=duration_s,
         )
 
     def _count(self, decision: str) -> None:
@@ -152,8 +171,9 @@ class SafetyMonitor(Node):
 
     def _refuse(self, message: str) -> Any:
         self.get_logger().warning(message)
-        return m.gate_candidate_response(c.KIT, success=False, message=message,
-                                         active_version=self.registry.active() or "")
+        return m.gate_candidate_response(
+            c.KIT, success=False, message=message, active_version=self.registry.active() or ""
+        )
 
     def _on_experience(self, msg: Any) -> None:
         """Feed the shadow stage with live observations the policy server served."""
@@ -177,12 +197,22 @@ class SafetyMonitor(Node):
             tr = self.registry.rollback(request.version or None, reason="~/rollback service")
         except (RegistryError, OSError) as exc:
             self.get_logger().warning(f"rollback refused: {exc}")
-            return m.rollback_response(c.KIT, success=False, message=f"rollback refused: {exc}",
-                                       active_version=self.registry.active() or "", previous_version=previous)
+            return m.rollback_response(
+                c.KIT,
+                success=False,
+                message=f"rollback refused: {exc}",
+                active_version=self.registry.active() or "",
+                previous_version=previous,
+            )
         self._counts["rollbacks"] += 1
         self._announce_active(f"rollback from {tr.from_version}")
-        return m.rollback_response(c.KIT, success=True, message=f"rolled back {tr.from_version} -> {tr.to_version}",
-                                   active_version=tr.to_version, previous_version=previous)
+        return m.rollback_response(
+            c.KIT,
+            success=True,
+            message=f"rolled back {tr.from_version} -> {tr.to_version}",
+            active_version=tr.to_version,
+            previous_version=previous,
+        )
 
     def _on_list(self, request: Any, response: Any) -> Any:
         try:
@@ -206,15 +236,21 @@ class SafetyMonitor(Node):
 
     def _on_watchdog_event(self, ev: WatchdogEvent) -> None:
         self._counts["watchdog_events"] += 1
-        self.get_logger().error(f"watchdog tripped on {ev.version}: {ev.signal}={ev.value:.3g} > {ev.threshold:.3g}; "
-                                f"rolled back to {ev.rolled_back_to or '(nothing: ' + str(ev.error) + ')'}")
+        self.get_logger().error(
+            f"watchdog tripped on {ev.version}: {ev.signal}={ev.value:.3g} > {ev.threshold:.3g}; "
+            f"rolled back to {ev.rolled_back_to or '(nothing: ' + str(ev.error) + ')'}"
+        )
         self._announce_active("watchdog rollback")
 
     # ------------------------------------------------------------------ health
     def _status(self) -> m.Status:
         active = self.registry.active() or ""
-        values = dict(self._counts, registry=str(self.registry.root), last_gate=self._last_report,
-                      shadow=self._shadow["version"] if self._shadow else "")
+        values = dict(
+            self._counts,
+            registry=str(self.registry.root),
+            last_gate=self._last_report,
+            shadow=self._shadow["version"] if self._shadow else "",
+        )
         if self.watchdog is not None:
             values.update({f"watchdog_{k}": v for k, v in self.watchdog.status().items()})
         if not active:

@@ -13,9 +13,11 @@ Interfaces:
   services  ~/get_status (GetStatus)
   parameters task, controller and paused can be changed at run time (`ros2 param set`)
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -26,11 +28,10 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
 
-from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
-
-from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks
-from lifelong_ros.ros_io.spec import SpecError, load_spec, ros_classes
 from lifelong_ros import paths
+from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
+from lifelong_ros.ros_io.spec import SpecError, load_spec, ros_classes
+from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks
 
 from . import _common as c
 from . import messages as m
@@ -47,14 +48,16 @@ class SimBridge(Node):
         self._p = p
         self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
         if (self.spec.obs_dim, self.spec.act_dim) != (OBS_DIM, ACT_DIM):
-            raise ValueError(f"spec {p['spec']!r} maps {self.spec.obs_dim} -> {self.spec.act_dim} values; the "
-                             f"Meta-World simulator needs {OBS_DIM} -> {ACT_DIM} (use config/spec_metaworld.yaml)")
+            raise ValueError(
+                f"spec {p['spec']!r} maps {self.spec.obs_dim} -> {self.spec.act_dim} values; the "
+                f"Meta-World simulator needs {OBS_DIM} -> {ACT_DIM} (use config/spec_metaworld.yaml)"
+            )
         self._check_task(p["task"])
         self._check_controller(p["controller"])
         self._task, self._controller, self._paused = p["task"], p["controller"], p["paused"]
         self._classes = ros_classes()
         self._sim: MetaWorldSim | None = None
-        self._expert = None
+        self._expert: Callable[[np.ndarray], np.ndarray] | None = None
         self._obs: np.ndarray | None = None
         self._obs_stamp = 0
         self._last_publish = 0.0
@@ -68,8 +71,10 @@ class SimBridge(Node):
         self._counts = {"episodes": 0, "successes": 0, "steps": 0, "republished": 0, "bad_actions": 0}
         self._last_result = ""
 
-        self._obs_pubs = {s.topic: self.create_publisher(self._classes(s.type), s.topic, c.SENSOR_QOS)
-                          for s in self.spec.observation.streams}
+        self._obs_pubs = {
+            s.topic: self.create_publisher(self._classes(s.type), s.topic, c.SENSOR_QOS)
+            for s in self.spec.observation.streams
+        }
         for s in self.spec.action.streams:
             self.create_subscription(self._classes(s.type), s.topic, partial(self._on_action, s), c.SENSOR_QOS)
         self.create_subscription(PolicyOutput, "policy_output", self._on_policy_output, c.EVENT_QOS)
@@ -132,7 +137,8 @@ class SimBridge(Node):
         if self._obs is None:
             self._start_episode()
             return
-        if self._controller == "expert":
+        action: np.ndarray | None
+        if self._controller == "expert" and self._expert is not None:
             action = self._expert(self._obs)
         else:
             action, self._pending = self._pending, None
@@ -151,7 +157,7 @@ class SimBridge(Node):
             self._expert = self._sim.expert()
             self._task_pub.publish(String(data=self._task))
         self._k += 1
-        self._obs = self._sim.reset(self._seed())
+        self._obs = self._episode_sim().reset(self._seed())
         self._steps, self._reward, self._pending = 0, 0.0, None
         self._publish_obs()
 
@@ -161,12 +167,36 @@ class SimBridge(Node):
     def _episode(self) -> str:
         return f"{self._run_id}-{self._k:05d}"
 
+    def _episode_sim(self) -> MetaWorldSim:
+        """The simulator of the running episode (``_start_episode`` creates it before any step)."""
+        if self._sim is None:
+            raise RuntimeError("sim_bridge: no episode is running")
+        return self._sim
+
+    def _current_obs(self) -> np.ndarray:
+        if self._obs is None:
+            raise RuntimeError("sim_bridge: no observation yet (no episode is running)")
+        return self._obs
+
     def _step(self, action: np.ndarray) -> None:
-        obs, reward, done, info = self._sim.step(action)
+        obs, reward, done, info = self._episode_sim().step(action)
         if self._controller == "expert":
-            self._demo_pub.publish(m.experience_msg(c.KIT, m.ExperienceStep(
-                stamp_ns=self._obs_stamp, task=self._sim.env_name, episode=self._episode(), step=self._steps,
-                source="demonstration", obs=self._obs, action=action, reward=reward, done=done)))
+            self._demo_pub.publish(
+                m.experience_msg(
+                    c.KIT,
+                    m.ExperienceStep(
+                        stamp_ns=self._obs_stamp,
+                        task=self._episode_sim().env_name,
+                        episode=self._episode(),
+                        step=self._steps,
+                        source="demonstration",
+                        obs=self._current_obs(),
+                        action=action,
+                        reward=reward,
+                        done=done,
+                    ),
+                )
+            )
         self._steps += 1
         self._reward += reward
         self._counts["steps"] += 1
@@ -181,22 +211,39 @@ class SimBridge(Node):
     def _finish_episode(self, success: bool) -> None:
         self._counts["episodes"] += 1
         self._counts["successes"] += success
-        self._result_pub.publish(m.episode_result_msg(
-            c.KIT, stamp_ns=c.now_ns(self), task=self._sim.env_name, episode=self._episode(), seed=self._seed(),
-            success=success, steps=self._steps, total_reward=self._reward, controller=self._controller,
-            model_version=self._version if self._controller == "policy" else ""))
-        self._last_result = f"{self._sim.env_name} seed {self._seed()}: {'success' if success else 'failure'} in {self._steps} steps"
+        self._result_pub.publish(
+            m.episode_result_msg(
+                c.KIT,
+                stamp_ns=c.now_ns(self),
+                task=self._episode_sim().env_name,
+                episode=self._episode(),
+                seed=self._seed(),
+                success=success,
+                steps=self._steps,
+                total_reward=self._reward,
+                controller=self._controller,
+                model_version=self._version if self._controller == "policy" else "",
+            )
+        )
+        self._last_result = f"{self._episode_sim().env_name} seed {self._seed()}: {'success' if success else 'failure'} in {self._steps} steps"
 
     def _publish_obs(self) -> None:
         self._obs_stamp = c.now_ns(self)
-        for topic, msg in self.spec.observation.encode(self._obs, self._classes, self._obs_stamp).items():
+        for topic, msg in self.spec.observation.encode(self._current_obs(), self._classes, self._obs_stamp).items():
             self._obs_pubs[topic].publish(msg)
         self._last_publish = time.monotonic()
 
     # ------------------------------------------------------------------ health, shutdown
     def _status(self) -> m.Status:
-        values = dict(self._counts, task=self._task, controller=self._controller, paused=self._paused,
-                      episode=self._episode() if self._k >= 0 else "", step=self._steps, last_episode=self._last_result)
+        values = dict(
+            self._counts,
+            task=self._task,
+            controller=self._controller,
+            paused=self._paused,
+            episode=self._episode() if self._k >= 0 else "",
+            step=self._steps,
+            last_episode=self._last_result,
+        )
         if self._paused:
             return m.Status(m.OK, "paused", values, self._version)
         idle = time.monotonic() - self._last_step

@@ -7,6 +7,7 @@ a max age) and appends everything in ONE store transaction: a truncated or corru
 nothing and the error says where it broke. Export encodes with the same codecs and writes a bag
 `rosbags` reads back identically.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,10 @@ import shutil
 import struct
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +57,9 @@ class ImportReport:
         if self.dropped:
             lines.append("dropped steps: " + ", ".join(f"{k}: {v}" for k, v in self.dropped.items()))
         if self.skipped_topics:
-            lines.append("topics not in the spec (ignored): " + ", ".join(f"{k} [{v}]" for k, v in self.skipped_topics.items()))
+            lines.append(
+                "topics not in the spec (ignored): " + ", ".join(f"{k} [{v}]" for k, v in self.skipped_topics.items())
+            )
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -98,7 +102,7 @@ def read_topics(
             hint = " (the file looks truncated: an MCAP file ends with a footer that is missing or damaged)"
         raise BagImportError(f"cannot open bag {bag}: {type(exc).__name__}: {exc}{hint}; nothing was imported") from exc
     try:
-        by_topic = {}
+        by_topic: dict[str, list[Any]] = {}
         skipped = {}
         for c in reader.connections:
             if c.topic in topics:
@@ -109,8 +113,8 @@ def read_topics(
         if missing:
             have = {c.topic: c.msgtype for c in reader.connections}
             raise BagImportError(f"bag {bag} has no topic(s) {missing} required by the spec; it has {have}")
-        for t, conns in by_topic.items():
-            for c in conns:
+        for t, topic_conns in by_topic.items():
+            for c in topic_conns:
                 if c.msgtype != topics[t]:
                     raise BagImportError(
                         f"bag {bag}: topic {t} carries message type {c.msgtype!r}; the spec expects {topics[t]!r}"
@@ -123,11 +127,11 @@ def read_topics(
         last = None
         with _progress(expected, f"reading {bag.name}", progress) as bar:
             try:
-                for conn, t, raw in reader.messages(connections=conns):
-                    stamps[conn.topic].append(t)
+                for conn, stamp, raw in reader.messages(connections=conns):
+                    stamps[conn.topic].append(stamp)
                     raws[conn.topic].append(raw)
                     n += 1
-                    last = (conn.topic, t)
+                    last = (conn.topic, stamp)
                     if n % _PROGRESS_CHUNK == 0:
                         bar.update(_PROGRESS_CHUNK)
             except Exception as exc:
@@ -256,12 +260,12 @@ def import_bag(
         pos, iraws = info
         try:
             recs = [json.loads(decode_string(iraws[i])) for i in pos[steps].tolist()]
-            tasks = [r["task"] for r in recs]
-            episodes = [str(r["episode"]) for r in recs]
+            tasks: str | list[str] = [r["task"] for r in recs]
+            episodes: str | list[str] = [str(r["episode"]) for r in recs]
             step_no = np.array([r["step"] for r in recs], np.int64)
             reward = np.array([r.get("reward", 0.0) for r in recs], np.float32)
             done = np.array([r.get("done", False) for r in recs], bool)
-            sources = [r.get("source", "bag") for r in recs] if source is None else source
+            sources: str | list[str] = [r.get("source", "bag") for r in recs] if source is None else source
             labels = [r.get("label") for r in recs]
         except (ValueError, KeyError, TypeError, struct.error) as exc:
             raise BagImportError(f"bag {bag}: malformed {INFO_TOPIC} message: {exc}; nothing was imported") from exc
@@ -278,8 +282,8 @@ def import_bag(
         labels = None
     try:
         with store.transaction():
-            for s in range(0, steps.shape[0], 50000):
-                sl = slice(s, s + 50000)
+            for start in range(0, steps.shape[0], 50000):
+                sl = slice(start, start + 50000)
                 store.append(
                     tasks if isinstance(tasks, str) else tasks[sl],
                     episodes if isinstance(episodes, str) else episodes[sl],
@@ -347,7 +351,10 @@ def export_bag(
     batches = [b for b in batches if len(b)]
     if not batches:
         raise BagExportError(f"no records match tasks={names}, split={split!r}, sources={sources} in {store.path}")
-    cat = {k: np.concatenate([getattr(b, k) for b in batches]) for k in ("obs", "action", "task", "episode", "step", "source", "reward", "done", "id", "label")}
+    cat = {
+        k: np.concatenate([getattr(b, k) for b in batches])
+        for k in ("obs", "action", "task", "episode", "step", "source", "reward", "done", "id", "label")
+    }
     stamps = np.concatenate([b.stamp_ns for b in batches])
     order = np.lexsort((cat["id"], stamps))
     cat = {k: v[order] for k, v in cat.items()}
@@ -378,12 +385,26 @@ def export_bag(
                 infos = [
                     encode_string(
                         json.dumps(
-                            {"task": str(t), "episode": str(e), "step": int(st), "reward": float(r), "done": bool(d), "source": str(so), "label": lb},
+                            {
+                                "task": str(t),
+                                "episode": str(e),
+                                "step": int(st),
+                                "reward": float(r),
+                                "done": bool(d),
+                                "source": str(so),
+                                "label": lb,
+                            },
                             sort_keys=True,
                         )
                     )
                     for t, e, st, r, d, so, lb in zip(
-                        cat["task"], cat["episode"], cat["step"], cat["reward"], cat["done"], cat["source"], cat["label"]
+                        cat["task"],
+                        cat["episode"],
+                        cat["step"],
+                        cat["reward"],
+                        cat["done"],
+                        cat["source"],
+                        cat["label"],
                     )
                 ]
                 plan.append((conn, infos))
@@ -399,8 +420,12 @@ def export_bag(
         shutil.rmtree(out, ignore_errors=True)
         if isinstance(exc, (BagExportError, ValueError)):
             raise
-        raise BagExportError(f"writing bag {out} failed: {type(exc).__name__}: {exc}; the partial bag was removed") from exc
-    return ExportReport(bag=str(out), records=int(stamps.shape[0]), messages=n_msgs, storage=storage, seconds=time.perf_counter() - t0)
+        raise BagExportError(
+            f"writing bag {out} failed: {type(exc).__name__}: {exc}; the partial bag was removed"
+        ) from exc
+    return ExportReport(
+        bag=str(out), records=int(stamps.shape[0]), messages=n_msgs, storage=storage, seconds=time.perf_counter() - t0
+    )
 
 
 def rosbags_read_loop(bag: str | Path, topics: Sequence[str] | None = None) -> int:

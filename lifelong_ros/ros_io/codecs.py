@@ -1,5 +1,6 @@
 """One codec per supported ROS message type, the single owner of its fields and CDR layout: spec streams, bag
 import/export and the nodes convert objects and raw CDR alike, in the type's own dtype (float64 stays float64)."""
+
 from __future__ import annotations
 
 import array

@@ -18,14 +18,16 @@ YAML layout (see config/spec_metaworld.yaml)::
       streams:
         - {topic: /cmd, type: std_msgs/msg/Float32MultiArray, size: 4}   # or Float64MultiArray
 """
+
 from __future__ import annotations
 
 import bisect
 import importlib
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -217,7 +219,11 @@ class Spec:
         return self.action.dim
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "observation": _vector_to_dict(self.observation), "action": _vector_to_dict(self.action)}
+        return {
+            "name": self.name,
+            "observation": _vector_to_dict(self.observation),
+            "action": _vector_to_dict(self.action),
+        }
 
 
 def _vector_to_dict(v: VectorSpec) -> dict:
@@ -233,8 +239,9 @@ def _vector_to_dict(v: VectorSpec) -> dict:
                 d["size"] = s.stop
             else:
                 d["slice"] = [s.start, s.stop]
-        if getattr(s, "frame_id", ""):
-            d["frame_id"] = s.frame_id
+        frame_id = getattr(s, "frame_id", "")
+        if frame_id:
+            d["frame_id"] = frame_id
         streams.append(d)
     return {"max_age_s": v.max_age_s, "streams": streams}
 
@@ -332,7 +339,9 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
     if isinstance(codec, MultiArrayCodec):
         check_keys({"size", "slice"})
         if ("size" in d) == ("slice" in d):
-            raise SpecError(f"{where}: give exactly one of 'size: N' (message has exactly N values) or 'slice: [start, stop]'")
+            raise SpecError(
+                f"{where}: give exactly one of 'size: N' (message has exactly N values) or 'slice: [start, stop]'"
+            )
         if "size" in d:
             size = d["size"]
             if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
@@ -390,7 +399,10 @@ class StreamAligner:
         stamps = self._stamps[topic]
         i = bisect.bisect_right(stamps, t_ns) - 1
         if i < 0:
-            return None, "no sample yet" if not stamps else f"no sample at or before t={t_ns} (oldest kept: {stamps[0]})"
+            return (
+                None,
+                "no sample yet" if not stamps else f"no sample at or before t={t_ns} (oldest kept: {stamps[0]})",
+            )
         age = t_ns - stamps[i]
         if age > self.max_age_ns:
             return None, f"latest sample is {age / 1e9:.3f}s old (max_age {self.max_age_ns / 1e9:.3f}s)"

@@ -6,6 +6,7 @@ the gate runs candidate and active side by side on held-out data in one run and 
 Runs in the safety monitor process, which loads models with onnxruntime only: this module must not
 import torch (a test checks it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -92,17 +93,34 @@ class GateConfig:
 
         for name in ("regression_rel_tol", "regression_abs_tol", "bounds_slack", "perturb_scale"):
             need(_is_num(getattr(self, name)) and getattr(self, name) >= 0, name, "a number >= 0")
-        need(_is_num(self.improvement_margin) and 0 <= self.improvement_margin < 1, "improvement_margin", "0 <= margin < 1")
+        need(
+            _is_num(self.improvement_margin) and 0 <= self.improvement_margin < 1,
+            "improvement_margin",
+            "0 <= margin < 1",
+        )
         for name in ("max_out_of_bounds_rate", "max_out_of_bounds_rate_perturbed", "rollout_min_success"):
             need(_is_num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, name, "a rate in [0, 1]")
         need(_is_num(self.rollout_confidence) and 0 < self.rollout_confidence < 1, "rollout_confidence", "0 < c < 1")
         need(_is_num(self.latency_budget_ms) and self.latency_budget_ms > 0, "latency_budget_ms", "a number > 0")
-        need(_is_num(self.shadow_max_mean_divergence) and self.shadow_max_mean_divergence >= 0,
-             "shadow_max_mean_divergence", "a number >= 0")
-        need(_is_num(self.shadow_max_latency_ratio) and self.shadow_max_latency_ratio >= 1,
-             "shadow_max_latency_ratio", "a number >= 1")
-        for name, least in (("min_suite_samples", 1), ("latency_samples", 10), ("latency_rounds", 1),
-                            ("intra_op_threads", 1), ("rollout_episodes", 1), ("shadow_steps", 0), ("perturb_seed", 0)):
+        need(
+            _is_num(self.shadow_max_mean_divergence) and self.shadow_max_mean_divergence >= 0,
+            "shadow_max_mean_divergence",
+            "a number >= 0",
+        )
+        need(
+            _is_num(self.shadow_max_latency_ratio) and self.shadow_max_latency_ratio >= 1,
+            "shadow_max_latency_ratio",
+            "a number >= 1",
+        )
+        for name, least in (
+            ("min_suite_samples", 1),
+            ("latency_samples", 10),
+            ("latency_rounds", 1),
+            ("intra_op_threads", 1),
+            ("rollout_episodes", 1),
+            ("shadow_steps", 0),
+            ("perturb_seed", 0),
+        ):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= least, name, f"an integer >= {least}")
         need(isinstance(self.require_all_tasks, bool), "require_all_tasks", "true or false")
@@ -112,7 +130,9 @@ class GateConfig:
             need(ok, name, "a number or a non-empty list of numbers")
         lo, hi = np.atleast_1d(np.asarray(self.action_low, float)), np.atleast_1d(np.asarray(self.action_high, float))
         if lo.size != hi.size and lo.size != 1 and hi.size != 1:
-            raise ValueError(f"gate config action_low has {lo.size} values and action_high {hi.size}; expected equal lengths")
+            raise ValueError(
+                f"gate config action_low has {lo.size} values and action_high {hi.size}; expected equal lengths"
+            )
         if np.any(np.broadcast_to(lo, np.broadcast(lo, hi).shape) >= np.broadcast_to(hi, np.broadcast(lo, hi).shape)):
             raise ValueError(f"gate config action_low={self.action_low!r} must be < action_high={self.action_high!r}")
 
@@ -164,7 +184,7 @@ def _unwrap(d: Mapping[str, Any], section: str) -> Mapping[str, Any]:
         return inner
     prefix = section + "."
     if any(isinstance(k, str) and k.startswith(prefix) for k in d):  # flattened ROS 2 names: gate.margin
-        return {k[len(prefix):]: v for k, v in d.items() if isinstance(k, str) and k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in d.items() if isinstance(k, str) and k.startswith(prefix)}
     return d
 
 
@@ -185,12 +205,16 @@ class RegressionSuite:
         self.obs = np.asarray(self.obs, dtype=np.float32)
         self.action = np.asarray(self.action, dtype=np.float32)
         if self.obs.ndim != 2 or self.action.ndim != 2 or self.obs.shape[0] != self.action.shape[0]:
-            raise ValueError(f"suite {self.task!r}: expected obs [N, D] and action [N, A] with the same N, "
-                             f"got {self.obs.shape} and {self.action.shape}")
+            raise ValueError(
+                f"suite {self.task!r}: expected obs [N, D] and action [N, A] with the same N, "
+                f"got {self.obs.shape} and {self.action.shape}"
+            )
         if self.episodes is not None:
             self.episodes = np.asarray(self.episodes)
             if self.episodes.shape != (self.obs.shape[0],):
-                raise ValueError(f"suite {self.task!r}: episodes shape {self.episodes.shape}, expected ({self.obs.shape[0]},)")
+                raise ValueError(
+                    f"suite {self.task!r}: episodes shape {self.episodes.shape}, expected ({self.obs.shape[0]},)"
+                )
         if not (np.isfinite(self.obs).all() and np.isfinite(self.action).all()):
             raise ValueError(f"suite {self.task!r} contains non-finite observations or actions")
 
@@ -211,7 +235,9 @@ def _jsonable(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
 
 
-def suites_from_store(store: Any, tasks: Sequence[str], sources: Sequence[str] | None = GROUND_TRUTH_SOURCES) -> dict[str, RegressionSuite]:
+def suites_from_store(
+    store: Any, tasks: Sequence[str], sources: Sequence[str] | None = GROUND_TRUTH_SOURCES
+) -> dict[str, RegressionSuite]:
     """Regression suites from an ExperienceStore's held-out split (by default demonstrations and
     corrections: actions the policy produced itself are no ground truth). A task the store does
     not know is left out, so the gate reports it as missing held-out data (and fails closed)."""
@@ -222,8 +248,9 @@ def suites_from_store(store: Any, tasks: Sequence[str], sources: Sequence[str] |
         except KeyError:
             log.warning("no experience for task %r in the store: no regression suite", task)
             continue
-        out[task] = RegressionSuite(task, b.obs, b.action, getattr(b, "episode", None),
-                                    source="store:heldout:" + ",".join(sources or ["all"]))
+        out[task] = RegressionSuite(
+            task, b.obs, b.action, getattr(b, "episode", None), source="store:heldout:" + ",".join(sources or ["all"])
+        )
     return out
 
 
@@ -244,8 +271,9 @@ class OnnxPolicy:
     """An onnxruntime session over a policy's ONNX bytes, with batched and single-observation calls."""
 
     def __init__(self, onnx_bytes: bytes, threads: int = 1):
-        self.session = ort.InferenceSession(onnx_bytes, sess_options=session_options(threads),
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            onnx_bytes, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         if OBS_INPUT not in self.inputs:
@@ -274,7 +302,7 @@ class OnnxPolicy:
     def predict(self, obs: npt.NDArray[np.float32], task_id: int) -> npt.NDArray[np.float32]:
         outs: list[npt.NDArray[np.float32]] = []
         for i in range(0, obs.shape[0], _BATCH):
-            chunk = np.ascontiguousarray(obs[i:i + _BATCH], dtype=np.float32)
+            chunk = np.ascontiguousarray(obs[i : i + _BATCH], dtype=np.float32)
             outs.append(self.session.run([self.outputs[0]], self.feeds(chunk, task_id))[0])
         return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
@@ -373,25 +401,45 @@ class GateReport:
 
     def summary(self) -> str:
         dry = "" if self.persisted else " [dry run, not recorded]"
-        head = (f"{self.candidate} vs {self.active or '(none active)'} target={self.target_task}: "
-                f"{self.decision.upper()}{dry} ({self.reason()})")
+        head = (
+            f"{self.candidate} vs {self.active or '(none active)'} target={self.target_task}: "
+            f"{self.decision.upper()}{dry} ({self.reason()})"
+        )
         return "\n".join([head] + ["  " + c.line() for c in self.checks])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"candidate": self.candidate, "active": self.active, "target_task": self.target_task,
-                "decision": self.decision, "reason": self.reason(), "failed": self.failed,
-                "checks": [c.to_dict() for c in self.checks], "data": self.data, "config": self.config,
-                "timings_ms": self.timings_ms, "started": self.started, "duration_ms": self.duration_ms,
-                "persisted": self.persisted}
+        return {
+            "candidate": self.candidate,
+            "active": self.active,
+            "target_task": self.target_task,
+            "decision": self.decision,
+            "reason": self.reason(),
+            "failed": self.failed,
+            "checks": [c.to_dict() for c in self.checks],
+            "data": self.data,
+            "config": self.config,
+            "timings_ms": self.timings_ms,
+            "started": self.started,
+            "duration_ms": self.duration_ms,
+            "persisted": self.persisted,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GateReport:
         checks = [CheckResult(**{k: v for k, v in c.items() if k != "name"}) for c in d["checks"]]
-        return cls(candidate=d["candidate"], active=d.get("active"), target_task=d.get("target_task"),
-                   decision=d["decision"], checks=checks, data=list(d.get("data", [])),
-                   config=dict(d.get("config", {})), timings_ms=dict(d.get("timings_ms", {})),
-                   started=d.get("started", ""), duration_ms=float(d.get("duration_ms", 0.0)),
-                   persisted=bool(d.get("persisted", False)))
+        return cls(
+            candidate=d["candidate"],
+            active=d.get("active"),
+            target_task=d.get("target_task"),
+            decision=d["decision"],
+            checks=checks,
+            data=list(d.get("data", [])),
+            config=dict(d.get("config", {})),
+            timings_ms=dict(d.get("timings_ms", {})),
+            started=d.get("started", ""),
+            duration_ms=float(d.get("duration_ms", 0.0)),
+            persisted=bool(d.get("persisted", False)),
+        )
 
 
 # ---------------------------------------------------------------------------------------- shadow
@@ -404,8 +452,15 @@ class ShadowRunner:
     and in bounds, and the candidate's p99 latency against the budget and the active model's.
     """
 
-    def __init__(self, candidate_onnx: bytes, active_onnx: bytes, candidate_tasks: Sequence[str],
-                 active_tasks: Sequence[str], config: GateConfig | None = None, target_task: str | None = None):
+    def __init__(
+        self,
+        candidate_onnx: bytes,
+        active_onnx: bytes,
+        candidate_tasks: Sequence[str],
+        active_tasks: Sequence[str],
+        config: GateConfig | None = None,
+        target_task: str | None = None,
+    ):
         self.config = config or GateConfig()
         self.candidate = OnnxPolicy(candidate_onnx, self.config.intra_op_threads)
         self.active = OnnxPolicy(active_onnx, self.config.intra_op_threads)
@@ -429,8 +484,10 @@ class ShadowRunner:
         x = np.asarray(obs, dtype=np.float32).reshape(1, -1)
         hc = self.candidate.head(self.candidate_tasks, task)
         if hc is None:
-            raise ValueError(f"shadow observation for task {task!r}, which the candidate has no head for "
-                             f"(tasks {self.candidate_tasks})")
+            raise ValueError(
+                f"shadow observation for task {task!r}, which the candidate has no head for "
+                f"(tasks {self.candidate_tasks})"
+            )
         ha = self.active.head(self.active_tasks, task)
         if not self._warm:  # first runs of a fresh session allocate; keep them out of the timings
             for _ in range(3):
@@ -470,21 +527,39 @@ class ShadowRunner:
 
     def checks(self) -> list[CheckResult]:
         cfg = self.config
-        out = [CheckResult("shadow_steps", self.steps >= cfg.shadow_steps, self.steps, cfg.shadow_steps,
-                           data="live observations")]
+        out = [
+            CheckResult(
+                "shadow_steps", self.steps >= cfg.shadow_steps, self.steps, cfg.shadow_steps, data="live observations"
+            )
+        ]
         rate = (self._bad + self._oob) / max(self.steps, 1)
-        out.append(CheckResult("shadow_outputs", self._bad == 0 and rate <= cfg.max_out_of_bounds_rate_perturbed,
-                               rate, cfg.max_out_of_bounds_rate_perturbed,
-                               detail={"non_finite": self._bad, "out_of_bounds": self._oob, "steps": self.steps},
-                               data="live observations"))
+        out.append(
+            CheckResult(
+                "shadow_outputs",
+                self._bad == 0 and rate <= cfg.max_out_of_bounds_rate_perturbed,
+                rate,
+                cfg.max_out_of_bounds_rate_perturbed,
+                detail={"non_finite": self._bad, "out_of_bounds": self._oob, "steps": self.steps},
+                data="live observations",
+            )
+        )
         guarded = {t: v for t, v in self._div.items() if t != self.target_task}
         allv = [x for v in guarded.values() for x in v]
         mean_div = float(np.mean(allv)) if allv else 0.0
-        detail = {t: {"steps": len(v), "mean": float(np.mean(v)), "p95": float(np.percentile(v, 95))}
-                  for t, v in self._div.items()}
-        out.append(CheckResult("shadow_divergence", bool(mean_div <= cfg.shadow_max_mean_divergence), mean_div,
-                               cfg.shadow_max_mean_divergence, detail={"per_task": detail, "target_excluded": self.target_task},
-                               data="RMS action difference candidate vs active, live observations"))
+        detail = {
+            t: {"steps": len(v), "mean": float(np.mean(v)), "p95": float(np.percentile(v, 95))}
+            for t, v in self._div.items()
+        }
+        out.append(
+            CheckResult(
+                "shadow_divergence",
+                bool(mean_div <= cfg.shadow_max_mean_divergence),
+                mean_div,
+                cfg.shadow_max_mean_divergence,
+                detail={"per_task": detail, "target_excluded": self.target_task},
+                data="RMS action difference candidate vs active, live observations",
+            )
+        )
         pc = np.percentile(self._lat_c, [50, 99]) if self._lat_c else np.array([np.nan, np.nan])
         pa = np.percentile(self._lat_a, [50, 99]) if self._lat_a else None
         # Measured interleaved: a spike that hits both models alike is the machine, not the candidate.
@@ -494,13 +569,24 @@ class ShadowRunner:
         if pa is not None and pa[0] > 0:
             ratio50 = float(pc[0] / pa[0])
             ok = ratio50 <= cfg.shadow_max_latency_ratio and (within or pc[1] <= pa[1] * cfg.shadow_max_latency_ratio)
-        out.append(CheckResult("shadow_latency", bool(ok), float(pc[1]), cfg.latency_budget_ms,
-                               detail={"candidate_p50_ms": float(pc[0]), "candidate_p99_ms": float(pc[1]),
-                                       "active_p50_ms": None if pa is None else float(pa[0]),
-                                       "active_p99_ms": None if pa is None else float(pa[1]),
-                                       "p50_ratio": ratio50, "max_ratio": cfg.shadow_max_latency_ratio,
-                                       "rule": "p50 ratio <= max_ratio and (p99 <= budget or p99 <= active p99 * max_ratio)"},
-                               data="single-observation latency on live observations"))
+        out.append(
+            CheckResult(
+                "shadow_latency",
+                bool(ok),
+                float(pc[1]),
+                cfg.latency_budget_ms,
+                detail={
+                    "candidate_p50_ms": float(pc[0]),
+                    "candidate_p99_ms": float(pc[1]),
+                    "active_p50_ms": None if pa is None else float(pa[0]),
+                    "active_p99_ms": None if pa is None else float(pa[1]),
+                    "p50_ratio": ratio50,
+                    "max_ratio": cfg.shadow_max_latency_ratio,
+                    "rule": "p50 ratio <= max_ratio and (p99 <= budget or p99 <= active p99 * max_ratio)",
+                },
+                data="single-observation latency on live observations",
+            )
+        )
         return out
 
 
@@ -530,8 +616,9 @@ class SafetyGate:
         cinfo, ainfo = self.registry.info(candidate), self.registry.info(active)
         cbytes = self.registry.read_onnx(candidate)
         abytes, _ = self.registry.load_for_serving(active)
-        runner = ShadowRunner(cbytes, abytes, cinfo.tasks, ainfo.tasks, self.config,
-                              target_task or cinfo.target_task or cinfo.tasks[-1])
+        runner = ShadowRunner(
+            cbytes, abytes, cinfo.tasks, ainfo.tasks, self.config, target_task or cinfo.target_task or cinfo.tasks[-1]
+        )
         runner.candidate_id = candidate
         return runner
 
@@ -561,7 +648,9 @@ class SafetyGate:
         suites = _normalise_suites(suites)
         cinfo = self.registry.info(candidate)
         if decide and cinfo.decision != "candidate":
-            raise RegistryError(f"{candidate} was already decided ({cinfo.decision!r}); use decide=False to re-run checks")
+            raise RegistryError(
+                f"{candidate} was already decided ({cinfo.decision!r}); use decide=False to re-run checks"
+            )
         target = target_task or cinfo.target_task or cinfo.tasks[-1]
         active_id = self.registry.active()
         checks: list[CheckResult] = []
@@ -575,11 +664,25 @@ class SafetyGate:
             try:
                 cbytes = self.registry.read_onnx(candidate, verify=True)
                 cand = OnnxPolicy(cbytes, cfg.intra_op_threads)
-                checks.append(CheckResult("integrity", True, cinfo.onnx_sha256[:16], "sha256 recorded at registration",
-                                          data=f"{candidate}/model.onnx"))
+                checks.append(
+                    CheckResult(
+                        "integrity",
+                        True,
+                        cinfo.onnx_sha256[:16],
+                        "sha256 recorded at registration",
+                        data=f"{candidate}/model.onnx",
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - any load failure is a rejection with its reason
-                checks.append(CheckResult("integrity", False, f"{type(exc).__name__}: {exc}"[:500],
-                                          "loads in onnxruntime with matching sha256", data=f"{candidate}/model.onnx"))
+                checks.append(
+                    CheckResult(
+                        "integrity",
+                        False,
+                        f"{type(exc).__name__}: {exc}"[:500],
+                        "loads in onnxruntime with matching sha256",
+                        data=f"{candidate}/model.onnx",
+                    )
+                )
             ainfo = None
             if active_id is not None:
                 ainfo = self.registry.info(active_id)
@@ -597,8 +700,15 @@ class SafetyGate:
                     return fn()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("gate %s: %s check raised %s", candidate, kind, exc)
-                    return [CheckResult(kind, False, f"{type(exc).__name__}: {exc}"[:500], "runs without error",
-                                        detail={"error": True})]
+                    return [
+                        CheckResult(
+                            kind,
+                            False,
+                            f"{type(exc).__name__}: {exc}"[:500],
+                            "runs without error",
+                            detail={"error": True},
+                        )
+                    ]
 
         # ---- signature and head order
         checks += guarded("signature", lambda: self._signature_checks(cand, cinfo, act, ainfo, suites))
@@ -618,15 +728,21 @@ class SafetyGate:
         checks += guarded("latency", lambda: [self._latency_check(cand, act, suites)])
         # ---- closed-loop rollouts
         if rollout_fn is not None:
-            checks += guarded("rollouts", lambda: self._rollout_checks(rollout_fn, cbytes, cand, cinfo, act, ainfo,
-                                                                       suites, target, progress))
+            checks += guarded(
+                "rollouts",
+                lambda: self._rollout_checks(rollout_fn, cbytes, cand, cinfo, act, ainfo, suites, target, progress),
+            )
 
         # ---- shadow stage
         if cfg.shadow_steps > 0 and all(c.passed for c in checks):
             if act is None or ainfo is None:
-                checks.append(CheckResult("shadow_steps", True, 0, cfg.shadow_steps,
-                                          detail={"skipped": "no active version to shadow"}))
+                checks.append(
+                    CheckResult(
+                        "shadow_steps", True, 0, cfg.shadow_steps, detail={"skipped": "no active version to shadow"}
+                    )
+                )
             elif shadow_source is not None:
+
                 def shadow() -> list[CheckResult]:
                     runner = ShadowRunner(cbytes, abytes, cinfo.tasks, ainfo.tasks, cfg, target)
                     runner.run(shadow_source)
@@ -634,8 +750,19 @@ class SafetyGate:
 
                 checks += guarded("shadow", shadow)
             else:
-                rep = GateReport(candidate, active_id, target, "pending_shadow", checks, data, cfg.to_dict(),
-                                 timings, started, (time.perf_counter() - t_start) * 1e3, persisted=decide)
+                rep = GateReport(
+                    candidate,
+                    active_id,
+                    target,
+                    "pending_shadow",
+                    checks,
+                    data,
+                    cfg.to_dict(),
+                    timings,
+                    started,
+                    (time.perf_counter() - t_start) * 1e3,
+                    persisted=decide,
+                )
                 if decide:
                     self.registry.save_report(candidate, "gate-offline", rep.to_dict())
                 return rep
@@ -653,33 +780,75 @@ class SafetyGate:
         checks = rep.checks + runner.checks()
         now_active = self.registry.active()
         if now_active != rep.active:
-            checks.append(CheckResult("active_unchanged", False, now_active, rep.active,
-                                      detail={"reason": "the active version changed since the offline checks; re-gate"}))
+            checks.append(
+                CheckResult(
+                    "active_unchanged",
+                    False,
+                    now_active,
+                    rep.active,
+                    detail={"reason": "the active version changed since the offline checks; re-gate"},
+                )
+            )
         rep.timings_ms["shadow"] = (time.perf_counter() - t0) * 1e3
-        return self._finish(candidate, rep.active, rep.target_task, checks, rep.data, rep.timings_ms,
-                            rep.started, time.perf_counter() - rep.duration_ms / 1e3, True)
+        return self._finish(
+            candidate,
+            rep.active,
+            rep.target_task,
+            checks,
+            rep.data,
+            rep.timings_ms,
+            rep.started,
+            time.perf_counter() - rep.duration_ms / 1e3,
+            True,
+        )
 
     # ------------------------------------------------------------------ checks
-    def _signature_checks(self, cand: OnnxPolicy, cinfo: VersionInfo, act: OnnxPolicy | None,
-                          ainfo: VersionInfo | None, suites: dict[str, RegressionSuite]) -> list[CheckResult]:
+    def _signature_checks(
+        self,
+        cand: OnnxPolicy,
+        cinfo: VersionInfo,
+        act: OnnxPolicy | None,
+        ainfo: VersionInfo | None,
+        suites: dict[str, RegressionSuite],
+    ) -> list[CheckResult]:
         out: list[CheckResult] = []
         if act is not None and ainfo is not None:
             same = cand.signature == act.signature
-            out.append(CheckResult("signature", same, "unchanged" if same else "changed", "identical to active",
-                                   detail={} if same else {"candidate": cand.signature, "active": act.signature},
-                                   data=f"ONNX inputs/outputs of {cinfo.id} vs {ainfo.id}"))
+            out.append(
+                CheckResult(
+                    "signature",
+                    same,
+                    "unchanged" if same else "changed",
+                    "identical to active",
+                    detail={} if same else {"candidate": cand.signature, "active": act.signature},
+                    data=f"ONNX inputs/outputs of {cinfo.id} vs {ainfo.id}",
+                )
+            )
             prefix_ok = cinfo.tasks[: len(ainfo.tasks)] == ainfo.tasks
-            out.append(CheckResult("task_heads", prefix_ok, cinfo.tasks, ainfo.tasks,
-                                   detail={"rule": "candidate task order must extend the active one (head i = task i)"},
-                                   data="meta.json tasks"))
+            out.append(
+                CheckResult(
+                    "task_heads",
+                    prefix_ok,
+                    cinfo.tasks,
+                    ainfo.tasks,
+                    detail={"rule": "candidate task order must extend the active one (head i = task i)"},
+                    data="meta.json tasks",
+                )
+            )
         else:
             dims = {s.obs.shape[1] for s in suites.values()}, {s.action.shape[1] for s in suites.values()}
             obs_dim, act_dim = cand.metadata.get("obs_dim"), cand.metadata.get("act_dim")
             ok = (obs_dim is None or {int(obs_dim)} >= dims[0]) and (act_dim is None or {int(act_dim)} >= dims[1])
-            out.append(CheckResult("signature", bool(ok), {"obs_dim": obs_dim, "act_dim": act_dim},
-                                   {"obs_dim": sorted(dims[0]), "act_dim": sorted(dims[1])},
-                                   detail={"candidate": cand.signature, "note": "no active version: checked against the suites"},
-                                   data="ONNX metadata vs suite shapes"))
+            out.append(
+                CheckResult(
+                    "signature",
+                    bool(ok),
+                    {"obs_dim": obs_dim, "act_dim": act_dim},
+                    {"obs_dim": sorted(dims[0]), "act_dim": sorted(dims[1])},
+                    detail={"candidate": cand.signature, "note": "no active version: checked against the suites"},
+                    data="ONNX metadata vs suite shapes",
+                )
+            )
         meta_tasks = cand.metadata.get("tasks")
         if meta_tasks is not None:
             try:
@@ -688,13 +857,26 @@ class SafetyGate:
                 embedded = meta_tasks
             heads_ok = cand.num_heads == 1 or cand.num_heads >= len(cinfo.tasks)
             ok = embedded == cinfo.tasks and heads_ok
-            out.append(CheckResult("onnx_metadata", ok, {"tasks": embedded, "num_heads": cand.num_heads},
-                                   {"tasks": cinfo.tasks}, data="ONNX metadata_props vs meta.json"))
+            out.append(
+                CheckResult(
+                    "onnx_metadata",
+                    ok,
+                    {"tasks": embedded, "num_heads": cand.num_heads},
+                    {"tasks": cinfo.tasks},
+                    data="ONNX metadata_props vs meta.json",
+                )
+            )
         return out
 
-    def _output_checks(self, cand: OnnxPolicy, cinfo: VersionInfo, act: OnnxPolicy | None, ainfo: VersionInfo | None,
-                       suites: dict[str, RegressionSuite], target: str,
-                       ) -> tuple[list[CheckResult], dict[str, dict[str, Any]]]:
+    def _output_checks(
+        self,
+        cand: OnnxPolicy,
+        cinfo: VersionInfo,
+        act: OnnxPolicy | None,
+        ainfo: VersionInfo | None,
+        suites: dict[str, RegressionSuite],
+        target: str,
+    ) -> tuple[list[CheckResult], dict[str, dict[str, Any]]]:
         cfg = self.config
         rng = np.random.default_rng(cfg.perturb_seed)
         # [nominal, perturbed] x [rows, non-finite, out of bounds]; active: [rows, out of bounds]
@@ -717,7 +899,9 @@ class SafetyGate:
             noisy = s.obs + rng.normal(0.0, 1.0, s.obs.shape).astype(np.float32) * (cfg.perturb_scale * std)
             pc = cand.predict(s.obs, hc)
             if pc.shape != s.action.shape:
-                raise ValueError(f"candidate outputs {pc.shape} on suite {task!r}; the suite's actions are {s.action.shape}")
+                raise ValueError(
+                    f"candidate outputs {pc.shape} on suite {task!r}; the suite's actions are {s.action.shape}"
+                )
             pp = cand.predict(noisy, hc)
             for k, arr in enumerate((pc, pp)):
                 finite = np.isfinite(arr).all(1)
@@ -725,8 +909,11 @@ class SafetyGate:
                     oob = finite & (np.any(arr < lo, 1) | np.any(arr > hi, 1))
                 cnt[k] += (len(arr), int((~finite).sum()), int(oob.sum()))
             per_task_bounds[task] = {"max_abs_action": float(np.nanmax(np.abs(pc))) if np.isfinite(pc).any() else None}
-            entry: dict[str, Any] = {"samples": len(s), "candidate": _mse(pc, s.action),
-                                     "mean_predictor": _mse(np.broadcast_to(s.action.mean(0), s.action.shape), s.action)}
+            entry: dict[str, Any] = {
+                "samples": len(s),
+                "candidate": _mse(pc, s.action),
+                "mean_predictor": _mse(np.broadcast_to(s.action.mean(0), s.action.shape), s.action),
+            }
             if s.episodes is not None:
                 entry["candidate_worst_episode"] = _worst_episode(pc, s.action, s.episodes)
             ha = act.head(ainfo.tasks, task) if act is not None and ainfo is not None else None
@@ -742,30 +929,68 @@ class SafetyGate:
             mse[task] = entry
         checks: list[CheckResult] = []
         if missing:
-            checks.append(CheckResult("task_heads", False, missing, "a head for every suite task",
-                                      detail={"candidate_tasks": cinfo.tasks}, data="suite tasks"))
-        checks.append(CheckResult("finite", int(cnt[:, 1].sum()) == 0, int(cnt[:, 1].sum()), 0,
-                                  detail={"nominal_rows": int(cnt[0, 0]), "perturbed_rows": int(cnt[1, 0]),
-                                          "non_finite_nominal": int(cnt[0, 1]), "non_finite_perturbed": int(cnt[1, 1])},
-                                  data="all suites, nominal and perturbed observations"))
-        bounds: dict[str, Any] = {"low": cfg.action_low, "high": cfg.action_high, "slack": cfg.bounds_slack,
-                                  "rule": "rate <= active rate + limit (limit alone without an active model); non-finite rows fail"}
-        for k, (kind, limit, data) in enumerate((
+            checks.append(
+                CheckResult(
+                    "task_heads",
+                    False,
+                    missing,
+                    "a head for every suite task",
+                    detail={"candidate_tasks": cinfo.tasks},
+                    data="suite tasks",
+                )
+            )
+        checks.append(
+            CheckResult(
+                "finite",
+                int(cnt[:, 1].sum()) == 0,
+                int(cnt[:, 1].sum()),
+                0,
+                detail={
+                    "nominal_rows": int(cnt[0, 0]),
+                    "perturbed_rows": int(cnt[1, 0]),
+                    "non_finite_nominal": int(cnt[0, 1]),
+                    "non_finite_perturbed": int(cnt[1, 1]),
+                },
+                data="all suites, nominal and perturbed observations",
+            )
+        )
+        bounds: dict[str, Any] = {
+            "low": cfg.action_low,
+            "high": cfg.action_high,
+            "slack": cfg.bounds_slack,
+            "rule": "rate <= active rate + limit (limit alone without an active model); non-finite rows fail",
+        }
+        for k, (kind, limit, data) in enumerate(
+            (
                 ("action_bounds", cfg.max_out_of_bounds_rate, "all suites, nominal observations"),
-                ("action_bounds_perturbed", cfg.max_out_of_bounds_rate_perturbed,
-                 f"all suites, observations + N(0, ({cfg.perturb_scale} * feature std)^2), seed {cfg.perturb_seed}"))):
+                (
+                    "action_bounds_perturbed",
+                    cfg.max_out_of_bounds_rate_perturbed,
+                    f"all suites, observations + N(0, ({cfg.perturb_scale} * feature std)^2), seed {cfg.perturb_seed}",
+                ),
+            )
+        ):
             rate = cnt[k, 2] / max(cnt[k, 0], 1)
             arate = acnt[k, 1] / acnt[k, 0] if acnt[k, 0] else None
             thr = arate + limit if arate is not None else limit
             detail = {**bounds, "rows": int(cnt[k, 0]), "out_of_bounds": int(cnt[k, 2]), "active_rate": arate}
             if k == 0:
                 detail["per_task"] = per_task_bounds
-            checks.append(CheckResult(kind, bool(cnt[k, 1] == 0 and rate <= thr), float(rate), float(thr),
-                                      detail=detail, data=data))
+            checks.append(
+                CheckResult(
+                    kind, bool(cnt[k, 1] == 0 and rate <= thr), float(rate), float(thr), detail=detail, data=data
+                )
+            )
         return checks, mse
 
-    def _regression_checks(self, cinfo: VersionInfo, ainfo: VersionInfo | None, suites: dict[str, RegressionSuite],
-                           target: str, mse: dict[str, dict[str, Any]]) -> list[CheckResult]:
+    def _regression_checks(
+        self,
+        cinfo: VersionInfo,
+        ainfo: VersionInfo | None,
+        suites: dict[str, RegressionSuite],
+        target: str,
+        mse: dict[str, dict[str, Any]],
+    ) -> list[CheckResult]:
         cfg = self.config
         out: list[CheckResult] = []
         active_tasks = list(ainfo.tasks) if ainfo is not None else []
@@ -776,12 +1001,30 @@ class SafetyGate:
             if task not in suites or e is None or e.get("samples", 0) == 0:
                 if task in suites and e is None:
                     continue  # no candidate head: already failed under task_heads
-                out.append(CheckResult("regression", not cfg.require_all_tasks, None, "a held-out suite", task=task,
-                                       detail={"reason": f"no held-out data for {task!r}"}, data="none"))
+                out.append(
+                    CheckResult(
+                        "regression",
+                        not cfg.require_all_tasks,
+                        None,
+                        "a held-out suite",
+                        task=task,
+                        detail={"reason": f"no held-out data for {task!r}"},
+                        data="none",
+                    )
+                )
                 continue
             if e["samples"] < cfg.min_suite_samples:
-                out.append(CheckResult("regression", False, e["samples"], cfg.min_suite_samples, task=task,
-                                       detail={"reason": "suite too small to certify"}, data=f"heldout {task}"))
+                out.append(
+                    CheckResult(
+                        "regression",
+                        False,
+                        e["samples"],
+                        cfg.min_suite_samples,
+                        task=task,
+                        detail={"reason": "suite too small to certify"},
+                        data=f"heldout {task}",
+                    )
+                )
                 continue
             if "active" in e:
                 base, base_name = e["active"], f"active {active_id}"
@@ -789,18 +1032,49 @@ class SafetyGate:
                 base, base_name = e["mean_predictor"], "mean-action predictor (active has no head for this task)"
             thr = base * (1 + cfg.regression_rel_tol) + cfg.regression_abs_tol
             val = e["candidate"]
-            out.append(CheckResult("regression", bool(math.isfinite(val) and val <= thr), val, thr, task=task,
-                                   detail={**e, "baseline": base_name, "rule": "cand <= base*(1+rel)+abs",
-                                           "rel_tol": cfg.regression_rel_tol, "abs_tol": cfg.regression_abs_tol},
-                                   data=f"heldout {task}: {e['samples']} samples, BC MSE"))
+            out.append(
+                CheckResult(
+                    "regression",
+                    bool(math.isfinite(val) and val <= thr),
+                    val,
+                    thr,
+                    task=task,
+                    detail={
+                        **e,
+                        "baseline": base_name,
+                        "rule": "cand <= base*(1+rel)+abs",
+                        "rel_tol": cfg.regression_rel_tol,
+                        "abs_tol": cfg.regression_abs_tol,
+                    },
+                    data=f"heldout {task}: {e['samples']} samples, BC MSE",
+                )
+            )
         e = mse.get(target)
         if target not in suites or e is None or e.get("samples", 0) == 0:
             if not (target in suites and e is None):
-                out.append(CheckResult("improvement", False, None, "a held-out suite", task=target,
-                                       detail={"reason": f"no held-out data for target task {target!r}"}, data="none"))
+                out.append(
+                    CheckResult(
+                        "improvement",
+                        False,
+                        None,
+                        "a held-out suite",
+                        task=target,
+                        detail={"reason": f"no held-out data for target task {target!r}"},
+                        data="none",
+                    )
+                )
         elif e["samples"] < cfg.min_suite_samples:
-            out.append(CheckResult("improvement", False, e["samples"], cfg.min_suite_samples, task=target,
-                                   detail={"reason": "suite too small to certify"}, data=f"heldout {target}"))
+            out.append(
+                CheckResult(
+                    "improvement",
+                    False,
+                    e["samples"],
+                    cfg.min_suite_samples,
+                    task=target,
+                    detail={"reason": "suite too small to certify"},
+                    data=f"heldout {target}",
+                )
+            )
         else:
             options: dict[str, float] = {"mean-action predictor": e["mean_predictor"]}
             if "active" in e:
@@ -808,13 +1082,27 @@ class SafetyGate:
             base_name = min(options, key=options.__getitem__)
             thr = options[base_name] * (1 - cfg.improvement_margin)
             val = e["candidate"]
-            out.append(CheckResult("improvement", bool(math.isfinite(val) and val <= thr), val, thr, task=target,
-                                   detail={**e, "baseline": base_name, "rule": "cand <= min(active, mean predictor)*(1-margin)",
-                                           "margin": cfg.improvement_margin},
-                                   data=f"heldout {target}: {e['samples']} samples, BC MSE"))
+            out.append(
+                CheckResult(
+                    "improvement",
+                    bool(math.isfinite(val) and val <= thr),
+                    val,
+                    thr,
+                    task=target,
+                    detail={
+                        **e,
+                        "baseline": base_name,
+                        "rule": "cand <= min(active, mean predictor)*(1-margin)",
+                        "margin": cfg.improvement_margin,
+                    },
+                    data=f"heldout {target}: {e['samples']} samples, BC MSE",
+                )
+            )
         return out
 
-    def _latency_check(self, cand: OnnxPolicy, act: OnnxPolicy | None, suites: dict[str, RegressionSuite]) -> CheckResult:
+    def _latency_check(
+        self, cand: OnnxPolicy, act: OnnxPolicy | None, suites: dict[str, RegressionSuite]
+    ) -> CheckResult:
         cfg = self.config
         obs = np.concatenate([s.obs[:64] for s in suites.values() if len(s)] or [np.zeros((1, 1), np.float32)])
         rows = [np.ascontiguousarray(obs[i % len(obs)][None]) for i in range(cfg.latency_samples)]
@@ -836,9 +1124,14 @@ class SafetyGate:
                 best_c, p50c = p99, float(np.percentile(lc, 50)) / 1e6
             if fa is not None:
                 best_a = min(best_a, float(np.percentile(la, 99)) / 1e6)
-        detail: dict[str, Any] = {"candidate_p50_ms": p50c, "candidate_p99_ms": best_c, "samples": cfg.latency_samples,
-                                  "rounds": cfg.latency_rounds, "threads": cfg.intra_op_threads,
-                                  "statistic": "best p99 over rounds (candidate and active interleaved)"}
+        detail: dict[str, Any] = {
+            "candidate_p50_ms": p50c,
+            "candidate_p99_ms": best_c,
+            "samples": cfg.latency_samples,
+            "rounds": cfg.latency_rounds,
+            "threads": cfg.intra_op_threads,
+            "statistic": "best p99 over rounds (candidate and active interleaved)",
+        }
         ok = best_c <= cfg.latency_budget_ms
         rule = "p99 <= budget"
         if fa is not None:
@@ -849,12 +1142,27 @@ class SafetyGate:
             rule = "p99 <= budget, or (p50 <= budget and p99 <= active p99 * shadow_max_latency_ratio)"
             ok = ok or (p50c <= cfg.latency_budget_ms and best_c <= best_a * cfg.shadow_max_latency_ratio)
         detail["rule"] = rule
-        return CheckResult("latency_p99", bool(ok), best_c, cfg.latency_budget_ms,
-                           detail=detail, data="single observations drawn from the suites")
+        return CheckResult(
+            "latency_p99",
+            bool(ok),
+            best_c,
+            cfg.latency_budget_ms,
+            detail=detail,
+            data="single observations drawn from the suites",
+        )
 
-    def _rollout_checks(self, rollout_fn: RolloutFn, cbytes: bytes, cand: OnnxPolicy, cinfo: VersionInfo,
-                        act: OnnxPolicy | None, ainfo: VersionInfo | None, suites: dict[str, RegressionSuite],
-                        target: str, progress: bool) -> list[CheckResult]:
+    def _rollout_checks(
+        self,
+        rollout_fn: RolloutFn,
+        cbytes: bytes,
+        cand: OnnxPolicy,
+        cinfo: VersionInfo,
+        act: OnnxPolicy | None,
+        ainfo: VersionInfo | None,
+        suites: dict[str, RegressionSuite],
+        target: str,
+        progress: bool,
+    ) -> list[CheckResult]:
         cfg = self.config
         n = cfg.rollout_episodes
         tasks = [t for t in suites if cand.head(cinfo.tasks, t) is not None]
@@ -868,27 +1176,64 @@ class SafetyGate:
         for task in it:
             k = _count(rollout_fn(cbytes, task, n), n, "candidate", task)
             lo, hi = wilson_interval(k, n, cfg.rollout_confidence)
-            detail: dict[str, Any] = {"episodes": n, "successes": k, "rate": k / n, "wilson": [lo, hi], "confidence": cfg.rollout_confidence}
+            detail: dict[str, Any] = {
+                "episodes": n,
+                "successes": k,
+                "rate": k / n,
+                "wilson": [lo, hi],
+                "confidence": cfg.rollout_confidence,
+            }
             thr = cfg.rollout_min_success
-            if (task != target and act is not None and ainfo is not None and abytes is not None
-                    and act.head(ainfo.tasks, task) is not None):
+            if (
+                task != target
+                and act is not None
+                and ainfo is not None
+                and abytes is not None
+                and act.head(ainfo.tasks, task) is not None
+            ):
                 ka = _count(rollout_fn(abytes, task, n), n, "active", task)
                 alo, ahi = wilson_interval(ka, n, cfg.rollout_confidence)
                 detail.update(active_successes=ka, active_rate=ka / n, active_wilson=[alo, ahi])
                 thr = min(cfg.rollout_min_success, alo)
-            detail["rule"] = ("candidate lower bound >= min(floor, active lower bound)" if task != target
-                              else "candidate lower bound >= floor")
-            out.append(CheckResult("rollout", bool(lo >= thr), lo, thr, task=task, detail=detail,
-                                   data=f"{n} closed-loop episodes"))
+            detail["rule"] = (
+                "candidate lower bound >= min(floor, active lower bound)"
+                if task != target
+                else "candidate lower bound >= floor"
+            )
+            out.append(
+                CheckResult(
+                    "rollout", bool(lo >= thr), lo, thr, task=task, detail=detail, data=f"{n} closed-loop episodes"
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ decision
-    def _finish(self, candidate: str, active_id: str | None, target: str | None, checks: list[CheckResult],
-                data: list[dict[str, Any]], timings: dict[str, float], started: str, t_start: float,
-                decide: bool) -> GateReport:
+    def _finish(
+        self,
+        candidate: str,
+        active_id: str | None,
+        target: str | None,
+        checks: list[CheckResult],
+        data: list[dict[str, Any]],
+        timings: dict[str, float],
+        started: str,
+        t_start: float,
+        decide: bool,
+    ) -> GateReport:
         decision = "approved" if checks and all(c.passed for c in checks) else "rejected"
-        rep = GateReport(candidate, active_id, target, decision, checks, data, self.config.to_dict(), timings,
-                         started, (time.perf_counter() - t_start) * 1e3, persisted=decide)
+        rep = GateReport(
+            candidate,
+            active_id,
+            target,
+            decision,
+            checks,
+            data,
+            self.config.to_dict(),
+            timings,
+            started,
+            (time.perf_counter() - t_start) * 1e3,
+            persisted=decide,
+        )
         if decide:
             self.registry.set_decision(candidate, decision, rep.reason(), rep.to_dict())
             log.info("gate %s: %s", candidate, rep.reason())
@@ -914,8 +1259,9 @@ def _mse(pred: npt.NDArray[np.floating[Any]], target: npt.NDArray[np.floating[An
     return v if math.isfinite(v) else float("inf")
 
 
-def _worst_episode(pred: npt.NDArray[np.float32], target: npt.NDArray[np.float32],
-                   episodes: npt.NDArray[Any]) -> dict[str, Any]:
+def _worst_episode(
+    pred: npt.NDArray[np.float32], target: npt.NDArray[np.float32], episodes: npt.NDArray[Any]
+) -> dict[str, Any]:
     with np.errstate(over="ignore", invalid="ignore"):
         err = np.mean((pred.astype(np.float64) - target) ** 2, axis=1)
     ids, inv = np.unique(episodes, return_inverse=True)

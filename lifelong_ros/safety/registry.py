@@ -16,6 +16,7 @@ Being ``active``, ``retired`` (was active, replaced, still a rollback target) or
 back from as faulty, never served again) is lifecycle state kept in state.json, so the switch of
 the serving model is a single atomic file replacement.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -246,8 +247,13 @@ class ModelRegistry:
             if quarantined:
                 fsync_dir(self.versions_dir)
         if removed or quarantined:
-            log.warning("registry %s: removed %d unfinished builds %s, quarantined incomplete versions %s",
-                        self.root, len(removed), removed, quarantined)
+            log.warning(
+                "registry %s: removed %d unfinished builds %s, quarantined incomplete versions %s",
+                self.root,
+                len(removed),
+                removed,
+                quarantined,
+            )
         return {"removed_builds": removed, "quarantined": quarantined}
 
     # ------------------------------------------------------------------ reading
@@ -300,13 +306,22 @@ class ModelRegistry:
 
     def _info(self, meta: dict[str, Any], st: dict[str, Any], path: Path, state: str | None = None) -> VersionInfo:
         return VersionInfo(
-            id=meta["id"], state=state or self._effective_state(meta, st), decision=meta["state"],
-            parent=meta.get("parent"), method=meta.get("method", ""), tasks=list(meta.get("tasks", [])),
-            target_task=meta.get("target_task"), created=meta.get("created", ""),
-            onnx_sha256=meta["onnx_sha256"], weights_sha256=meta.get("weights_sha256"),
-            weights_file=meta.get("weights_file"), metrics=dict(meta.get("metrics") or {}),
-            data_range=dict(meta.get("data_range") or {}), config=dict(meta.get("config") or {}),
-            extra=dict(meta.get("extra") or {}), path=path,
+            id=meta["id"],
+            state=state or self._effective_state(meta, st),
+            decision=meta["state"],
+            parent=meta.get("parent"),
+            method=meta.get("method", ""),
+            tasks=list(meta.get("tasks", [])),
+            target_task=meta.get("target_task"),
+            created=meta.get("created", ""),
+            onnx_sha256=meta["onnx_sha256"],
+            weights_sha256=meta.get("weights_sha256"),
+            weights_file=meta.get("weights_file"),
+            metrics=dict(meta.get("metrics") or {}),
+            data_range=dict(meta.get("data_range") or {}),
+            config=dict(meta.get("config") or {}),
+            extra=dict(meta.get("extra") or {}),
+            path=path,
         )
 
     def ids(self) -> list[str]:
@@ -420,8 +435,10 @@ class ModelRegistry:
         """The state dict of ``version`` as numpy arrays (safetensors weights)."""
         data, wf = self.weights_bytes(version, verify)
         if wf != WEIGHTS_FILE:
-            raise RegistryError(f"{version}/{wf} is a torch archive; read it with "
-                                f"lifelong_ros.learning.model.state_dict_from_bytes(*registry.weights_bytes(version))")
+            raise RegistryError(
+                f"{version}/{wf} is a torch archive; read it with "
+                f"lifelong_ros.learning.model.state_dict_from_bytes(*registry.weights_bytes(version))"
+            )
         from safetensors.numpy import load
 
         return load(data)
@@ -563,19 +580,33 @@ class ModelRegistry:
             extra_files: dict[str, dict[str, Any]] = {}
             for name, src in (files or {}).items():
                 if not _FILE_RE.match(name) or name in (MODEL_FILE, META_FILE, WEIGHTS_FILE, TORCH_WEIGHTS_FILE):
-                    raise ValueError(f"extra file name {name!r} must be a plain file name other than the model/meta/weights files")
+                    raise ValueError(
+                        f"extra file name {name!r} must be a plain file name other than the model/meta/weights files"
+                    )
                 sha, size = self._write_payload(bdir / name, src)
                 extra_files[name] = {"sha256": sha, "size": size}
             (bdir / REPORTS_DIR).mkdir()
             with self._lock():
                 vid = self._next_id()
                 meta = {
-                    "id": vid, "parent": parent, "method": method, "tasks": list(tasks),
-                    "target_task": target_task, "created": _now(), "created_unix": time.time(),
-                    "state": "candidate", "onnx_sha256": onnx_sha, "onnx_size": onnx_size,
-                    "weights_file": wfile, "weights_sha256": w_sha, "weights_size": w_size,
-                    "config": dict(config or {}), "data_range": dict(data_range or {}),
-                    "metrics": dict(metrics or {}), "extra": dict(extra or {}), "files": extra_files,
+                    "id": vid,
+                    "parent": parent,
+                    "method": method,
+                    "tasks": list(tasks),
+                    "target_task": target_task,
+                    "created": _now(),
+                    "created_unix": time.time(),
+                    "state": "candidate",
+                    "onnx_sha256": onnx_sha,
+                    "onnx_size": onnx_size,
+                    "weights_file": wfile,
+                    "weights_sha256": w_sha,
+                    "weights_size": w_size,
+                    "config": dict(config or {}),
+                    "data_range": dict(data_range or {}),
+                    "metrics": dict(metrics or {}),
+                    "extra": dict(extra or {}),
+                    "files": extra_files,
                     "state_history": [],
                 }
                 atomic_write_json(bdir / META_FILE, meta)
@@ -599,7 +630,9 @@ class ModelRegistry:
             atomic_write_json(path, {"kind": kind, "version": version, "saved": _now(), **dict(report)})
             return path
 
-    def set_decision(self, version: str, decision: str, reason: str = "", report: Mapping[str, Any] | None = None) -> VersionInfo:
+    def set_decision(
+        self, version: str, decision: str, reason: str = "", report: Mapping[str, Any] | None = None
+    ) -> VersionInfo:
         """The gate's one-time verdict on a candidate: 'approved' or 'rejected', with its report."""
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
@@ -653,9 +686,13 @@ class ModelRegistry:
             new = dict(st)
             new["seq"] = st["seq"] + 1
             tr = Transition("promote", prev, version, _now(), reason, new["seq"])
-            new.update(active=version, active_sha256=sha, stack=st["stack"] + [version],
-                       history=st["history"] + [tr.to_dict()],
-                       retired=sorted(set(st["retired"]) | ({prev} if prev else set())))
+            new.update(
+                active=version,
+                active_sha256=sha,
+                stack=st["stack"] + [version],
+                history=st["history"] + [tr.to_dict()],
+                retired=sorted(set(st["retired"]) | ({prev} if prev else set())),
+            )
             try:
                 self._commit_state(new)
             except BaseException:
@@ -664,8 +701,9 @@ class ModelRegistry:
         log.info("promoted %s (was %s)", version, prev)
         return tr
 
-    def rollback(self, to: str | None = None, *, runtime: Swappable | None = None, reason: str = "",
-                 revoke: bool = False) -> Transition:
+    def rollback(
+        self, to: str | None = None, *, runtime: Swappable | None = None, reason: str = "", revoke: bool = False
+    ) -> Transition:
         """Go back to the previous approved version (or the named one ``to``) in one call.
 
         ``revoke`` marks the version rolled back from as faulty so it is never served again (the
@@ -695,8 +733,10 @@ class ModelRegistry:
                     target = vid
                     break
                 if target is None:
-                    raise RegistryError(f"no earlier approved version to roll back to from {cur}"
-                                        + (f" (skipped: {skipped})" if skipped else ""))
+                    raise RegistryError(
+                        f"no earlier approved version to roll back to from {cur}"
+                        + (f" (skipped: {skipped})" if skipped else "")
+                    )
             self._swap_runtime(runtime, target, data, sha)
             stack = list(st["stack"])
             if target in stack:
@@ -712,8 +752,14 @@ class ModelRegistry:
                 retired.discard(cur)
             else:
                 retired.add(cur)
-            new.update(active=target, active_sha256=sha, stack=stack, history=st["history"] + [tr.to_dict()],
-                       retired=sorted(retired), revoked=sorted(revoked))
+            new.update(
+                active=target,
+                active_sha256=sha,
+                stack=stack,
+                history=st["history"] + [tr.to_dict()],
+                retired=sorted(retired),
+                revoked=sorted(revoked),
+            )
             try:
                 self._commit_state(new)
             except BaseException:
@@ -732,8 +778,9 @@ class ModelRegistry:
             new = dict(st)
             new["seq"] = st["seq"] + 1
             new["revoked"] = sorted(set(st["revoked"]) | {version})
-            new["history"] = st["history"] + [{"kind": "revoke", "version": version, "at": _now(),
-                                               "reason": reason, "seq": new["seq"]}]
+            new["history"] = st["history"] + [
+                {"kind": "revoke", "version": version, "at": _now(), "reason": reason, "seq": new["seq"]}
+            ]
             self._commit_state(new)
 
     # ------------------------------------------------------------------ garbage collection

@@ -3,6 +3,7 @@
 The gate judges a candidate on held-out data; the watchdog covers what only shows on the robot
 (actions outside their limits, tasks failing) and undoes the promotion without waiting for a human.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,8 +44,10 @@ class WatchdogConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"watchdog config {name}={v!r}: expected an integer >= 1")
         if self.min_actions > self.action_window or self.min_episodes > self.episode_window:
-            raise ValueError(f"watchdog config: min_actions/min_episodes ({self.min_actions}/{self.min_episodes}) "
-                             f"must not exceed their windows ({self.action_window}/{self.episode_window})")
+            raise ValueError(
+                f"watchdog config: min_actions/min_episodes ({self.min_actions}/{self.min_episodes}) "
+                f"must not exceed their windows ({self.action_window}/{self.episode_window})"
+            )
         for name in ("max_out_of_bounds_rate", "max_failure_rate"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
@@ -92,9 +95,13 @@ class Watchdog:
     ignored. After a rollback the watchdog re-arms on the new active version with empty windows.
     """
 
-    def __init__(self, registry: ModelRegistry, runtime: Swappable | None = None,
-                 config: WatchdogConfig | Mapping[str, Any] | None = None,
-                 on_event: Callable[[WatchdogEvent], None] | None = None):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        runtime: Swappable | None = None,
+        config: WatchdogConfig | Mapping[str, Any] | None = None,
+        on_event: Callable[[WatchdogEvent], None] | None = None,
+    ):
         self.registry = registry
         self.runtime = runtime
         self.config = config if isinstance(config, WatchdogConfig) else WatchdogConfig.from_dict(config)
@@ -139,7 +146,9 @@ class Watchdog:
             tripped, self._version = self._version, None
         return self._trip(tripped, "out_of_bounds_rate", rate, self.config.max_out_of_bounds_rate, n)
 
-    def observe_episode(self, success: bool, version: str | None = None, task: str | None = None) -> WatchdogEvent | None:
+    def observe_episode(
+        self, success: bool, version: str | None = None, task: str | None = None
+    ) -> WatchdogEvent | None:
         """Record one finished task attempt; returns an event when this call tripped the failure rate."""
         with self._lock:
             if self._version is None or (version is not None and version != self._version):
@@ -157,15 +166,33 @@ class Watchdog:
     def status(self) -> dict[str, Any]:
         with self._lock:
             na, ne = len(self._actions), len(self._episodes)
-            return {"version": self._version,
-                    "actions": na, "out_of_bounds_rate": sum(self._actions) / na if na else None,
-                    "episodes": ne, "failure_rate": sum(self._episodes) / ne if ne else None,
-                    "events": len(self.events)}
+            return {
+                "version": self._version,
+                "actions": na,
+                "out_of_bounds_rate": sum(self._actions) / na if na else None,
+                "episodes": ne,
+                "failure_rate": sum(self._episodes) / ne if ne else None,
+                "events": len(self.events),
+            }
 
-    def _trip(self, version: str, signal: str, value: float, threshold: float, window: int,
-              detail: dict[str, Any] | None = None) -> WatchdogEvent:
-        ev = WatchdogEvent(version, signal, float(value), float(threshold), window,
-                           datetime.now(UTC).isoformat(timespec="milliseconds"), detail=dict(detail or {}))
+    def _trip(
+        self,
+        version: str,
+        signal: str,
+        value: float,
+        threshold: float,
+        window: int,
+        detail: dict[str, Any] | None = None,
+    ) -> WatchdogEvent:
+        ev = WatchdogEvent(
+            version,
+            signal,
+            float(value),
+            float(threshold),
+            window,
+            datetime.now(UTC).isoformat(timespec="milliseconds"),
+            detail=dict(detail or {}),
+        )
         reason = f"watchdog: {signal} {value:.3g} > {threshold:.3g} over the last {window}"
         log.error("%s on %s; rolling back", reason, version)
         try:
@@ -175,8 +202,9 @@ class Watchdog:
             ev.error = f"{type(exc).__name__}: {exc}"
             log.error("watchdog could not roll back from %s: %s", version, ev.error)
         try:
-            self.registry.save_report(version, "watchdog", {**ev.to_dict(), "reason": reason,
-                                                            "config": dataclasses.asdict(self.config)})
+            self.registry.save_report(
+                version, "watchdog", {**ev.to_dict(), "reason": reason, "config": dataclasses.asdict(self.config)}
+            )
         except (RegistryError, OSError):
             log.exception("could not persist the watchdog report for %s", version)
         self.events.append(ev)

@@ -28,6 +28,7 @@ Design (the hot path is ``infer``; everything else is kept off it):
   exact enough for a float32 network. Integers, booleans, complex, objects and strings are refused
   rather than guessed at. Lists/tuples of floats are accepted through ``np.asarray``.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,8 +104,12 @@ class ModelSignature:
         return "; ".join(problems) or None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"inputs": [list(i) for i in self.inputs], "outputs": [list(o) for o in self.outputs],
-                "obs_dim": self.obs_dim, "act_dim": self.act_dim}
+        return {
+            "inputs": [list(i) for i in self.inputs],
+            "outputs": [list(o) for o in self.outputs],
+            "obs_dim": self.obs_dim,
+            "act_dim": self.act_dim,
+        }
 
 
 def session_options(intra_op_threads: int = 1) -> ort.SessionOptions:
@@ -139,8 +144,16 @@ class _Snapshot:
         "version",
     )
 
-    def __init__(self, session: ort.InferenceSession, version: str, sha256: str, signature: ModelSignature,
-                 num_heads: int, has_task: bool, metadata: dict[str, str]):
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        version: str,
+        sha256: str,
+        signature: ModelSignature,
+        num_heads: int,
+        has_task: bool,
+        metadata: dict[str, str],
+    ):
         self.session = session
         # run(output_names, feeds, run_options): InferenceSession.run, or its C++ binding directly
         # once _warm_up has shown they agree.
@@ -210,19 +223,26 @@ def _signature(session: ort.InferenceSession, version: str, meta: dict[str, str]
         raise ModelLoadError(f"{where} has outputs {sorted(outputs)}; expected an output named {ACTION_OUTPUT!r}")
     obs, act = inputs[OBS_INPUT], outputs[ACTION_OUTPUT]
     if obs.type != "tensor(float)" or len(obs.shape) != 2:
-        raise ModelLoadError(f"{where}: input {OBS_INPUT!r} is {obs.type} with shape {obs.shape}; "
-                             "expected tensor(float) with shape [batch, obs_dim]")
+        raise ModelLoadError(
+            f"{where}: input {OBS_INPUT!r} is {obs.type} with shape {obs.shape}; "
+            "expected tensor(float) with shape [batch, obs_dim]"
+        )
     if act.type != "tensor(float)" or len(act.shape) != 2:
-        raise ModelLoadError(f"{where}: output {ACTION_OUTPUT!r} is {act.type} with shape {act.shape}; "
-                             "expected tensor(float) with shape [batch, act_dim]")
+        raise ModelLoadError(
+            f"{where}: output {ACTION_OUTPUT!r} is {act.type} with shape {act.shape}; "
+            "expected tensor(float) with shape [batch, act_dim]"
+        )
     if _dim(obs.shape[0]) is not None:
-        raise ModelLoadError(f"{where}: input {OBS_INPUT!r} has a fixed batch size {obs.shape[0]} (shape {obs.shape}); "
-                             "expected a dynamic batch axis (export with dynamic_axes, as model.export_onnx does)")
+        raise ModelLoadError(
+            f"{where}: input {OBS_INPUT!r} has a fixed batch size {obs.shape[0]} (shape {obs.shape}); "
+            "expected a dynamic batch axis (export with dynamic_axes, as model.export_onnx does)"
+        )
     has_task = TASK_INPUT in inputs
     if has_task and (inputs[TASK_INPUT].type != "tensor(int64)" or len(inputs[TASK_INPUT].shape) != 1):
         t = inputs[TASK_INPUT]
-        raise ModelLoadError(f"{where}: input {TASK_INPUT!r} is {t.type} with shape {t.shape}; "
-                             "expected tensor(int64) with shape [batch]")
+        raise ModelLoadError(
+            f"{where}: input {TASK_INPUT!r} is {t.type} with shape {t.shape}; expected tensor(int64) with shape [batch]"
+        )
     dims: dict[str, int] = {}
     for key, graph_dim in (("obs_dim", _dim(obs.shape[1])), ("act_dim", _dim(act.shape[1]))):
         raw = meta.get(key)
@@ -239,7 +259,9 @@ def _signature(session: ort.InferenceSession, version: str, meta: dict[str, str]
     sig = ModelSignature(
         inputs=tuple(sorted((i.name, i.type) for i in inputs.values())),
         outputs=tuple(sorted((o.name, o.type) for o in outputs.values())),
-        obs_dim=dims["obs_dim"], act_dim=dims["act_dim"])
+        obs_dim=dims["obs_dim"],
+        act_dim=dims["act_dim"],
+    )
     return sig, has_task
 
 
@@ -275,8 +297,10 @@ def _warm_up(snap: _Snapshot) -> None:
     """
     n = snap.num_heads
     single = np.random.default_rng(0).standard_normal((1, snap.obs_dim)).astype(np.float32)
-    probes = [(single, snap.task_ones[0]),
-              (np.zeros((n + 1, snap.obs_dim), np.float32), np.arange(n + 1, dtype=np.int64) % n)]
+    probes = [
+        (single, snap.task_ones[0]),
+        (np.zeros((n + 1, snap.obs_dim), np.float32), np.arange(n + 1, dtype=np.int64) % n),
+    ]
     outputs: list[tuple[dict[str, npt.NDArray[Any]], npt.NDArray[np.float32]]] = []
     for x, task in probes:
         feeds: dict[str, npt.NDArray[Any]] = {OBS_INPUT: x, TASK_INPUT: task} if snap.has_task else {OBS_INPUT: x}
@@ -285,13 +309,17 @@ def _warm_up(snap: _Snapshot) -> None:
         except Exception as exc:  # any failure here means: do not serve this model
             raise ModelLoadError(f"model {snap.version!r} failed its warm-up inference: {exc}") from exc
         if not isinstance(y, np.ndarray) or y.shape != (x.shape[0], snap.act_dim) or y.dtype != _F32:
-            raise ModelLoadError(f"model {snap.version!r} returned {getattr(y, 'dtype', type(y))} "
-                                 f"{getattr(y, 'shape', '')} in warm-up; expected float32 {(x.shape[0], snap.act_dim)}")
+            raise ModelLoadError(
+                f"model {snap.version!r} returned {getattr(y, 'dtype', type(y))} "
+                f"{getattr(y, 'shape', '')} in warm-up; expected float32 {(x.shape[0], snap.act_dim)}"
+            )
         bad_rows = np.flatnonzero(~np.isfinite(y).all(axis=1))
         if bad_rows.size:
-            raise ModelLoadError(f"model {snap.version!r} produced non-finite actions in warm-up, e.g. "
-                                 f"{y[bad_rows[0]].tolist()} for task id(s) {sorted(set(task[bad_rows].tolist()))}; "
-                                 "refusing to serve it")
+            raise ModelLoadError(
+                f"model {snap.version!r} produced non-finite actions in warm-up, e.g. "
+                f"{y[bad_rows[0]].tolist()} for task id(s) {sorted(set(task[bad_rows].tolist()))}; "
+                "refusing to serve it"
+            )
         outputs.append((feeds, y))
     snap.run = snap.session.run
     fast = getattr(getattr(snap.session, "_sess", None), "run", None)
@@ -301,8 +329,12 @@ def _warm_up(snap: _Snapshot) -> None:
             y = fast(snap.out_names, feeds, None)[0]
         except Exception:  # noqa: BLE001 - private API changed: keep the public one
             return
-        if type(y) is np.ndarray and y.dtype == expected.dtype and y.shape == expected.shape \
-                and y.tobytes() == expected.tobytes():
+        if (
+            type(y) is np.ndarray
+            and y.dtype == expected.dtype
+            and y.shape == expected.shape
+            and y.tobytes() == expected.tobytes()
+        ):
             snap.run = fast
 
 
@@ -313,13 +345,16 @@ def _read_verified(model: ModelSource, version: str, expected_sha256: str | None
     data = _read_model(model, version)
     sha = sha256_bytes(data)
     if expected_sha256 is not None and sha != expected_sha256.strip().lower():
-        raise ModelLoadError(f"sha256 mismatch for model {version!r}: expected {expected_sha256}, got {sha} "
-                             f"({len(data)} bytes); refusing to serve it")
+        raise ModelLoadError(
+            f"sha256 mismatch for model {version!r}: expected {expected_sha256}, got {sha} "
+            f"({len(data)} bytes); refusing to serve it"
+        )
     return data, sha
 
 
-def _build(data: bytes, sha: str, version: str, options: ort.SessionOptions,
-           before_build: Callable[[], None] | None = None) -> _Snapshot:
+def _build(
+    data: bytes, sha: str, version: str, options: ort.SessionOptions, before_build: Callable[[], None] | None = None
+) -> _Snapshot:
     """Build, check and warm a session for verified model bytes. ``before_build`` runs just before
     the session constructor (see PolicyRuntime._evict_warm for why)."""
     if before_build is not None:
@@ -327,8 +362,9 @@ def _build(data: bytes, sha: str, version: str, options: ort.SessionOptions,
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several types for bad models
-        raise ModelLoadError(f"onnxruntime cannot load model {version!r} ({len(data)} bytes, sha256 {sha[:12]}…): "
-                             f"{exc}") from exc
+        raise ModelLoadError(
+            f"onnxruntime cannot load model {version!r} ({len(data)} bytes, sha256 {sha[:12]}…): {exc}"
+        ) from exc
     meta = dict(session.get_modelmeta().custom_metadata_map)
     sig, has_task = _signature(session, version, meta)
     snap = _Snapshot(session, version, sha, sig, _num_heads(meta, has_task, version), has_task, meta)
@@ -349,8 +385,16 @@ class PolicyRuntime:
     no session is built or torn down, and the control thread is not disturbed at all.
     """
 
-    def __init__(self, model: ModelSource, version: str, expected_sha256: str | None = None,
-                 intra_op_threads: int = 1, *, build_niceness: int = 10, keep_warm: int = 2):
+    def __init__(
+        self,
+        model: ModelSource,
+        version: str,
+        expected_sha256: str | None = None,
+        intra_op_threads: int = 1,
+        *,
+        build_niceness: int = 10,
+        keep_warm: int = 2,
+    ):
         if not isinstance(intra_op_threads, int) or intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
         if not isinstance(build_niceness, int) or not 0 <= build_niceness <= 19:
@@ -378,7 +422,9 @@ class PolicyRuntime:
         self._last_swap_ms: float | None = None
 
     # -- the hot path ------------------------------------------------------------------------
-    def infer(self, obs: npt.NDArray[np.floating[Any]], task_id: int | npt.NDArray[np.integer[Any]] = 0) -> PolicyOutput:
+    def infer(
+        self, obs: npt.NDArray[np.floating[Any]], task_id: int | npt.NDArray[np.integer[Any]] = 0
+    ) -> PolicyOutput:
         """Action for ``obs`` ([obs_dim] -> [act_dim], or [N, obs_dim] -> [N, act_dim]) with head
         ``task_id`` (an int, or one id per row), tagged with the version that computed it.
 
@@ -467,8 +513,12 @@ class PolicyRuntime:
             if self._executor is None:
                 nice = self._build_niceness if self._intra_op_threads == 1 else 0
                 # The initializer must not reference self: the worker keeps it alive for its lifetime.
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-runtime-build",
-                                                    initializer=_init_builder, initargs=(nice, self._builder_ident))
+                self._executor = ThreadPoolExecutor(
+                    max_workers=1,
+                    thread_name_prefix="policy-runtime-build",
+                    initializer=_init_builder,
+                    initargs=(nice, self._builder_ident),
+                )
             return self._executor
 
     def _swap_now(self, model: ModelSource, version: str, expected_sha256: str | None, t0: float) -> SwapReport:
@@ -555,15 +605,26 @@ class PolicyRuntime:
     def stats(self) -> dict[str, Any]:
         """Counters for health reporting (call/error counts are approximate under concurrent callers)."""
         s = self._snap
-        return {"version": s.version, "sha256": s.sha256, "num_heads": s.num_heads, "calls": self._calls,
-                "errors": self._errors, "swaps": self._swaps, "reused_swaps": self._reused_swaps,
-                "failed_swaps": self._failed_swaps, "warm_versions": list(self._warm_versions),
-                "last_swap_ms": self._last_swap_ms, "last_swap_error": self._last_swap_error}
+        return {
+            "version": s.version,
+            "sha256": s.sha256,
+            "num_heads": s.num_heads,
+            "calls": self._calls,
+            "errors": self._errors,
+            "swaps": self._swaps,
+            "reused_swaps": self._reused_swaps,
+            "failed_swaps": self._failed_swaps,
+            "warm_versions": list(self._warm_versions),
+            "last_swap_ms": self._last_swap_ms,
+            "last_swap_error": self._last_swap_error,
+        }
 
     def __repr__(self) -> str:
         s = self._snap
-        return (f"PolicyRuntime(version={s.version!r}, obs_dim={s.obs_dim}, act_dim={s.act_dim}, "
-                f"num_heads={s.num_heads}, sha256={s.sha256[:12]}…)")
+        return (
+            f"PolicyRuntime(version={s.version!r}, obs_dim={s.obs_dim}, act_dim={s.act_dim}, "
+            f"num_heads={s.num_heads}, sha256={s.sha256[:12]}…)"
+        )
 
 
 def _init_builder(niceness: int, ident: list[int | None]) -> None:
@@ -582,8 +643,10 @@ def _check_finite(x: npt.NDArray[np.floating[Any]]) -> None:
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         where = idx[0] if len(idx) == 1 else list(idx)
-        raise InvalidObservation(f"obs[{where}] is {float(x[idx])!r} ({int(bad.sum())} non-finite value(s)); "
-                                 "expected finite numbers (no NaN or Inf)")
+        raise InvalidObservation(
+            f"obs[{where}] is {float(x[idx])!r} ({int(bad.sum())} non-finite value(s)); "
+            "expected finite numbers (no NaN or Inf)"
+        )
 
 
 def _coerce(obs: Any, snap: _Snapshot) -> tuple[npt.NDArray[np.float32], bool]:
@@ -593,23 +656,33 @@ def _coerce(obs: Any, snap: _Snapshot) -> tuple[npt.NDArray[np.float32], bool]:
             try:
                 obs = np.asarray(obs)
             except ValueError as exc:
-                raise InvalidObservation(f"obs could not be read as an array ({exc}); expected "
-                                         f"{snap.obs_dim} floats or [N, {snap.obs_dim}] floats") from None
+                raise InvalidObservation(
+                    f"obs could not be read as an array ({exc}); expected "
+                    f"{snap.obs_dim} floats or [N, {snap.obs_dim}] floats"
+                ) from None
         else:
-            raise InvalidObservation(f"obs is a {type(obs).__name__}; expected a numpy float32 array "
-                                     f"of shape ({snap.obs_dim},) or (N, {snap.obs_dim})")
+            raise InvalidObservation(
+                f"obs is a {type(obs).__name__}; expected a numpy float32 array "
+                f"of shape ({snap.obs_dim},) or (N, {snap.obs_dim})"
+            )
     if obs.dtype.kind != "f":
-        raise InvalidObservation(f"obs has dtype {obs.dtype}; expected float32 (other real float dtypes "
-                                 "are converted; integer, bool, complex and object arrays are refused)")
+        raise InvalidObservation(
+            f"obs has dtype {obs.dtype}; expected float32 (other real float dtypes "
+            "are converted; integer, bool, complex and object arrays are refused)"
+        )
     if obs.ndim == 1:
         if obs.shape[0] != snap.obs_dim:
-            raise InvalidObservation(f"obs has length {obs.shape[0]}; expected {snap.obs_dim} "
-                                     f"(model {snap.version!r} takes obs_dim={snap.obs_dim})")
+            raise InvalidObservation(
+                f"obs has length {obs.shape[0]}; expected {snap.obs_dim} "
+                f"(model {snap.version!r} takes obs_dim={snap.obs_dim})"
+            )
         single = True
     elif obs.ndim == 2:
         if obs.shape[1] != snap.obs_dim or obs.shape[0] == 0:
-            raise InvalidObservation(f"obs has shape {obs.shape}; expected (N, {snap.obs_dim}) with N >= 1 "
-                                     f"(model {snap.version!r} takes obs_dim={snap.obs_dim})")
+            raise InvalidObservation(
+                f"obs has shape {obs.shape}; expected (N, {snap.obs_dim}) with N >= 1 "
+                f"(model {snap.version!r} takes obs_dim={snap.obs_dim})"
+            )
         single = False
     else:
         raise InvalidObservation(f"obs has shape {obs.shape}; expected ({snap.obs_dim},) or (N, {snap.obs_dim})")
@@ -617,14 +690,15 @@ def _coerce(obs: Any, snap: _Snapshot) -> tuple[npt.NDArray[np.float32], bool]:
     with np.errstate(over="ignore"):
         x = np.ascontiguousarray(obs, dtype=_F32)
     if x is not obs and not np.isfinite(x).all():
-        raise InvalidObservation(f"obs has {obs.dtype} values beyond float32 range (max |obs| = "
-                                 f"{float(np.abs(obs).max())!r}); expected finite values within ±3.4e38")
+        raise InvalidObservation(
+            f"obs has {obs.dtype} values beyond float32 range (max |obs| = "
+            f"{float(np.abs(obs).max())!r}); expected finite values within ±3.4e38"
+        )
     return (x.reshape(1, snap.obs_dim) if single else x), single
 
 
 def _bad_task_id(task_id: Any, snap: _Snapshot) -> None:
-    hint = (f"an integer in [0, {snap.num_heads})" if snap.has_task
-            else "0 (this model has no task_id input)")
+    hint = f"an integer in [0, {snap.num_heads})" if snap.has_task else "0 (this model has no task_id input)"
     raise InvalidObservation(f"task_id {task_id!r} is out of range; expected {hint} for model {snap.version!r}")
 
 

@@ -4,13 +4,14 @@ A task is data (an environment name plus a variation seed), not a code path. Dem
 from Meta-World's scripted experts. Episodes end a configurable number of steps after the first
 success, so evaluation costs tens of steps instead of 500.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -69,7 +70,9 @@ class MetaWorldSim:
         if env_name not in mw.env_dict.ALL_V3_ENVIRONMENTS:
             raise ValueError(f"unknown Meta-World task {env_name!r}; expected one of {available_tasks()}")
         if steps_after_success < 0 or max_steps < 1:
-            raise ValueError(f"need steps_after_success >= 0 and max_steps >= 1, got {steps_after_success}, {max_steps}")
+            raise ValueError(
+                f"need steps_after_success >= 0 and max_steps >= 1, got {steps_after_success}, {max_steps}"
+            )
         self.env_name = env_name
         self.steps_after_success = steps_after_success
         self.max_steps = min(max_steps, 500)
@@ -119,8 +122,10 @@ class MetaWorldSim:
     def _reset_to(self, vec: np.ndarray) -> np.ndarray:
         low, high, _ = self.placement_space
         if vec.shape != low.shape or not np.all((vec >= low - 1e-9) & (vec <= high + 1e-9)):
-            raise ValueError(f"placement {vec.tolist()} is outside {self.env_name}'s placement space "
-                             f"[{low.tolist()}, {high.tolist()}]")
+            raise ValueError(
+                f"placement {vec.tolist()} is outside {self.env_name}'s placement space "
+                f"[{low.tolist()}, {high.tolist()}]"
+            )
         env = self._env
         calls = [0]
 
@@ -158,7 +163,9 @@ class MetaWorldSim:
         if self._success_at is None and info.get("success", 0.0) >= 1.0:
             self._success_at = self._t
         success = self._success_at is not None
-        done = self._t >= self.max_steps or (success and self._t - self._success_at >= self.steps_after_success)
+        done = self._t >= self.max_steps or (
+            self._success_at is not None and self._t - self._success_at >= self.steps_after_success
+        )
         return obs.astype(np.float32), float(reward), done, {"success": success}
 
     def expert(self) -> Callable[[np.ndarray], np.ndarray]:
@@ -166,8 +173,9 @@ class MetaWorldSim:
         policy = _metaworld().policies.ENV_POLICY_MAP[self.env_name]()
         return lambda obs: np.asarray(policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
 
-    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int,
-                    placement: np.ndarray | None = None) -> Episode:
+    def run_episode(
+        self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: np.ndarray | None = None
+    ) -> Episode:
         obs = self.reset(seed, placement)
         rows_obs, rows_act, rewards = [], [], []
         done, info = False, {"success": False}

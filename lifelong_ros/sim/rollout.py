@@ -7,10 +7,11 @@ policy: the same PolicyRuntime (validated inference) the policy server uses, on 
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from lifelong_ros.serving.runtime import PolicyRuntime
 from lifelong_ros.sim.metaworld import MetaWorldSim
+
 
 def head_for(runtime: PolicyRuntime, task: str) -> int:
     """The model head serving ``task``: its index in the model's ``tasks`` metadata (0 when single-head)."""
@@ -35,7 +36,8 @@ def sim_rollout_fn(seed_base: int = 100_000, max_steps: int = 500) -> Callable[[
             if task not in envs:
                 envs[task] = MetaWorldSim(task, steps_after_success=0, max_steps=max_steps)
             env = envs[task]
-            return sum(bool(env.run_episode(lambda o: runtime.infer(o, head).action, seed_base + k).success)
-                       for k in range(n))
+            return sum(
+                bool(env.run_episode(lambda o: runtime.infer(o, head).action, seed_base + k).success) for k in range(n)
+            )
 
     return rollout

@@ -1,5 +1,6 @@
 """ExperienceStore behaviour: records round-trip, bad input is refused, the held-out split holds,
 samplers sample what they promise, retention keeps the budget without touching protected data."""
+
 from __future__ import annotations
 
 import subprocess
@@ -39,9 +40,18 @@ def store(tmp_path):
 def test_records_round_trip_with_all_fields(tmp_path, store):
     obs, act = _rows(5)
     res = store.append(
-        "reach", "ep0", np.arange(5), obs, act, reward=np.arange(5) * 0.5, done=[0, 0, 0, 0, 1],
-        stamp_ns=1_700_000_000_000_000_000 + np.arange(5), source="correction", label=["a", None, "c", None, None],
-        meta={"operator": "kim"}, split="train",
+        "reach",
+        "ep0",
+        np.arange(5),
+        obs,
+        act,
+        reward=np.arange(5) * 0.5,
+        done=[0, 0, 0, 0, 1],
+        stamp_ns=1_700_000_000_000_000_000 + np.arange(5),
+        source="correction",
+        label=["a", None, "c", None, None],
+        meta={"operator": "kim"},
+        split="train",
     )
     assert res.ids.tolist() == [1, 2, 3, 4, 5]
     b = store.task_arrays("reach")
@@ -119,9 +129,8 @@ def test_unknown_source_and_empty_task_are_refused(store):
 def test_second_writer_is_refused_but_readers_are_not(store):
     with pytest.raises(StoreLockedError, match="already open for writing"):
         ExperienceStore(store.path, D, A)
-    with ExperienceStore(store.path, readonly=True) as r:
-        with pytest.raises(StoreError, match="opened readonly"):
-            r.append("t", 0, 0, *_rows(1))
+    with ExperienceStore(store.path, readonly=True) as r, pytest.raises(StoreError, match="opened readonly"):
+        r.append("t", 0, 0, *_rows(1))
 
 
 def test_heldout_split_is_deterministic_persisted_and_fixed_at_first_sight(tmp_path):
@@ -183,7 +192,12 @@ def test_property_no_training_sampler_ever_returns_a_heldout_episode(tmp_path_fa
         train = {(i.task, i.episode) for i in s.episodes(split="train")}
         assert not heldout & train
         rng = np.random.default_rng(seed)
-        filters = [dict(), dict(tasks=["reach"]), dict(sources=["demonstration", "bag"]), dict(tasks="push", sources="policy")]
+        filters = [
+            dict(),
+            dict(tasks=["reach"]),
+            dict(sources=["demonstration", "bag"]),
+            dict(tasks="push", sources="policy"),
+        ]
         for sampler in ("uniform", "task_balanced", "recent"):
             for f in filters:
                 try:
@@ -287,7 +301,9 @@ def test_budget_that_only_protected_records_could_meet_raises_or_flags(tmp_path)
     pol = RetentionPolicy(max_records=100)
     with ExperienceStore(tmp_path / "s.sqlite3", D, A, heldout_fraction=0.0, retention=pol) as s:
         s.append("t", 0, np.arange(80), *_rows(80), source="demonstration")
-        with pytest.raises(BudgetExceeded, match=r"budget .* is 100 records but 130 protected records would remain \(130 demonstration"):
+        with pytest.raises(
+            BudgetExceeded, match=r"budget .* is 100 records but 130 protected records would remain \(130 demonstration"
+        ):
             s.append("t", 1, np.arange(50), *_rows(50), source="demonstration")
         assert len(s) == 80  # the batch was rejected as a whole
     pol = RetentionPolicy(max_records=100, on_protected_overflow="flag")
@@ -310,9 +326,9 @@ def test_byte_budget_bounds_the_database_size(tmp_path):
         n = s.stats()["records"]
         assert 10_000 < n < 40_000
         c = s._conn
-        used = (c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]) * c.execute(
-            "PRAGMA page_size"
-        ).fetchone()[0]
+        used = (
+            c.execute("PRAGMA page_count").fetchone()[0] - c.execute("PRAGMA freelist_count").fetchone()[0]
+        ) * c.execute("PRAGMA page_size").fetchone()[0]
         assert used <= 2_000_000 * 1.05
     assert path.stat().st_size < 2_000_000 * 1.5
 

@@ -1,5 +1,6 @@
 """The store survives what robots do to it: SIGKILL of the writer mid-commit, a full disk, and
 reader processes sampling while the writer writes. Every acknowledged record must come back intact."""
+
 from __future__ import annotations
 
 import os
@@ -97,7 +98,10 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_record(tmp_path):
         path = tmp_path / f"crash{trial // 4}.sqlite3"  # each store is killed and reopened 4 times
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(trial), "plain", "0", "1e9", "100"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
         )
         lines = []
         while True:  # wait until the writer is in its hot loop
@@ -139,8 +143,14 @@ def test_full_disk_gives_a_clear_error_and_keeps_everything_acknowledged(tmp_pat
             with pytest.raises(StoreFullError) as info:
                 for _ in range(10_000):
                     k = np.arange(acked, acked + 500)
-                    s.append("t", k // 1000, k, (k[:, None] * 0.5 + np.arange(OBS)).astype(np.float32),
-                             np.stack([k, -k], 1).astype(np.float32), stamp_ns=k)
+                    s.append(
+                        "t",
+                        k // 1000,
+                        k,
+                        (k[:, None] * 0.5 + np.arange(OBS)).astype(np.float32),
+                        np.stack([k, -k], 1).astype(np.float32),
+                        stamp_ns=k,
+                    )
                     acked += 500
             msg = str(info.value)
             assert "is full" in msg and "bytes free on" in msg and "rolled back" in msg
@@ -156,7 +166,10 @@ def test_file_size_limit_write_failure_keeps_everything_acknowledged(tmp_path):
     path = tmp_path / "fsize.sqlite3"
     out = subprocess.run(
         [sys.executable, "-c", WRITER, str(path), "0", "fsize", str(3_000_000), "60"],
-        capture_output=True, text=True, env=_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=120,
     )
     acked, _, err = _parse(out.stdout.splitlines())
     assert err is not None, f"the writer never hit the limit: {out.stdout[-500:]} {out.stderr[-2000:]}"
@@ -200,12 +213,18 @@ def test_reader_processes_sample_consistently_while_the_writer_writes(tmp_path):
     ExperienceStore(path, OBS, ACT, heldout_fraction=0.0).close()
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path), "5", "plain", "0", "2.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
     )
     readers = [
         subprocess.Popen(
             [sys.executable, "-c", READER, str(path), "2.0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
         )
         for _ in range(2)
     ]

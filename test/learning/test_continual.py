@@ -1,6 +1,8 @@
 """Mechanics of the continual loop and its plugins (EWC, online EWC, SI, L2, replay) on tiny problems."""
+
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -8,6 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
+from lifelong_ros.learning.strategies import build_plugins
 from lifelong_ros.learning.trainer import (
     EWC,
     ContinualTrainer,
@@ -24,8 +28,6 @@ from lifelong_ros.learning.trainer import (
     read_plugin_state,
     save_plugin_state,
 )
-from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
-from lifelong_ros.learning.strategies import build_plugins
 
 torch.set_num_threads(1)
 
@@ -267,8 +269,9 @@ def test_balanced_replay_gives_every_earlier_task_the_new_tasks_share():
         return bc_loss(model, x, t, y)
 
     model = PolicyNet(PolicyConfig(obs_dim=4, act_dim=2, hidden=(8,), num_heads=4))
-    trainer = ContinualTrainer(model, recording_loss, [Replay(memory, "balanced"), memory],
-                               TrainOptions(steps=300, batch_size=20))
+    trainer = ContinualTrainer(
+        model, recording_loss, [Replay(memory, "balanced"), memory], TrainOptions(steps=300, batch_size=20)
+    )
     for k in range(3):
         seen.clear()
         trainer.train_exp(Experience.from_arrays(torch.randn(60, 4), torch.randn(60, 2), k, f"t{k}"))
@@ -292,8 +295,12 @@ def test_replay_with_empty_memory_trains_on_new_data_only():
     memory = MemoryBuffer(per_task=10)
     seen = []
     model = small_policy()
-    trainer = ContinualTrainer(model, lambda m, x, t, y: (seen.append(len(t)), bc_loss(m, x, t, y))[1],
-                               [Replay(memory, 0.5), memory], TrainOptions(steps=3, batch_size=16))
+    trainer = ContinualTrainer(
+        model,
+        lambda m, x, t, y: (seen.append(len(t)), bc_loss(m, x, t, y))[1],
+        [Replay(memory, 0.5), memory],
+        TrainOptions(steps=3, batch_size=16),
+    )
     trainer.train_exp(regression_task(1, 0))
     assert seen == [16, 16, 16]
     assert len(memory.items) == 1 and len(memory.items[0][0]) == 10
@@ -321,7 +328,7 @@ def forgetting_on_two_tasks(plugins_for) -> tuple[float, float]:
 
 
 def test_naive_forgets_and_ewc_plus_replay_forgets_less():
-    naive_increase, naive_b = forgetting_on_two_tasks(list)
+    naive_increase, _naive_b = forgetting_on_two_tasks(list)
 
     def ewc_replay():
         memory = MemoryBuffer(per_task=64, seed=0)
@@ -364,8 +371,13 @@ def test_cancellation_is_checked_every_step_and_skips_consolidation():
 
 def test_progress_reports_phase_step_and_loss():
     events = []
-    trainer = ContinualTrainer(small_policy(), bc_loss, [EWC(fisher_samples=16)], TrainOptions(steps=25, progress_every=10),
-                               on_progress=lambda phase, step, loss: events.append((phase, step, loss)))
+    trainer = ContinualTrainer(
+        small_policy(),
+        bc_loss,
+        [EWC(fisher_samples=16)],
+        TrainOptions(steps=25, progress_every=10),
+        on_progress=lambda phase, step, loss: events.append((phase, step, loss)),
+    )
     result = trainer.train_exp(regression_task(1, 0))
     assert [(p, s) for p, s, _ in events] == [("train", 10), ("train", 20), ("train", 25), ("consolidate", 25)]
     assert all(math.isfinite(v) for _, _, v in events)
@@ -377,7 +389,9 @@ def test_classification_loss_trains_a_single_head_model():
     x = torch.randn(200, 4)
     y = (x[:, 0] > 0).long()
     model = PolicyNet(PolicyConfig(obs_dim=4, act_dim=2, hidden=(16,), num_heads=1, multi_head=False))
-    ContinualTrainer(model, cross_entropy_loss, [], TrainOptions(steps=100, lr=1e-2)).train_exp(Experience.from_arrays(x, y, 0))
+    ContinualTrainer(model, cross_entropy_loss, [], TrainOptions(steps=100, lr=1e-2)).train_exp(
+        Experience.from_arrays(x, y, 0)
+    )
     acc = float((model(x, torch.zeros(200, dtype=torch.int64)).argmax(1) == y).float().mean())
     assert acc > 0.95
 
@@ -402,7 +416,14 @@ def test_bad_experiences_and_plugin_sets_are_rejected_with_the_offending_value()
 # ---------------------------------------------------------------------------- persistence
 def test_plugin_state_round_trips_through_save_and_load(tmp_path):
     memory = MemoryBuffer(16, seed=0)
-    plugins = [EWC(3.0, 64), OnlineEWC(2.0, 0.9, 64), SynapticIntelligence(0.5), L2Anchor(0.1), Replay(memory, 0.5), memory]
+    plugins = [
+        EWC(3.0, 64),
+        OnlineEWC(2.0, 0.9, 64),
+        SynapticIntelligence(0.5),
+        L2Anchor(0.1),
+        Replay(memory, 0.5),
+        memory,
+    ]
     model = small_policy()
     trainer = ContinualTrainer(model, bc_loss, plugins, TrainOptions(steps=10))
     trainer.train_exp(regression_task(1, 0))
@@ -411,7 +432,14 @@ def test_plugin_state_round_trips_through_save_and_load(tmp_path):
     trainer.save(path)
 
     memory2 = MemoryBuffer(16, seed=1)
-    fresh = [EWC(3.0, 64), OnlineEWC(2.0, 0.9, 64), SynapticIntelligence(0.5), L2Anchor(0.1), Replay(memory2, 0.5), memory2]
+    fresh = [
+        EWC(3.0, 64),
+        OnlineEWC(2.0, 0.9, 64),
+        SynapticIntelligence(0.5),
+        L2Anchor(0.1),
+        Replay(memory2, 0.5),
+        memory2,
+    ]
     restored = ContinualTrainer(model, bc_loss, fresh, TrainOptions(steps=10))
     restored.restore(path)
     assert restored.experiences_seen == 2
@@ -428,7 +456,9 @@ def test_plugin_state_round_trips_through_save_and_load(tmp_path):
         expected = float(old.penalty(moved).detach())
         assert float(new.penalty(moved).detach()) == pytest.approx(expected) and expected > 0
 
-    with pytest.raises(ValueError, match=r"plugins \['l2', 'memory', 'online_ewc', 'replay', 'si'\] that the strategy \['ewc'\] lacks"):
+    with pytest.raises(
+        ValueError, match=r"plugins \['l2', 'memory', 'online_ewc', 'replay', 'si'\] that the strategy \['ewc'\] lacks"
+    ):
         ContinualTrainer(model, bc_loss, [EWC()]).restore(path)
     partial = EWC()
     ContinualTrainer(model, bc_loss, [partial]).restore(path, strict=False)  # dropping the rest on purpose
@@ -442,6 +472,7 @@ def test_plugin_state_round_trips_through_save_and_load(tmp_path):
 
 def test_consolidation_resumes_after_a_restart_exactly(tmp_path):
     """Train A, 'restart' (save model + plugin state, rebuild), train B: same result as without restart."""
+
     def plugins():
         return [OnlineEWC(10.0, 0.8, 64), SynapticIntelligence(0.5)]
 
@@ -489,19 +520,27 @@ def test_a_plugin_added_after_the_first_task_starts_fresh_when_state_is_restored
 
 
 def test_store_replay_samples_earlier_tasks_train_split_with_model_head_indices(tmp_path):
-    from lifelong_ros.learning.trainer import StoreReplay
     from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.learning.trainer import StoreReplay
 
     store = ExperienceStore(tmp_path / "store", obs_dim=3, act_dim=2)
     try:
         for k, task in enumerate(["reach", "push", "pick"]):
             for ep in range(3):
-                store.append_episode(task, f"{task}-{ep}", np.full((10, 3), k, np.float32), np.full((10, 2), k, np.float32), split="train")
-        store.append_episode("reach", "held", np.full((10, 3), 99.0, np.float32), np.zeros((10, 2), np.float32), split="heldout")
+                store.append_episode(
+                    task,
+                    f"{task}-{ep}",
+                    np.full((10, 3), k, np.float32),
+                    np.full((10, 2), k, np.float32),
+                    split="train",
+                )
+        store.append_episode(
+            "reach", "held", np.full((10, 3), 99.0, np.float32), np.zeros((10, 2), np.float32), split="heldout"
+        )
         order = ["push", "reach", "pick"]  # the model's head order differs from insertion order
         replay = StoreReplay(store, ["reach", "push"], order, seed=0)
         assert replay.num_tasks == 2 and Replay(replay, "balanced").replay_count(16) == 32
-        x, t, y = replay(400)
+        x, t, _y = replay(400)
         assert x.dtype == torch.float32 and t.dtype == torch.int64 and x.shape == (400, 3)
         assert set(t.tolist()) == {0, 1}
         assert torch.all(x[t == 1] == 0) and torch.all(x[t == 0] == 1)  # head 1 is "reach" (obs 0)
@@ -518,7 +557,7 @@ def test_cosine_learning_rate_runs_from_lr_to_lr_final():
     opts = TrainOptions(steps=50, lr=1e-3, lr_final=1e-5)
     rates = [opts.lr_at(s) for s in range(1, 51)]
     assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
-    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in itertools.pairwise(rates))
     assert TrainOptions(steps=50, lr=1e-3).lr_at(50) == 1e-3
     with pytest.raises(ValueError, match="lr_final"):
         TrainOptions(lr=1e-3, lr_final=1e-2)
@@ -541,7 +580,8 @@ def test_trainer_applies_the_schedule_step_by_step():
         spy = StepSizes()
         torch.manual_seed(0)
         ContinualTrainer(small_policy(), bc_loss, [spy], TrainOptions(steps=40, lr=1e-2, lr_final=lr_final)).train_exp(
-            regression_task(0, 0))
+            regression_task(0, 0)
+        )
         return spy.sizes
 
     constant, decayed = sizes(None), sizes(0.0)

@@ -1,4 +1,5 @@
 """Meta-learning mechanics on tiny problems: exact gradients, first-order and Reptile updates, ANIL, Meta-SGD."""
+
 import math
 
 import pytest
@@ -21,7 +22,7 @@ def sine_batch(seed=0, tasks=3, k=5, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     amp = torch.rand(tasks, 1, 1, generator=g) * 4 + 0.5
     phase = torch.rand(tasks, 1, 1, generator=g) * math.pi
-    x = (torch.rand(tasks, 2 * k, 1, generator=g) * 10 - 5)
+    x = torch.rand(tasks, 2 * k, 1, generator=g) * 10 - 5
     y = amp * torch.sin(x + phase)
     x, y = x.to(dtype), y.to(dtype)
     return (x[:, :k],), y[:, :k], (x[:, k:],), y[:, k:]

@@ -1,4 +1,5 @@
 """Continual-learning metrics against values computed by hand on a small accuracy matrix."""
+
 from __future__ import annotations
 
 import math

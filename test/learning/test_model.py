@@ -1,4 +1,5 @@
 """The policy network: per-task heads, single-head mode, growth that keeps old tasks, ONNX export."""
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -23,7 +24,9 @@ def test_heads_give_different_actions_for_the_same_observation():
 def test_single_head_mode_ignores_the_task_id_and_cannot_grow():
     net = _net(num_heads=1, multi_head=False)
     obs = torch.randn(4, 6)
-    torch.testing.assert_close(net(obs, torch.zeros(4, dtype=torch.long)), net(obs, torch.full((4,), 5, dtype=torch.long)))
+    torch.testing.assert_close(
+        net(obs, torch.zeros(4, dtype=torch.long)), net(obs, torch.full((4,), 5, dtype=torch.long))
+    )
     net.ensure_heads(4)
     assert net.num_heads == 1
     with pytest.raises(ValueError, match="exactly 1 when multi_head=False"):
@@ -39,7 +42,9 @@ def test_growing_heads_keeps_every_existing_head_exactly():
     for k in range(2):
         torch.testing.assert_close(net(obs, torch.full((5,), k, dtype=torch.long)), before[k], rtol=0, atol=0)
     clone = load_policy(net.config.to_dict(), net.state_dict())
-    torch.testing.assert_close(clone(obs, torch.full((5,), 3, dtype=torch.long)), net(obs, torch.full((5,), 3, dtype=torch.long)))
+    torch.testing.assert_close(
+        clone(obs, torch.full((5,), 3, dtype=torch.long)), net(obs, torch.full((5,), 3, dtype=torch.long))
+    )
 
 
 def test_normaliser_is_inside_the_network_and_floors_constant_features():
@@ -47,7 +52,10 @@ def test_normaliser_is_inside_the_network_and_floors_constant_features():
     data = np.random.default_rng(0).normal(3.0, 2.0, size=(500, 6)).astype(np.float32)
     data[:, 0] = 1.0  # a constant feature must not blow up to inf
     net.set_normalizer(data)
-    assert float(net.obs_std[0]) > 0 and torch.isfinite(net(torch.as_tensor(data), torch.zeros(500, dtype=torch.long))).all()
+    assert (
+        float(net.obs_std[0]) > 0
+        and torch.isfinite(net(torch.as_tensor(data), torch.zeros(500, dtype=torch.long))).all()
+    )
     assert abs(float(net.obs_mean[1]) - 3.0) < 0.3
 
 

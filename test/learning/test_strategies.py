@@ -1,4 +1,5 @@
 """The strategy registry and the recipes' typed options: every strategy builds, bad options fail early."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,14 @@ from lifelong_ros.learning.strategies import (
 )
 
 PLUGINS = {  # what each strategy builds with a replay source that is not a plugin
-    "naive": [], "joint": [], "l2": ["l2"], "ewc": ["ewc"], "online_ewc": ["online_ewc"], "si": ["si"],
-    "replay": ["replay"], "ewc_replay": ["online_ewc", "replay"],
+    "naive": [],
+    "joint": [],
+    "l2": ["l2"],
+    "ewc": ["ewc"],
+    "online_ewc": ["online_ewc"],
+    "si": ["si"],
+    "replay": ["replay"],
+    "ewc_replay": ["online_ewc", "replay"],
 }
 
 
@@ -41,8 +48,9 @@ def test_every_registered_strategy_builds_its_plugins():
 
 def test_options_reach_the_plugins_and_defaults_are_the_recipe_defaults():
     assert strategy_options("ewc_replay", {}) == EWCReplayOptions(100.0, 1.0, 1024, 0.5)
-    ewc, replay = build_plugins("ewc_replay", {"ewc_lambda": 3, "ewc_decay": 0.5, "fisher_samples": 16,
-                                               "replay_ratio": "balanced"}, _source)
+    ewc, replay = build_plugins(
+        "ewc_replay", {"ewc_lambda": 3, "ewc_decay": 0.5, "fisher_samples": 16, "replay_ratio": "balanced"}, _source
+    )
     assert isinstance(ewc, OnlineEWC) and (ewc.lam, ewc.decay, ewc.fisher_samples) == (3.0, 0.5, 16)
     assert isinstance(replay, Replay) and replay.ratio == "balanced"
     (plain,) = build_plugins("ewc", {"ewc_lambda": 7.5}, None)
@@ -65,15 +73,18 @@ def test_a_misspelled_option_names_the_key_and_suggests_the_right_one():
         strategy_options("ewc_replays", {})
 
 
-@pytest.mark.parametrize(("name", "options", "message"), [
-    ("ewc", {"ewc_lambda": "big"}, r"ewc_lambda='big' is a str, expected float"),
-    ("ewc", {"ewc_lambda": True}, r"ewc_lambda=True is a bool, expected float"),
-    ("ewc", {"fisher_samples": 512.0}, r"fisher_samples=512.0 is a float, expected int"),
-    ("replay", {"replay_ratio": "balance"}, r"replay_ratio='balance' is a str, expected float or 'balanced'"),
-    ("replay", {"replay_ratio": 1.0}, r"replay_ratio=1.0 is not a number in \[0, 1\)"),
-    ("online_ewc", {"ewc_decay": 1.5}, r"ewc_decay=1.5 is not a number in \[0, 1\]"),
-    ("si", {"si_lambda": -1}, r"si_lambda=-1.0 is not a number in \[0, inf\)"),
-])
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("ewc", {"ewc_lambda": "big"}, r"ewc_lambda='big' is a str, expected float"),
+        ("ewc", {"ewc_lambda": True}, r"ewc_lambda=True is a bool, expected float"),
+        ("ewc", {"fisher_samples": 512.0}, r"fisher_samples=512.0 is a float, expected int"),
+        ("replay", {"replay_ratio": "balance"}, r"replay_ratio='balance' is a str, expected float or 'balanced'"),
+        ("replay", {"replay_ratio": 1.0}, r"replay_ratio=1.0 is not a number in \[0, 1\)"),
+        ("online_ewc", {"ewc_decay": 1.5}, r"ewc_decay=1.5 is not a number in \[0, 1\]"),
+        ("si", {"si_lambda": -1}, r"si_lambda=-1.0 is not a number in \[0, inf\)"),
+    ],
+)
 def test_a_wrong_type_or_value_names_key_value_and_what_was_expected(name, options, message):
     with pytest.raises(ValueError, match=message):
         strategy_options(name, options)
@@ -91,13 +102,17 @@ def test_ints_are_accepted_for_floats_and_options_are_frozen():
 
 
 def test_recipe_options_split_between_training_and_strategy():
-    recipe, strategy = parse_recipe_options("meta_ewc_replay", {"lr": 1, "hidden": [32, 32], "ewc_lambda": 5,
-                                                                "meta_shots": 16})
+    recipe, strategy = parse_recipe_options(
+        "meta_ewc_replay", {"lr": 1, "hidden": [32, 32], "ewc_lambda": 5, "meta_shots": 16}
+    )
     assert recipe == RecipeOptions(lr=1.0, hidden=(32, 32), meta_shots=16)
     assert strategy == EWCReplayOptions(ewc_lambda=5.0)
     assert set(RECIPES) == set(STRATEGIES) | {"meta_ewc_replay"}
-    with pytest.raises(ValueError, match=r"'ewc_lamda'.*did you mean 'ewc_lambda'.*strategy ewc_replay: ewc_lambda.*"
-                                         r"training: lr, batch_size"):
+    with pytest.raises(
+        ValueError,
+        match=r"'ewc_lamda'.*did you mean 'ewc_lambda'.*strategy ewc_replay: ewc_lambda.*"
+        r"training: lr, batch_size",
+    ):
         parse_recipe_options("ewc_replay", {"ewc_lamda": 1})
     with pytest.raises(ValueError, match=r"\['meta_shots'\] apply only to .*meta_ewc_replay.*not to 'ewc_replay'"):
         parse_recipe_options("ewc_replay", {"meta_shots": 16})
@@ -116,6 +131,8 @@ def test_a_bad_request_fails_when_it_is_built():
 
 
 def test_the_registry_and_the_job_types_import_without_torch():
-    code = ("import sys; import lifelong_ros.learning.strategies, lifelong_ros.learning.jobs; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; import lifelong_ros.learning.strategies, lifelong_ros.learning.jobs; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """The learner: adaptation jobs in a worker process, progress, cancel, errors, determinism, lineage."""
+
 import json
 import os
 import signal
@@ -10,11 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.learning.recipes import load_parent
 from lifelong_ros.learning.worker import AdaptCancelled, AdaptError, AdaptRequest, Learner
 from lifelong_ros.orchestration import register_candidate
 from lifelong_ros.safety.registry import ModelRegistry
-from lifelong_ros.experience.store import ExperienceStore
 
 OBS, ACT = 39, 4
 SMALL = {"hidden": [32, 32], "batch_size": 64, "progress_every": 10}
@@ -34,7 +35,9 @@ def store_path(tmp_path_factory):
     rng = np.random.default_rng(0)
     for task, seed in (("task-a", 1), ("task-b", 2)):
         for e, obs, act in _task_data(rng, seed):
-            store.append_episode(task, f"demo-{e}", obs, act, source="demonstration", split="train" if e < 5 else "heldout")
+            store.append_episode(
+                task, f"demo-{e}", obs, act, source="demonstration", split="train" if e < 5 else "heldout"
+            )
     store.close()
     return str(path)
 
@@ -46,8 +49,15 @@ def learner():
 
 
 def _request(store_path, tmp_path, name, **kw):
-    base = dict(task="task-a", store_path=store_path, method="ewc_replay", steps=60, seed=3, out_dir=str(tmp_path / name),
-                options=dict(SMALL))
+    base = dict(
+        task="task-a",
+        store_path=store_path,
+        method="ewc_replay",
+        steps=60,
+        seed=3,
+        out_dir=str(tmp_path / name),
+        options=dict(SMALL),
+    )
     base.update(kw)
     return AdaptRequest(**base)
 
@@ -59,7 +69,9 @@ def test_worker_trains_a_candidate_whose_onnx_matches_its_weights(learner, store
     assert phases[0] == "load" and "train" in phases and phases[-1] == "export"
     steps = [e[1] for e in events if e[0] == "train"]
     assert steps == sorted(steps) and steps[-1] == 60
-    assert cand.metadata["tasks"] == ["task-a"] and cand.metadata["data_range"]["episodes"] == [f"demo-{i}" for i in range(5)]
+    assert cand.metadata["tasks"] == ["task-a"] and cand.metadata["data_range"]["episodes"] == [
+        f"demo-{i}" for i in range(5)
+    ]
     model = load_parent(cand.out_dir).model
     obs = np.random.default_rng(1).normal(size=(8, OBS)).astype(np.float32)
     sess = ort.InferenceSession(Path(cand.onnx_path).read_bytes(), providers=["CPUExecutionProvider"])
@@ -117,13 +129,26 @@ def test_second_task_grows_a_head_and_ewc_state_travels_through_the_registry(lea
 
     def backbone_shift(method, strategy_options):
         opts = dict(SMALL, **strategy_options)
-        cand = learner.submit(_request(store_path, tmp_path, f"b-{method}", task="task-b", method=method, steps=150,
-                                       parent_dir=parent_dir, options=opts)).result(timeout=120)
+        cand = learner.submit(
+            _request(
+                store_path,
+                tmp_path,
+                f"b-{method}",
+                task="task-b",
+                method=method,
+                steps=150,
+                parent_dir=parent_dir,
+                options=opts,
+            )
+        ).result(timeout=120)
         assert cand.metadata["tasks"] == ["task-a", "task-b"] and cand.metadata["parent"] == v1
         before, after = load_parent(parent_dir).model, load_parent(cand.out_dir).model
         assert after.num_heads == 2
-        return sum(float((p0 - p1).detach().pow(2).sum()) for (n, p0), (_, p1) in zip(before.named_parameters(), after.named_parameters())
-                   if n.startswith("backbone"))
+        return sum(
+            float((p0 - p1).detach().pow(2).sum())
+            for (n, p0), (_, p1) in zip(before.named_parameters(), after.named_parameters())
+            if n.startswith("backbone")
+        )
 
     # The parent's Fisher (carried in its registry directory) anchors the backbone: a strong EWC
     # penalty moves it far less than naive fine-tuning does.
@@ -145,7 +170,9 @@ def test_a_job_killed_mid_training_resumes_from_its_checkpoint_to_the_same_resul
     assert (tmp_path / "resumed" / "checkpoint.pt").exists() and not (tmp_path / "resumed" / "model.onnx").exists()
     with Learner(threads=1, nice=0) as lr:
         events = []
-        cand = lr.submit(_request(store_path, tmp_path, "resumed", steps=200, options=opts), lambda *e: events.append(e)).result(timeout=120)
+        cand = lr.submit(
+            _request(store_path, tmp_path, "resumed", steps=200, options=opts), lambda *e: events.append(e)
+        ).result(timeout=120)
     resumes = [e for e in events if e[0] == "resume"]
     assert resumes and resumes[0][1] >= 20 and resumes[0][1] % 20 == 0
     assert min(e[1] for e in events if e[0] == "train") > resumes[0][1]  # no step was trained twice
@@ -158,9 +185,24 @@ def test_meta_recipe_starts_the_new_head_from_a_meta_learned_init_then_consolida
     first = learner.submit(_request(store_path, tmp_path, "m1", steps=150)).result(timeout=120)
     events = []
     opts = dict(SMALL, meta_iterations=40, meta_shots=16, head_steps=30)
-    cand = learner.submit(_request(store_path, tmp_path, "m2", task="task-b", method="meta_ewc_replay", steps=20,
-                                   parent_dir=first.out_dir, options=opts), lambda *e: events.append(e)).result(timeout=120)
+    cand = learner.submit(
+        _request(
+            store_path,
+            tmp_path,
+            "m2",
+            task="task-b",
+            method="meta_ewc_replay",
+            steps=20,
+            parent_dir=first.out_dir,
+            options=opts,
+        ),
+        lambda *e: events.append(e),
+    ).result(timeout=120)
     phases = [e[0] for e in events]
     assert phases.index("meta-train") < phases.index("adapt-head") < phases.index("train")
     m = cand.metadata["metrics"]
-    assert m["meta_iterations"] == 40 and m["head_loss_after_adapt"] < 1.0 and cand.metadata["tasks"] == ["task-a", "task-b"]
+    assert (
+        m["meta_iterations"] == 40
+        and m["head_loss_after_adapt"] < 1.0
+        and cand.metadata["tasks"] == ["task-a", "task-b"]
+    )

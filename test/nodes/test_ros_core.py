@@ -5,15 +5,16 @@ every node keeps the standard main() shape.
 Where rclpy and the built interfaces are importable (a sourced colcon workspace), the node modules
 themselves are imported too.
 """
+
 from __future__ import annotations
 
 import ast
 import importlib.util
 import json
 import re
-import tomllib
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,14 @@ def _core_imports(node: str) -> set[str]:
     mods = set()
     for name in (node, "_common"):
         for n in ast.walk(ast.parse((NODES_DIR / f"{name}.py").read_text())):
-            if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module and n.module.startswith("lifelong_ros."):
-                if n.module.split(".")[1] not in ("nodes", "msg", "srv", "action"):
-                    mods.add(n.module)
+            if (
+                isinstance(n, ast.ImportFrom)
+                and n.level == 0
+                and n.module
+                and n.module.startswith("lifelong_ros.")
+                and n.module.split(".")[1] not in ("nodes", "msg", "srv", "action")
+            ):
+                mods.add(n.module)
     return mods
 
 
@@ -48,22 +54,28 @@ def _run(code: str) -> dict:
 def test_serving_nodes_core_never_imports_torch(node):
     mods = sorted(_core_imports(node) | {"lifelong_ros.nodes.messages", "lifelong_ros.nodes.params"})
     assert "lifelong_ros.serving.runtime" in mods or node != "policy_server"
-    code = ("import json, sys\n" + "".join(f"import {m}\n" for m in mods)
-            + "print(json.dumps({'torch': 'torch' in sys.modules, 'rclpy': 'rclpy' in sys.modules}))")
+    code = (
+        "import json, sys\n"
+        + "".join(f"import {m}\n" for m in mods)
+        + "print(json.dumps({'torch': 'torch' in sys.modules, 'rclpy': 'rclpy' in sys.modules}))"
+    )
     got = _run(code)
     assert got == {"torch": False, "rclpy": False}, f"{node} core modules {mods} imported {got}"
 
 
 def _ros_available() -> bool:
-    return (importlib.util.find_spec("rclpy") is not None
-            and importlib.util.find_spec("lifelong_ros.msg") is not None)
+    return importlib.util.find_spec("rclpy") is not None and importlib.util.find_spec("lifelong_ros.msg") is not None
 
 
-@pytest.mark.skipif(not _ros_available(), reason="rclpy or the built lifelong_ros interfaces are not importable "
-                                                 "(source a colcon workspace to run this)")
+@pytest.mark.skipif(
+    not _ros_available(),
+    reason="rclpy or the built lifelong_ros interfaces are not importable (source a colcon workspace to run this)",
+)
 @pytest.mark.parametrize("node", TORCH_FREE)
 def test_serving_node_modules_never_import_torch(node):
-    got = _run(f"import json, sys\nimport lifelong_ros.nodes.{node}\nprint(json.dumps({{'torch': 'torch' in sys.modules}}))")
+    got = _run(
+        f"import json, sys\nimport lifelong_ros.nodes.{node}\nprint(json.dumps({{'torch': 'torch' in sys.modules}}))"
+    )
     assert got == {"torch": False}
 
 
@@ -142,7 +154,7 @@ def test_executables_agree_across_pyproject_cmake_and_modules():
     pip = {name: target.split(":")[0] for name, target in scripts.items()}
     assert pip == _cmake_executables()
     assert {n for n, mod in pip.items() if mod.startswith("lifelong_ros.nodes.")} == set(NODE_NAMES)
-    for name, target in scripts.items():
+    for _name, target in scripts.items():
         module, func = target.split(":")
         tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
         assert any(isinstance(x, ast.FunctionDef) and x.name == func for x in tree.body), f"{module} has no {func}()"
@@ -162,14 +174,24 @@ def test_launch_files_start_only_installed_executables():
     cmake_nodes = set(_cmake_executables())
     for f in ("lifelong.launch.py", "sim_demo.launch.py"):
         tree = ast.parse((ROOT / "launch" / f).read_text())
-        exes = {kw.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
-                for kw in n.keywords if kw.arg == "executable" and isinstance(kw.value, ast.Constant)}
+        exes = {
+            kw.value.value
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call)
+            for kw in n.keywords
+            if kw.arg == "executable" and isinstance(kw.value, ast.Constant)
+        }
         ours = exes - {"parameter_bridge"}
         assert ours and ours <= cmake_nodes, f"{f} starts {sorted(ours - cmake_nodes)}"
     four = {"policy_server", "experience_buffer", "learner", "safety_monitor"}
     tree = ast.parse((ROOT / "launch" / "lifelong.launch.py").read_text())
-    names = {kw.value.value for n in ast.walk(tree) if isinstance(n, ast.Call)
-             for kw in n.keywords if kw.arg == "name" and isinstance(kw.value, ast.Constant)}
+    names = {
+        kw.value.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        for kw in n.keywords
+        if kw.arg == "name" and isinstance(kw.value, ast.Constant)
+    }
     assert four <= names
 
 
@@ -178,8 +200,13 @@ def test_every_node_main_has_the_standard_shutdown_shape(node):
     src = (NODES_DIR / f"{node}.py").read_text()
     main = next(x for x in ast.parse(src).body if isinstance(x, ast.FunctionDef) and x.name == "main")
     text = ast.unparse(main)
-    for needle in ("rclpy.init(args=args)", "rclpy.spin(", "except (KeyboardInterrupt, ExternalShutdownException)",
-                   "node.destroy_node()", "rclpy.try_shutdown()"):
+    for needle in (
+        "rclpy.init(args=args)",
+        "rclpy.spin(",
+        "except (KeyboardInterrupt, ExternalShutdownException)",
+        "node.destroy_node()",
+        "rclpy.try_shutdown()",
+    ):
         assert needle in text, f"{node}.main() lacks {needle!r}"
     assert "finally:" in text
 
@@ -187,5 +214,10 @@ def test_every_node_main_has_the_standard_shutdown_shape(node):
 def test_offline_learn_node_ignores_ros_arguments():
     from lifelong_ros.cli.offline import _strip_ros_args
 
-    assert _strip_ros_args(["--bag", "b", "--ros-args", "-r", "a:=b", "--", "--task", "t"]) == ["--bag", "b", "--task", "t"]
+    assert _strip_ros_args(["--bag", "b", "--ros-args", "-r", "a:=b", "--", "--task", "t"]) == [
+        "--bag",
+        "b",
+        "--task",
+        "t",
+    ]
     assert _strip_ros_args(["--bag", "b", "--ros-args", "--log-level", "debug"]) == ["--bag", "b"]

@@ -5,6 +5,7 @@ on a robot (same field names), and every builder the nodes use (nodes/messages.p
 complete instance that survives a CDR round trip. The nodes' reads of request/goal/message fields
 are checked against the definitions by reading the node sources.
 """
+
 from __future__ import annotations
 
 import array
@@ -18,17 +19,26 @@ import pytest
 
 pytest.importorskip("rosbags", reason="rosbags (pip) parses our interface files")
 
-from lifelong_ros.nodes import messages as m  # noqa: E402
+from lifelong_ros.nodes import messages as m
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ROOT / "lifelong_ros" / "nodes"
 REQUIRED = {
-    "lifelong_ros/msg/ExperienceRecord", "lifelong_ros/msg/ModelVersion", "lifelong_ros/msg/GateReport",
-    "lifelong_ros/msg/GateCheck", "lifelong_ros/msg/PolicyOutput", "lifelong_ros/msg/EpisodeResult",
+    "lifelong_ros/msg/ExperienceRecord",
+    "lifelong_ros/msg/ModelVersion",
+    "lifelong_ros/msg/GateReport",
+    "lifelong_ros/msg/GateCheck",
+    "lifelong_ros/msg/PolicyOutput",
+    "lifelong_ros/msg/EpisodeResult",
     "lifelong_ros/msg/Metric",
-    "lifelong_ros/action/Adapt_Goal", "lifelong_ros/action/Adapt_Result", "lifelong_ros/action/Adapt_Feedback",
-    *(f"lifelong_ros/srv/{s}_{part}" for s in ("Rollback", "ListVersions", "GetStatus", "SetRecording", "GateCandidate")
-      for part in ("Request", "Response")),
+    "lifelong_ros/action/Adapt_Goal",
+    "lifelong_ros/action/Adapt_Result",
+    "lifelong_ros/action/Adapt_Feedback",
+    *(
+        f"lifelong_ros/srv/{s}_{part}"
+        for s in ("Rollback", "ListVersions", "GetStatus", "SetRecording", "GateCandidate")
+        for part in ("Request", "Response")
+    ),
 }
 
 
@@ -51,7 +61,7 @@ def fields(kit: m.RosbagsKit, name: str) -> set[str]:
 # --------------------------------------------------------------------------- the files themselves
 def test_every_required_interface_is_defined_and_parses(kit):
     defined = set(m.interface_definitions(ROOT))
-    assert REQUIRED <= defined, f"missing: {sorted(REQUIRED - defined)}"
+    assert defined >= REQUIRED, f"missing: {sorted(REQUIRED - defined)}"
     for name in defined:
         assert kit.cls(name) is not None
 
@@ -69,7 +79,9 @@ def test_fields_are_snake_case_typed_and_commented():
             if after == "=":  # constant
                 assert name.isupper(), f"{path.name}:{n}: constant {name} must be UPPER_CASE"
                 continue
-            assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", name), f"{path.name}:{n}: field {name!r} is not snake_case"
+            assert re.fullmatch(r"[a-z][a-z0-9]*(_[a-z0-9]+)*", name), (
+                f"{path.name}:{n}: field {name!r} is not snake_case"
+            )
             assert "#" in line, f"{path.name}:{n}: field {name!r} has no comment (meaning/units)"
             assert typ != "Header", f"{path.name}:{n}: write std_msgs/Header"
 
@@ -82,7 +94,9 @@ def test_time_critical_messages_carry_a_header(kit):
 def test_adapt_action_has_the_goal_feedback_result_the_issue_asks_for(kit):
     assert {"task", "method", "shots", "max_steps"} <= fields(kit, "lifelong_ros/action/Adapt_Goal")
     assert {"phase", "step", "loss"} <= fields(kit, "lifelong_ros/action/Adapt_Feedback")
-    assert {"candidate_version", "approved", "gate_report", "metrics"} <= fields(kit, "lifelong_ros/action/Adapt_Result")
+    assert {"candidate_version", "approved", "gate_report", "metrics"} <= fields(
+        kit, "lifelong_ros/action/Adapt_Result"
+    )
 
 
 def test_a_bare_same_package_type_in_a_srv_resolves_to_our_msg(kit):
@@ -98,25 +112,57 @@ def test_experience_record_round_trips_bit_exactly(kit):
     obs = rng.normal(size=39).astype(np.float32)
     obs[0], obs[1] = np.float32(-0.0), np.float32(1e-40)  # sign of zero and a subnormal survive
     act = rng.uniform(-1, 1, 4).astype(np.float32)
-    step = m.ExperienceStep(stamp_ns=1_712_345_678_901_234_567, task="pick-place-v3", episode="robotA-0007", step=12,
-                            source="correction", obs=obs, action=act, reward=0.25, done=True, model_version="v0003")
-    back = m.experience_from_msg(roundtrip(kit, m.experience_msg(kit, step), "lifelong_ros/msg/ExperienceRecord"), 39, 4)
+    step = m.ExperienceStep(
+        stamp_ns=1_712_345_678_901_234_567,
+        task="pick-place-v3",
+        episode="robotA-0007",
+        step=12,
+        source="correction",
+        obs=obs,
+        action=act,
+        reward=0.25,
+        done=True,
+        model_version="v0003",
+    )
+    back = m.experience_from_msg(
+        roundtrip(kit, m.experience_msg(kit, step), "lifelong_ros/msg/ExperienceRecord"), 39, 4
+    )
     assert back.obs.tobytes() == obs.tobytes() and back.action.tobytes() == act.tobytes()
-    assert (back.stamp_ns, back.task, back.episode, back.step, back.source, back.done, back.model_version) == \
-        (step.stamp_ns, step.task, step.episode, step.step, step.source, True, "v0003")
+    assert (back.stamp_ns, back.task, back.episode, back.step, back.source, back.done, back.model_version) == (
+        step.stamp_ns,
+        step.task,
+        step.episode,
+        step.step,
+        step.source,
+        True,
+        "v0003",
+    )
     assert back.reward == pytest.approx(0.25)
 
 
 def test_experience_with_wrong_vector_length_names_the_field_and_sizes(kit):
-    step = m.ExperienceStep(stamp_ns=5, task="reach-v3", episode="e", step=0, source="policy",
-                            obs=np.zeros(38, np.float32), action=np.zeros(4, np.float32))
+    step = m.ExperienceStep(
+        stamp_ns=5,
+        task="reach-v3",
+        episode="e",
+        step=0,
+        source="policy",
+        obs=np.zeros(38, np.float32),
+        action=np.zeros(4, np.float32),
+    )
     msg = m.experience_msg(kit, step)
     with pytest.raises(ValueError, match=r"observation has 38 values, expected 39"):
         m.experience_from_msg(msg, 39, 4)
 
 
-@pytest.mark.parametrize("bad, message", [(dict(source="teleop"), "source 'teleop' is not one of"),
-                                          (dict(task=""), "task is empty"), (dict(step=-1), "step must be >= 0, got -1")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(source="teleop"), "source 'teleop' is not one of"),
+        (dict(task=""), "task is empty"),
+        (dict(step=-1), "step must be >= 0, got -1"),
+    ],
+)
 def test_experience_step_refuses_bad_fields(bad, message):
     kw = dict(stamp_ns=0, task="reach-v3", episode="e", step=0, source="policy", obs=np.zeros(3), action=np.zeros(1))
     kw.update(bad)
@@ -128,13 +174,33 @@ def test_stacked_steps_append_to_a_real_store(tmp_path, kit):
     from lifelong_ros.experience.store import ExperienceStore
 
     rng = np.random.default_rng(0)
-    steps = [m.ExperienceStep(stamp_ns=1000 + i, task="reach-v3", episode=f"ep{i // 4}", step=i % 4, source="demonstration",
-                              obs=rng.normal(size=5).astype(np.float32), action=rng.normal(size=2).astype(np.float32),
-                              reward=float(i), done=i % 4 == 3) for i in range(8)]
+    steps = [
+        m.ExperienceStep(
+            stamp_ns=1000 + i,
+            task="reach-v3",
+            episode=f"ep{i // 4}",
+            step=i % 4,
+            source="demonstration",
+            obs=rng.normal(size=5).astype(np.float32),
+            action=rng.normal(size=2).astype(np.float32),
+            reward=float(i),
+            done=i % 4 == 3,
+        )
+        for i in range(8)
+    ]
     cols = m.stack_steps(steps)
     with ExperienceStore(tmp_path / "s.sqlite3", 5, 2) as store:
-        store.append(cols["task"], cols["episode"], cols["step"], cols["obs"], cols["action"], reward=cols["reward"],
-                     done=cols["done"], stamp_ns=cols["stamp_ns"], source=cols["source"])
+        store.append(
+            cols["task"],
+            cols["episode"],
+            cols["step"],
+            cols["obs"],
+            cols["action"],
+            reward=cols["reward"],
+            done=cols["done"],
+            stamp_ns=cols["stamp_ns"],
+            source=cols["source"],
+        )
         b = store.task_arrays("reach-v3", split="all")
     order = np.argsort(b.stamp_ns)
     assert np.array_equal(b.obs[order], np.stack([s.obs for s in steps]))
@@ -148,9 +214,13 @@ def tiny_onnx(obs_dim: int, act_dim: int) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.full((obs_dim, act_dim), 0.1, np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["obs", "w"], ["action"])], "policy",
-                              [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_dim])],
-                              [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", act_dim])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["obs", "w"], ["action"])],
+        "policy",
+        [helper.make_tensor_value_info("obs", TensorProto.FLOAT, ["batch", obs_dim])],
+        [helper.make_tensor_value_info("action", TensorProto.FLOAT, ["batch", act_dim])],
+        [w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -164,12 +234,22 @@ def test_model_version_announces_a_real_registry_version(tmp_path, kit):
     config = {"obs_dim": 6, "act_dim": 2, "hidden": [8], "num_heads": 2}
     vid = reg.register(tiny_onnx(6, 2), tasks=["reach-v3", "push-v3"], method="ewc_replay", config=config)
     msg = roundtrip(kit, m.model_version_msg(kit, reg.info(vid), 42), "lifelong_ros/msg/ModelVersion")
-    assert (msg.version, msg.state, msg.method, list(msg.tasks)) == (vid, "candidate", "ewc_replay", ["reach-v3", "push-v3"])
+    assert (msg.version, msg.state, msg.method, list(msg.tasks)) == (
+        vid,
+        "candidate",
+        "ewc_replay",
+        ["reach-v3", "push-v3"],
+    )
     assert (msg.obs_dim, msg.act_dim, msg.parent_version) == (6, 2, "")
     assert sha256_file(msg.onnx_path) == msg.sha256 == reg.info(vid).onnx_sha256
     assert m.stamp_ns(msg.header.stamp) == 42
-    nested = reg.register(tiny_onnx(6, 2), tasks=["reach-v3"], method="naive", parent=vid,
-                          config={"policy": config, "request": {"steps": 10}})  # the learner's layout
+    nested = reg.register(
+        tiny_onnx(6, 2),
+        tasks=["reach-v3"],
+        method="naive",
+        parent=vid,
+        config={"policy": config, "request": {"steps": 10}},
+    )  # the learner's layout
     msg = m.model_version_msg(kit, reg.info(nested), 0)
     assert (msg.obs_dim, msg.act_dim, msg.parent_version) == (6, 2, vid)
 
@@ -182,32 +262,82 @@ def test_gate_report_carries_real_check_results(kit):
         CheckResult("latency_p99", False, 1.7, 1.0, detail={"candidate_p50_ms": 0.2}),
         CheckResult("task_heads", False, ["push-v3"], ["reach-v3", "push-v3"]),
     ]
-    msg = m.gate_report_msg(kit, stamp_ns=7, candidate_version="v0002", baseline_version=None, approved=False,
-                            reason="failed: latency_p99, task_heads", checks=m.gate_checks(checks),
-                            report_path="/r/0001-gate.json", duration_s=1.5)
+    msg = m.gate_report_msg(
+        kit,
+        stamp_ns=7,
+        candidate_version="v0002",
+        baseline_version=None,
+        approved=False,
+        reason="failed: latency_p99, task_heads",
+        checks=m.gate_checks(checks),
+        report_path="/r/0001-gate.json",
+        duration_s=1.5,
+    )
     back = m.gate_report_summary(roundtrip(kit, msg, "lifelong_ros/msg/GateReport"))
     assert back["baseline_version"] == "" and back["approved"] is False
     c0, c1, c2 = back["checks"]
-    assert (c0["name"], c0["passed"], c0["value"], c0["threshold"], c0["unit"]) == ("regression[reach-v3]", True, 0.012, 0.02, "mse")
+    assert (c0["name"], c0["passed"], c0["value"], c0["threshold"], c0["unit"]) == (
+        "regression[reach-v3]",
+        True,
+        0.012,
+        0.02,
+        "mse",
+    )
     assert (c1["unit"], c1["passed"]) == ("ms", False) and "candidate_p50_ms" in c1["detail"]
     assert math.isnan(c2["value"]) and "push-v3" in c2["detail"]  # non-numeric values go to the detail text
 
 
 def test_policy_output_episode_result_and_adapt_parts_round_trip(kit):
-    out = roundtrip(kit, m.policy_output_msg(kit, stamp_ns=10, model_version="v0001", task="reach-v3", task_id=0,
-                                             action=np.array([0.5, -1, 0, 1], np.float32), inference_us=9.5,
-                                             observation_age_s=0.002), "lifelong_ros/msg/PolicyOutput")
+    out = roundtrip(
+        kit,
+        m.policy_output_msg(
+            kit,
+            stamp_ns=10,
+            model_version="v0001",
+            task="reach-v3",
+            task_id=0,
+            action=np.array([0.5, -1, 0, 1], np.float32),
+            inference_us=9.5,
+            observation_age_s=0.002,
+        ),
+        "lifelong_ros/msg/PolicyOutput",
+    )
     assert list(out.action) == [0.5, -1, 0, 1] and out.model_version == "v0001"
-    ep = roundtrip(kit, m.episode_result_msg(kit, stamp_ns=1, task="reach-v3", episode="sim-00001", seed=3, success=True,
-                                             steps=40, total_reward=12.5, controller="policy", model_version="v0001"),
-                   "lifelong_ros/msg/EpisodeResult")
+    ep = roundtrip(
+        kit,
+        m.episode_result_msg(
+            kit,
+            stamp_ns=1,
+            task="reach-v3",
+            episode="sim-00001",
+            seed=3,
+            success=True,
+            steps=40,
+            total_reward=12.5,
+            controller="policy",
+            model_version="v0001",
+        ),
+        "lifelong_ros/msg/EpisodeResult",
+    )
     assert (ep.success, ep.steps, ep.episode) == (True, 40, "sim-00001")
-    fb = roundtrip(kit, m.adapt_feedback(kit, phase="train", step=5, total_steps=100, loss=0.5, elapsed_s=1.0),
-                   "lifelong_ros/action/Adapt_Feedback")
+    fb = roundtrip(
+        kit,
+        m.adapt_feedback(kit, phase="train", step=5, total_steps=100, loss=0.5, elapsed_s=1.0),
+        "lifelong_ros/action/Adapt_Feedback",
+    )
     assert (fb.phase, fb.step, fb.total_steps) == ("train", 5, 100)
-    res = roundtrip(kit, m.adapt_result(kit, success=True, message="ok", candidate_version="v0002", approved=True,
-                                        metrics={"final_loss": 0.01, "train_s": 3.0, "note": "skipped", "flag": True}),
-                    "lifelong_ros/action/Adapt_Result")
+    res = roundtrip(
+        kit,
+        m.adapt_result(
+            kit,
+            success=True,
+            message="ok",
+            candidate_version="v0002",
+            approved=True,
+            metrics={"final_loss": 0.01, "train_s": 3.0, "note": "skipped", "flag": True},
+        ),
+        "lifelong_ros/action/Adapt_Result",
+    )
     assert {x.name: (x.value, x.unit) for x in res.metrics} == {"final_loss": (0.01, "mse"), "train_s": (3.0, "s")}
 
 
@@ -216,11 +346,13 @@ def test_service_responses_build_with_every_field(kit):
     cases = {
         "GetStatus_Response": m.status_response(kit, "/safety_monitor", st),
         "GateCandidate_Response": m.gate_candidate_response(kit, success=False, message="unknown version 'v9'"),
-        "Rollback_Response": m.rollback_response(kit, success=True, message="rolled back", active_version="v0001",
-                                                 previous_version="v0002"),
+        "Rollback_Response": m.rollback_response(
+            kit, success=True, message="rolled back", active_version="v0001", previous_version="v0002"
+        ),
         "ListVersions_Response": m.list_versions_response(kit, [m.empty_model_version(kit)], "v0001"),
-        "SetRecording_Response": m.set_recording_response(kit, success=True, message="recording", recording=True,
-                                                          raw_topics=False, records_total=12),
+        "SetRecording_Response": m.set_recording_response(
+            kit, success=True, message="recording", recording=True, raw_topics=False, records_total=12
+        ),
     }
     for name, msg in cases.items():
         back = roundtrip(kit, msg, f"lifelong_ros/srv/{name}")
@@ -268,8 +400,11 @@ def test_nodes_read_only_fields_our_definitions_have(kit):
     for (module, func, var), typ in READS.items():
         fn = _functions(module).get(func)
         assert fn is not None, f"{module}.{func} no longer exists: update READS"
-        used = {n.attr for n in ast.walk(fn)
-                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == var}
+        used = {
+            n.attr
+            for n in ast.walk(fn)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == var
+        }
         assert used, f"{module}.{func} reads nothing from {var}: update READS"
         unknown = used - fields(kit, typ)
         assert not unknown, f"{module}.{func} reads {sorted(unknown)} from {var}, which {typ} does not define"
@@ -280,8 +415,10 @@ def test_every_service_and_goal_callback_is_covered_by_the_field_check():
     for path in NODES.glob("*.py"):
         for name, fn in _functions(path.stem).items():
             args = {a.arg for a in fn.args.args} & {"request", "goal"}
-            reads = any(isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in args
-                        for n in ast.walk(fn))
+            reads = any(
+                isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in args
+                for n in ast.walk(fn)
+            )
             if reads:
                 assert (path.stem, name) in covered, f"{path.stem}.{name} reads a request/goal: add it to READS"
 

@@ -10,6 +10,7 @@ plus the pip packages of the core. Without ROS the whole module is skipped, with
 Note: Jazzy's launch_pytest breaks with pytest >= 8.4; run it with the distribution's
 pytest (7.x on Ubuntu 24.04).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,13 +22,16 @@ from pathlib import Path
 
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="ROS 2 is not installed (no rclpy): the launch tests need a sourced "
-                                            "ROS 2 Jazzy workspace with lifelong_ros built")
+rclpy = pytest.importorskip(
+    "rclpy",
+    reason="ROS 2 is not installed (no rclpy): the launch tests need a sourced "
+    "ROS 2 Jazzy workspace with lifelong_ros built",
+)
 launch_pytest = pytest.importorskip("launch_pytest", reason="launch_pytest is not installed (ros-jazzy-launch-pytest)")
-pytest.importorskip("lifelong_ros.msg", reason="lifelong_ros interfaces are not built: colcon build, then source "
-                                               "install/setup.bash")
+pytest.importorskip(
+    "lifelong_ros.msg", reason="lifelong_ros interfaces are not built: colcon build, then source install/setup.bash"
+)
 
-import launch  # noqa: E402
 import yaml  # noqa: E402
 from ament_index_python.packages import get_package_share_directory  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -39,12 +43,16 @@ from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
+import launch  # noqa: E402
 from lifelong_ros.action import Adapt  # noqa: E402
 from lifelong_ros.msg import PolicyOutput  # noqa: E402
 from lifelong_ros.srv import GetStatus, Rollback, SetRecording  # noqa: E402
 
 # `colcon test` runs pytest with -We; the simulator stack warns about deprecations we do not own.
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 
 FIRST, NEW = "reach-v3", "push-v3"
 NODES = ("policy_server", "experience_buffer", "learner", "safety_monitor", "sim_bridge")
@@ -54,13 +62,13 @@ EXIT_CODES: dict[str, int] = {}
 # --------------------------------------------------------------------------- data and config, before launch
 def _seed(data: Path) -> str:
     """Demonstrations of FIRST and NEW in the store, and an approved, active model for FIRST (v0001)."""
-    from lifelong_ros.safety.gate import GateConfig, SafetyGate, suites_from_store
-    from lifelong_ros.learning.worker import AdaptRequest, Learner
     from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES as SUITE_SOURCES
+    from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.learning.worker import AdaptRequest, Learner
     from lifelong_ros.orchestration import register_candidate
+    from lifelong_ros.safety.gate import GateConfig, SafetyGate, suites_from_store
     from lifelong_ros.safety.registry import ModelRegistry
     from lifelong_ros.sim.metaworld import collect_demonstrations
-    from lifelong_ros.experience.store import ExperienceStore
 
     store_path = data / "experience.sqlite3"
     with ExperienceStore(store_path, 39, 4) as store:
@@ -69,8 +77,11 @@ def _seed(data: Path) -> str:
                 store.append_episode(task, f"seed-{k}", ep.obs, ep.action, ep.reward, source="demonstration")
     reg = ModelRegistry(data / "registry")
     with Learner(threads=1) as learner:
-        cand = learner.submit(AdaptRequest(task=FIRST, store_path=str(store_path), steps=300,
-                                           out_dir=str(data / "learner" / "seed"), job_id="seed")).result(timeout=600)
+        cand = learner.submit(
+            AdaptRequest(
+                task=FIRST, store_path=str(store_path), steps=300, out_dir=str(data / "learner" / "seed"), job_id="seed"
+            )
+        ).result(timeout=600)
     version = register_candidate(reg, cand)
     with ExperienceStore(store_path, readonly=True) as store:
         suites = suites_from_store(store, [FIRST], SUITE_SOURCES)
@@ -100,16 +111,24 @@ def world(tmp_path_factory) -> dict:
 @launch_pytest.fixture(scope="module")
 def sim_demo(world):
     EXIT_CODES.clear()
-    return launch.LaunchDescription([
-        IncludeLaunchDescription(
-            PythonLaunchDescriptionSource(str(world["share"] / "launch" / "sim_demo.launch.py")),
-            launch_arguments={"config": str(world["config"]), "data_dir": str(world["data"]), "task": FIRST,
-                              "controller": "policy", "rate_hz": "50.0"}.items(),
-        ),
-        RegisterEventHandler(OnProcessExit(on_exit=lambda event, _ctx: EXIT_CODES.update(
-            {event.action.name: event.returncode}))),
-        launch_pytest.actions.ReadyToTest(),
-    ])
+    return launch.LaunchDescription(
+        [
+            IncludeLaunchDescription(
+                PythonLaunchDescriptionSource(str(world["share"] / "launch" / "sim_demo.launch.py")),
+                launch_arguments={
+                    "config": str(world["config"]),
+                    "data_dir": str(world["data"]),
+                    "task": FIRST,
+                    "controller": "policy",
+                    "rate_hz": "50.0",
+                }.items(),
+            ),
+            RegisterEventHandler(
+                OnProcessExit(on_exit=lambda event, _ctx: EXIT_CODES.update({event.action.name: event.returncode}))
+            ),
+            launch_pytest.actions.ReadyToTest(),
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- a test node spinning in a thread
@@ -246,7 +265,9 @@ def _write_bag(path: Path, steps: int = 80) -> int:
         t = time.time_ns()
         for o, a in zip(ep.obs, ep.action):
             w.write(co, t, ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=o), arr.__msgtype__))
-            w.write(ca, t + 2_000_000, ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=a), arr.__msgtype__))
+            w.write(
+                ca, t + 2_000_000, ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=a), arr.__msgtype__)
+            )
             t += 20_000_000
     return len(ep.obs)
 
@@ -264,17 +285,27 @@ def test_ros2_bag_play_is_recorded_by_the_experience_buffer(world, probe, tmp_pa
     before = bag_records()
     probe.set_param("sim_bridge", "paused", True)  # nothing live on the spec's topics while the bag plays
     probe.set_param("policy_server", "enabled", False)
-    res = probe.call(SetRecording, "/experience_buffer/set_recording",
-                     SetRecording.Request(enable=True, raw_topics=True, task=NEW, source="bag"))
+    res = probe.call(
+        SetRecording,
+        "/experience_buffer/set_recording",
+        SetRecording.Request(enable=True, raw_topics=True, task=NEW, source="bag"),
+    )
     assert res.success and res.raw_topics, res.message
     try:
-        subprocess.run(["ros2", "bag", "play", str(tmp_path / "robot_bag")], check=True, timeout=120,
-                       env={**os.environ, "RCUTILS_LOGGING_USE_STDOUT": "1"})
+        subprocess.run(
+            ["ros2", "bag", "play", str(tmp_path / "robot_bag")],
+            check=True,
+            timeout=120,
+            env={**os.environ, "RCUTILS_LOGGING_USE_STDOUT": "1"},
+        )
         got = until(lambda: (bag_records() - before >= 0.8 * n) and bag_records() - before, 30, f"{n} bag records")
         assert got <= n
     finally:
-        probe.call(SetRecording, "/experience_buffer/set_recording",
-                   SetRecording.Request(enable=True, raw_topics=False, task="", source=""))
+        probe.call(
+            SetRecording,
+            "/experience_buffer/set_recording",
+            SetRecording.Request(enable=True, raw_topics=False, task="", source=""),
+        )
         probe.set_param("policy_server", "enabled", True)
         probe.set_param("sim_bridge", "paused", False)
 

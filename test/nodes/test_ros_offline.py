@@ -4,6 +4,7 @@ Real bags written with `rosbags` from Meta-World expert episodes (the topics and
 config/spec_metaworld.yaml, no lifelong_ros metadata topic: what a robot records), a real store,
 the learner's worker process, the registry and the safety gate. No ROS needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,16 @@ def write_robot_bag(path: Path, obs: np.ndarray, act: np.ndarray, t0_ns: int, pe
         ca = w.add_connection("/lifelong_ros/action", arr.__msgtype__, typestore=ts)
         for k, (o, a) in enumerate(zip(obs, act)):
             t = t0_ns + k * period_ns
-            w.write(co, t, ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=o.astype(np.float32)), arr.__msgtype__))
-            w.write(ca, t + 1_000_000, ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=a.astype(np.float32)),
-                                                        arr.__msgtype__))
+            w.write(
+                co,
+                t,
+                ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=o.astype(np.float32)), arr.__msgtype__),
+            )
+            w.write(
+                ca,
+                t + 1_000_000,
+                ts.serialize_cdr(arr(layout=layout(dim=[], data_offset=0), data=a.astype(np.float32)), arr.__msgtype__),
+            )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,8 @@ def bags(tmp_path_factory) -> list[Path]:
 
 
 def test_offline_learn_cli_imports_bags_adapts_gates_and_activates(tmp_path, bags, capsys):
-    from lifelong_ros.safety.registry import ModelRegistry
     from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.safety.registry import ModelRegistry
 
     cfg = tmp_path / "params.yaml"  # the CLI takes its defaults from a ROS params file, flags win
     cfg.write_text(
@@ -62,8 +70,20 @@ def test_offline_learn_cli_imports_bags_adapts_gates_and_activates(tmp_path, bag
         "/**/safety_monitor:\n  ros__parameters:\n    gate:\n      latency_budget_ms: 50.0\n"  # not a latency test
     )
     data = tmp_path / "data"
-    rc = offline_main(["--bag", *map(str, bags), "--task", TASK, "--config", str(cfg), "--data-dir", str(data),
-                       "--activate", "--quiet"])
+    rc = offline_main(
+        [
+            "--bag",
+            *map(str, bags),
+            "--task",
+            TASK,
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(data),
+            "--activate",
+            "--quiet",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert rc == 0, out
     assert out["imported_steps"] > 0 and out["bags"] == [str(b) for b in bags]
@@ -81,9 +101,9 @@ def test_offline_learn_cli_imports_bags_adapts_gates_and_activates(tmp_path, bag
 
 
 def test_offline_learn_imports_nothing_when_one_bag_is_truncated(tmp_path, bags):
+    from lifelong_ros.experience.store import ExperienceStore
     from lifelong_ros.ros_io.bag import BagImportError
     from lifelong_ros.safety.registry import ModelRegistry
-    from lifelong_ros.experience.store import ExperienceStore
 
     broken = tmp_path / "demo_broken"
     shutil.copytree(bags[1], broken)
@@ -97,11 +117,14 @@ def test_offline_learn_imports_nothing_when_one_bag_is_truncated(tmp_path, bags)
     assert ModelRegistry(data / "registry").ids() == []
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(task=""), "task is empty"),
-    (dict(steps=0), "steps=0: expected at least 1"),
-    (dict(bags=[]), "no bag given"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(task=""), "task is empty"),
+        (dict(steps=0), "steps=0: expected at least 1"),
+        (dict(bags=[]), "no bag given"),
+    ],
+)
 def test_offline_learn_refuses_bad_requests_before_touching_the_store(tmp_path, bags, kwargs, message):
     args = dict(bags=bags[:1], task=TASK, data_dir=tmp_path, steps=10, progress=False)
     args.update(kwargs)

@@ -1,6 +1,7 @@
 """rosbag2 import/export on real bags written and read with `rosbags`: export->import reproduces the
 store, multi-rate streams align like a reference, and bad bags (unknown types, truncation, corrupt
 messages, NaN) import nothing and say why. The CDR codecs themselves: test_codecs.py."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.ros_io import bag as B
 from lifelong_ros.ros_io.spec import load_spec, spec_from_dict
-from lifelong_ros.experience.store import ExperienceStore
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 MW = load_spec(CONFIG / "spec_metaworld.yaml")
@@ -60,10 +61,16 @@ def _filled_store(path, n_eps=6, steps=50):
     for e in range(n_eps):
         task = ["reach-v3", "push-v3"][e % 2]
         s.append(
-            task, f"ep{e}", np.arange(steps), rng.standard_normal((steps, 39)), rng.uniform(-1, 1, (steps, 4)),
-            reward=rng.random(steps), done=np.arange(steps) == steps - 1,
+            task,
+            f"ep{e}",
+            np.arange(steps),
+            rng.standard_normal((steps, 39)),
+            rng.uniform(-1, 1, (steps, 4)),
+            reward=rng.random(steps),
+            done=np.arange(steps) == steps - 1,
             stamp_ns=1_700_000_000_000_000_000 + e * 10**9 + np.arange(steps) * 10**7,
-            source=["demonstration", "policy", "correction"][e % 3], label=f"lbl{e}" if e % 2 else None,
+            source=["demonstration", "policy", "correction"][e % 3],
+            label=f"lbl{e}" if e % 2 else None,
         )
     return s
 
@@ -111,12 +118,27 @@ ARM = {
     "observation": {
         "max_age_s": 0.05,
         "streams": [
-            {"topic": "/joint_states", "type": "sensor_msgs/msg/JointState", "joints": ["elbow", "shoulder"], "fields": ["position", "velocity"]},
+            {
+                "topic": "/joint_states",
+                "type": "sensor_msgs/msg/JointState",
+                "joints": ["elbow", "shoulder"],
+                "fields": ["position", "velocity"],
+            },
             {"topic": "/ee_pose", "type": "geometry_msgs/msg/PoseStamped", "fields": ["position"]},
             {"topic": "/features", "type": "std_msgs/msg/Float32MultiArray", "slice": [1, 3]},
         ],
     },
-    "action": {"max_age_s": 0.05, "streams": [{"topic": "/cmd", "type": "sensor_msgs/msg/JointState", "joints": ["shoulder", "elbow"], "fields": ["velocity"]}]},
+    "action": {
+        "max_age_s": 0.05,
+        "streams": [
+            {
+                "topic": "/cmd",
+                "type": "sensor_msgs/msg/JointState",
+                "joints": ["shoulder", "elbow"],
+                "fields": ["velocity"],
+            }
+        ],
+    },
 }
 
 
@@ -141,24 +163,33 @@ def _robot_bag(path, ts, storage="mcap", header_offset_ns=0):
 
     def joints(hdr):
         pos, vel = rng.standard_normal(3), rng.standard_normal(3)
-        m = T["sensor_msgs/msg/JointState"](header=_header(ts, hdr), name=["shoulder", "elbow", "wrist"], position=pos, velocity=vel, effort=np.zeros(0))
+        m = T["sensor_msgs/msg/JointState"](
+            header=_header(ts, hdr), name=["shoulder", "elbow", "wrist"], position=pos, velocity=vel, effort=np.zeros(0)
+        )
         return m, [pos[1], pos[0], vel[1], vel[0]]
 
     def pose(hdr):
         v = rng.standard_normal(3)
         m = T["geometry_msgs/msg/PoseStamped"](
             header=_header(ts, hdr, "base"),
-            pose=T["geometry_msgs/msg/Pose"](position=T["geometry_msgs/msg/Point"](x=v[0], y=v[1], z=v[2]), orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0)),
+            pose=T["geometry_msgs/msg/Pose"](
+                position=T["geometry_msgs/msg/Point"](x=v[0], y=v[1], z=v[2]),
+                orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=0.0, w=1.0),
+            ),
         )
         return m, v
 
     def feats(hdr):
         d = rng.standard_normal(4).astype(np.float32)
-        return T["std_msgs/msg/Float32MultiArray"](layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=d), d[1:3]
+        return T["std_msgs/msg/Float32MultiArray"](
+            layout=T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0), data=d
+        ), d[1:3]
 
     def cmd(hdr):
         v = rng.standard_normal(2)
-        m = T["sensor_msgs/msg/JointState"](header=_header(ts, hdr), name=["shoulder", "elbow"], position=np.zeros(0), velocity=v, effort=np.zeros(0))
+        m = T["sensor_msgs/msg/JointState"](
+            header=_header(ts, hdr), name=["shoulder", "elbow"], position=np.zeros(0), velocity=v, effort=np.zeros(0)
+        )
         return m, v
 
     add("/joint_states", t0 + np.arange(300) * 10**7 + rng.integers(0, 2 * 10**6, 300), joints)
@@ -167,8 +198,13 @@ def _robot_bag(path, ts, storage="mcap", header_offset_ns=0):
     add("/features", t0 + 5 * 10**6 + np.arange(150) * 2 * 10**7, feats)
     add("/cmd", t0 + 3 * 10**6 + np.arange(30) * 10**8, cmd)
     msgs.sort(key=lambda m: m[1])
-    conns = {"/joint_states": "sensor_msgs/msg/JointState", "/ee_pose": "geometry_msgs/msg/PoseStamped",
-             "/features": "std_msgs/msg/Float32MultiArray", "/cmd": "sensor_msgs/msg/JointState", "/camera/info": "std_msgs/msg/String"}
+    conns = {
+        "/joint_states": "sensor_msgs/msg/JointState",
+        "/ee_pose": "geometry_msgs/msg/PoseStamped",
+        "/features": "std_msgs/msg/Float32MultiArray",
+        "/cmd": "sensor_msgs/msg/JointState",
+        "/camera/info": "std_msgs/msg/String",
+    }
     msgs.append(("/camera/info", t0, T["std_msgs/msg/String"](data="ignored")))
     _write_bag(path, conns, msgs, storage)
     return truth
@@ -223,11 +259,20 @@ def _mw_messages(ts, n, nan_at=None):
         if i == nan_at:
             o[5] = np.nan
         msgs.append(("/lifelong_ros/observation", 10**9 + i * 10**7, F(layout=L(dim=[], data_offset=0), data=o)))
-        msgs.append(("/lifelong_ros/action", 10**9 + i * 10**7 + 10**6, F(layout=L(dim=[], data_offset=0), data=np.zeros(4, np.float32))))
+        msgs.append(
+            (
+                "/lifelong_ros/action",
+                10**9 + i * 10**7 + 10**6,
+                F(layout=L(dim=[], data_offset=0), data=np.zeros(4, np.float32)),
+            )
+        )
     return msgs
 
 
-MW_CONNS = {"/lifelong_ros/observation": "std_msgs/msg/Float32MultiArray", "/lifelong_ros/action": "std_msgs/msg/Float32MultiArray"}
+MW_CONNS = {
+    "/lifelong_ros/observation": "std_msgs/msg/Float32MultiArray",
+    "/lifelong_ros/action": "std_msgs/msg/Float32MultiArray",
+}
 
 
 def test_unknown_message_types_are_reported_or_refused(tmp_path, ts):
@@ -236,18 +281,34 @@ def test_unknown_message_types_are_reported_or_refused(tmp_path, ts):
     custom = get_typestore(Stores.ROS2_JAZZY)
     custom.register(get_types_from_msg("uint8[] payload\nstring note", "acme_msgs/msg/Blob"))
     blob = custom.types["acme_msgs/msg/Blob"](payload=np.zeros(3, np.uint8), note="x")
-    msgs = _mw_messages(ts, 5) + [("/acme/blob", 10**9, blob)]
+    msgs = [*_mw_messages(ts, 5), ("/acme/blob", 10**9, blob)]
     _write_bag(tmp_path / "extra", {**MW_CONNS, "/acme/blob": "acme_msgs/msg/Blob"}, msgs, typestore=custom)
     with ExperienceStore(tmp_path / "s.sqlite3", 39, 4) as s:
         r = B.import_bag(tmp_path / "extra", s, MW, task="t")
         assert r.steps == 5 and r.skipped_topics == {"/acme/blob": "acme_msgs/msg/Blob"}
         assert "/acme/blob [acme_msgs/msg/Blob]" in r.summary()
-        _write_bag(tmp_path / "wrong", {"/lifelong_ros/observation": "acme_msgs/msg/Blob", "/lifelong_ros/action": MW_CONNS["/lifelong_ros/action"]},
-                   [("/lifelong_ros/observation", 10**9, blob)], typestore=custom)
-        with pytest.raises(B.BagImportError, match="topic /lifelong_ros/observation carries message type 'acme_msgs/msg/Blob'; the spec expects 'std_msgs/msg/Float32MultiArray'"):
+        _write_bag(
+            tmp_path / "wrong",
+            {
+                "/lifelong_ros/observation": "acme_msgs/msg/Blob",
+                "/lifelong_ros/action": MW_CONNS["/lifelong_ros/action"],
+            },
+            [("/lifelong_ros/observation", 10**9, blob)],
+            typestore=custom,
+        )
+        with pytest.raises(
+            B.BagImportError,
+            match="topic /lifelong_ros/observation carries message type 'acme_msgs/msg/Blob'; the spec expects 'std_msgs/msg/Float32MultiArray'",
+        ):
             B.import_bag(tmp_path / "wrong", s, MW, task="t")
-        _write_bag(tmp_path / "partial", {"/lifelong_ros/action": MW_CONNS["/lifelong_ros/action"]}, [m for m in _mw_messages(ts, 3) if m[0] == "/lifelong_ros/action"])
-        with pytest.raises(B.BagImportError, match=r"has no topic\(s\) \['/lifelong_ros/observation'\] required by the spec"):
+        _write_bag(
+            tmp_path / "partial",
+            {"/lifelong_ros/action": MW_CONNS["/lifelong_ros/action"]},
+            [m for m in _mw_messages(ts, 3) if m[0] == "/lifelong_ros/action"],
+        )
+        with pytest.raises(
+            B.BagImportError, match=r"has no topic\(s\) \['/lifelong_ros/observation'\] required by the spec"
+        ):
             B.import_bag(tmp_path / "partial", s, MW, task="t")
         assert len(s) == 5
 
@@ -272,7 +333,9 @@ def test_corrupt_message_and_nan_values_import_nothing(tmp_path, ts):
     _write_bag(tmp_path / "corrupt", MW_CONNS, msgs)
     _write_bag(tmp_path / "nan", MW_CONNS, _mw_messages(ts, 50, nan_at=17))
     with ExperienceStore(tmp_path / "s.sqlite3", 39, 4) as s:
-        with pytest.raises(B.BagImportError, match=r"cannot decode /lifelong_ros/observation .*claims 39 values but the message has"):
+        with pytest.raises(
+            B.BagImportError, match=r"cannot decode /lifelong_ros/observation .*claims 39 values but the message has"
+        ):
             B.import_bag(tmp_path / "corrupt", s, MW, task="t")
         with pytest.raises(B.BagImportError, match=r"record 17 of 50 .*observation\[5\] = nan.*nothing was imported"):
             B.import_bag(tmp_path / "nan", s, MW, task="t")
@@ -288,7 +351,23 @@ def test_cli_import_export_and_stats(tmp_path, ts, capsys):
     spec = str(CONFIG / "spec_metaworld.yaml")
     _write_bag(tmp_path / "rec", MW_CONNS, _mw_messages(ts, 40))
     store = str(tmp_path / "s.sqlite3")
-    assert main(["import-bag", str(tmp_path / "rec"), "--spec", spec, "--store", store, "--task", "reach-v3", "--episode", "run1"]) == 0
+    assert (
+        main(
+            [
+                "import-bag",
+                str(tmp_path / "rec"),
+                "--spec",
+                spec,
+                "--store",
+                store,
+                "--task",
+                "reach-v3",
+                "--episode",
+                "run1",
+            ]
+        )
+        == 0
+    )
     assert "imported 40 steps" in capsys.readouterr().out
     assert main(["store", "stats", "--store", store, "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)

@@ -1,5 +1,6 @@
 """Message codecs against `rosbags`: for every supported type our CDR and rosbags' agree bit for bit in both
 directions and through message objects, and Float64MultiArray bags (ros2_control commands) keep float64."""
+
 from __future__ import annotations
 
 import math
@@ -276,10 +277,14 @@ def test_float64_actions_export_as_float64_and_import_bit_exact(tmp_path, ts, st
 def test_float64_bag_written_by_rosbags_imports_exact_values(tmp_path, ts):
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    spec = spec_from_dict({
-        "observation": {"streams": [{"topic": "/features", "type": "std_msgs/msg/Float64MultiArray", "slice": [1, 3]}]},
-        "action": {"streams": [{"topic": "/commands", "type": "std_msgs/msg/Float64MultiArray", "size": 3}]},
-    })
+    spec = spec_from_dict(
+        {
+            "observation": {
+                "streams": [{"topic": "/features", "type": "std_msgs/msg/Float64MultiArray", "slice": [1, 3]}]
+            },
+            "action": {"streams": [{"topic": "/commands", "type": "std_msgs/msg/Float64MultiArray", "size": 3}]},
+        }
+    )
     T = ts.types
     L, Dm, F = T["std_msgs/msg/MultiArrayLayout"], T["std_msgs/msg/MultiArrayDimension"], T[FLOAT64_ARRAY]
     cmds = [[0.5, -1.25, 2.0], [0.1, 1e-300, -3.0], [1.0, 2.0, 3.0]]
@@ -289,8 +294,10 @@ def test_float64_bag_written_by_rosbags_imports_exact_values(tmp_path, ts):
         for i, cmd in enumerate(cmds):
             t = 10**9 + i * 10**8
             # a labelled layout moves the data off the fast path's offsets
-            feats = F(layout=L(dim=[Dm(label="joint" * (i + 1), size=4, stride=4)], data_offset=0),
-                      data=np.array([9.0, 0.25 * i, -3.5, 7.0]))
+            feats = F(
+                layout=L(dim=[Dm(label="joint" * (i + 1), size=4, stride=4)], data_offset=0),
+                data=np.array([9.0, 0.25 * i, -3.5, 7.0]),
+            )
             w.write(cf, t, bytes(ts.serialize_cdr(feats, FLOAT64_ARRAY)))
             command = F(layout=L(dim=[], data_offset=0), data=np.array(cmd))
             w.write(cc, t + 10**6, bytes(ts.serialize_cdr(command, FLOAT64_ARRAY)))

@@ -1,9 +1,11 @@
 """Observation/action specs: YAML validated at load, messages <-> vectors by field name for rosbags
 and rclpy-shaped messages, and stream alignment that picks the nearest earlier fresh sample."""
+
 from __future__ import annotations
 
 import array
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -42,7 +44,10 @@ def test_vectors_round_trip_through_serialized_rosbags_messages(typestore):
     for vspec in (spec.observation, spec.action):
         vec = rng.standard_normal(vspec.dim).astype(np.float32)
         msgs = vspec.encode(vec, classes, stamp_ns=1_700_000_000_123_456_789)
-        wire = {t: typestore.deserialize_cdr(typestore.serialize_cdr(m, m.__msgtype__), m.__msgtype__) for t, m in msgs.items()}
+        wire = {
+            t: typestore.deserialize_cdr(typestore.serialize_cdr(m, m.__msgtype__), m.__msgtype__)
+            for t, m in msgs.items()
+        }
         np.testing.assert_array_equal(vspec.decode(wire), vec)
     js = spec.observation.encode(np.arange(23, dtype=np.float32), classes, 5_000_000_001)["/joint_states"]
     assert js.header.stamp.sec == 5 and js.header.stamp.nanosec == 1
@@ -54,15 +59,27 @@ def test_vectors_round_trip_through_serialized_rosbags_messages(typestore):
 def test_joint_state_is_read_by_joint_name_not_position(typestore):
     spec = spec_from_dict(
         {
-            "observation": {"streams": [{"topic": "/js", "type": "sensor_msgs/JointState", "joints": ["b", "a"], "fields": ["effort", "position"]}]},
+            "observation": {
+                "streams": [
+                    {
+                        "topic": "/js",
+                        "type": "sensor_msgs/JointState",
+                        "joints": ["b", "a"],
+                        "fields": ["effort", "position"],
+                    }
+                ]
+            },
             "action": {"streams": [{"topic": "/a", "type": "std_msgs/msg/Float32MultiArray", "size": 1}]},
         }
     )
     T = typestore.types
     h = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")
     msg = T["sensor_msgs/msg/JointState"](
-        header=h, name=["a", "extra", "b"], position=np.array([1.0, 2.0, 3.0]),
-        velocity=np.zeros(0), effort=np.array([10.0, 20.0, 30.0]),
+        header=h,
+        name=["a", "extra", "b"],
+        position=np.array([1.0, 2.0, 3.0]),
+        velocity=np.zeros(0),
+        effort=np.array([10.0, 20.0, 30.0]),
     )
     assert spec.observation.decode({"/js": msg}).tolist() == [30.0, 10.0, 3.0, 1.0]
     msg.name = ["a", "extra", "c"]
@@ -100,7 +117,7 @@ class _RclpyShaped:
     """The shape of an rclpy-generated message (rclpy is not installed here): a keyword constructor
     with defaults, not a dataclass, primitive sequences held as array.array."""
 
-    _defaults: dict = {}
+    _defaults: ClassVar[dict] = {}
 
     def __init__(self, **kw):
         for k, default in self._defaults.items():
@@ -121,8 +138,12 @@ def _rclpy_like_classes():
         "std_msgs/msg/MultiArrayLayout": mk("MultiArrayLayout", dim=list, data_offset=int),
         "std_msgs/msg/Float32MultiArray": mk("Float32MultiArray", layout=dict, data=lambda: array.array("f")),
         "sensor_msgs/msg/JointState": mk(
-            "JointState", header=Header, name=list, position=lambda: array.array("d"),
-            velocity=lambda: array.array("d"), effort=lambda: array.array("d"),
+            "JointState",
+            header=Header,
+            name=list,
+            position=lambda: array.array("d"),
+            velocity=lambda: array.array("d"),
+            effort=lambda: array.array("d"),
         ),
     }
     return table.__getitem__
@@ -131,7 +152,16 @@ def _rclpy_like_classes():
 def test_rclpy_shaped_messages_convert_both_ways():
     spec = spec_from_dict(
         {
-            "observation": {"streams": [{"topic": "/js", "type": "sensor_msgs/msg/JointState", "joints": ["j1", "j2"], "fields": ["position", "velocity"]}]},
+            "observation": {
+                "streams": [
+                    {
+                        "topic": "/js",
+                        "type": "sensor_msgs/msg/JointState",
+                        "joints": ["j1", "j2"],
+                        "fields": ["position", "velocity"],
+                    }
+                ]
+            },
             "action": {"streams": [{"topic": "/cmd", "type": "std_msgs/msg/Float32MultiArray", "size": 2}]},
         }
     )
@@ -152,16 +182,37 @@ OK_ACT = {"streams": [{"topic": "/a", "type": "std_msgs/msg/Float32MultiArray", 
 @pytest.mark.parametrize(
     "obs, match",
     [
-        ({"streams": [{"topic": "/o", "type": "nav_msgs/msg/Odometry"}]}, r"observation\.streams\[0\]\.type: unsupported message type 'nav_msgs/msg/Odometry'"),
-        ({"streams": [{"topic": "/o", "type": "sensor_msgs/msg/JointState"}]}, r"observation\.streams\[0\]\.joints: expected a non-empty list of names, got None"),
-        ({"streams": [{"topic": "/o", "type": "sensor_msgs/msg/JointState", "joints": ["a"], "fields": ["torque"]}]}, r"fields: unknown value\(s\) \['torque'\]"),
-        ({"streams": [{"topic": "/o", "type": "std_msgs/msg/Float32MultiArray", "slice": [3, 1]}]}, r"slice: expected \[start, stop\] with 0 <= start < stop, got \[3, 1\]"),
-        ({"streams": [{"topic": "/o", "type": "std_msgs/msg/Float32MultiArray", "size": 2, "slice": [0, 2]}]}, "give exactly one of 'size: N'"),
-        ({"streams": [{"topic": "o", "type": "std_msgs/msg/Float32MultiArray", "size": 2}]}, "expected an absolute topic name"),
+        (
+            {"streams": [{"topic": "/o", "type": "nav_msgs/msg/Odometry"}]},
+            r"observation\.streams\[0\]\.type: unsupported message type 'nav_msgs/msg/Odometry'",
+        ),
+        (
+            {"streams": [{"topic": "/o", "type": "sensor_msgs/msg/JointState"}]},
+            r"observation\.streams\[0\]\.joints: expected a non-empty list of names, got None",
+        ),
+        (
+            {"streams": [{"topic": "/o", "type": "sensor_msgs/msg/JointState", "joints": ["a"], "fields": ["torque"]}]},
+            r"fields: unknown value\(s\) \['torque'\]",
+        ),
+        (
+            {"streams": [{"topic": "/o", "type": "std_msgs/msg/Float32MultiArray", "slice": [3, 1]}]},
+            r"slice: expected \[start, stop\] with 0 <= start < stop, got \[3, 1\]",
+        ),
+        (
+            {"streams": [{"topic": "/o", "type": "std_msgs/msg/Float32MultiArray", "size": 2, "slice": [0, 2]}]},
+            "give exactly one of 'size: N'",
+        ),
+        (
+            {"streams": [{"topic": "o", "type": "std_msgs/msg/Float32MultiArray", "size": 2}]},
+            "expected an absolute topic name",
+        ),
         ({"streams": OK_OBS["streams"] * 2}, r"topic\(s\) \['/o'\] listed more than once"),
         ({"max_age_s": -1, **OK_OBS}, r"observation\.max_age_s: expected a positive number of seconds, got -1"),
         ({"streams": [], "max_age_s": 0.1}, "expected a non-empty list of streams"),
-        ({"streams": [{"topic": "/o", "type": "geometry_msgs/msg/PoseStamped", "size": 3}]}, r"unknown key\(s\) \['size'\] for geometry_msgs/msg/PoseStamped"),
+        (
+            {"streams": [{"topic": "/o", "type": "geometry_msgs/msg/PoseStamped", "size": 3}]},
+            r"unknown key\(s\) \['size'\] for geometry_msgs/msg/PoseStamped",
+        ),
         ({"stream": []}, r"observation: unknown key\(s\) \['stream'\]"),
     ],
 )

@@ -1,4 +1,5 @@
 """SafetyGate: every check can fail on the data it names, decisions are persisted and readable."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-
 from policies import base_and_candidate, export, new_model, register, suites, train, train_data
+
 from lifelong_ros.safety.gate import (
     GateConfig,
     GateReport,
@@ -70,8 +71,18 @@ def test_genuine_improvement_is_approved_and_the_report_is_persisted(setup):
     rep = SafetyGate(reg).evaluate(v2, suites(tasks))
     assert rep.decision == "approved", rep.summary()
     names = [c.name for c in rep.checks]
-    for n in ("integrity", "signature", "task_heads", "finite", "action_bounds", "action_bounds_perturbed",
-              "regression[reach]", "regression[push]", "improvement[pick]", "latency_p99"):
+    for n in (
+        "integrity",
+        "signature",
+        "task_heads",
+        "finite",
+        "action_bounds",
+        "action_bounds_perturbed",
+        "regression[reach]",
+        "regression[push]",
+        "improvement[pick]",
+        "latency_p99",
+    ):
         assert n in names
     imp = rep.check("improvement[pick]")
     assert imp.value <= imp.threshold and imp.detail["baseline"].startswith("mean-action predictor")
@@ -89,16 +100,17 @@ def test_genuine_improvement_is_approved_and_the_report_is_persisted(setup):
 
 
 def test_dry_run_reports_without_recording(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
     rep = SafetyGate(reg).evaluate(v2, suites(tasks), decide=False)
     assert rep.decision == "approved" and not rep.persisted and "dry run" in rep.summary()
     assert reg.info(v2).state == "candidate" and reg.reports(v2) == []
 
 
 def test_regression_tolerance_is_relative_plus_absolute(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
     strict = SafetyGate(reg, {"regression_rel_tol": 0.0, "regression_abs_tol": 0.0}).evaluate(
-        v2, suites(tasks), decide=False)
+        v2, suites(tasks), decide=False
+    )
     loose = SafetyGate(reg).evaluate(v2, suites(tasks), decide=False)
     c = strict.check("regression[reach]")
     assert c.threshold == pytest.approx(c.detail["active"])
@@ -121,12 +133,14 @@ def test_improvement_margin_is_applied_to_the_best_baseline(setup):
 
 
 def test_missing_or_tiny_suites_fail_closed(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
     s = suites(tasks)
     rep = SafetyGate(reg).evaluate(v2, {t: s[t] for t in ("reach", "pick")}, decide=False)
     c = rep.check("regression[push]")
     assert not c.passed and "no held-out data" in c.detail["reason"]
-    relaxed = SafetyGate(reg, {"require_all_tasks": False}).evaluate(v2, {t: s[t] for t in ("reach", "pick")}, decide=False)
+    relaxed = SafetyGate(reg, {"require_all_tasks": False}).evaluate(
+        v2, {t: s[t] for t in ("reach", "pick")}, decide=False
+    )
     assert relaxed.decision == "approved"
     tiny = dict(s)
     tiny["pick"] = RegressionSuite("pick", s["pick"].obs[:10], s["pick"].action[:10])
@@ -160,8 +174,15 @@ def test_signature_change_is_rejected(tmp_path, trained):
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(cand.eval(), (torch.zeros(2, cand.config.obs_dim), torch.zeros(2, dtype=torch.int64)), buf,
-                          input_names=["obs", "task_id"], output_names=["action"], opset_version=17, dynamo=False)
+        torch.onnx.export(
+            cand.eval(),
+            (torch.zeros(2, cand.config.obs_dim), torch.zeros(2, dtype=torch.int64)),
+            buf,
+            input_names=["obs", "task_id"],
+            output_names=["action"],
+            opset_version=17,
+            dynamo=False,
+        )
     v2 = reg.register(buf.getvalue(), tasks=tasks, method="bc")
     rep = SafetyGate(reg).evaluate(v2, suites(tasks))
     assert rep.decision == "rejected" and "signature" in rep.failed
@@ -169,9 +190,10 @@ def test_signature_change_is_rejected(tmp_path, trained):
 
 
 def test_latency_over_budget_is_rejected(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
     rep = SafetyGate(reg, {"latency_budget_ms": 1e-6, "latency_samples": 50, "latency_rounds": 1}).evaluate(
-        v2, suites(tasks))
+        v2, suites(tasks)
+    )
     assert rep.failed == ["latency_p99"]
     c = rep.check("latency_p99")
     assert c.value > c.threshold and c.detail["active_p99_ms"] > 0
@@ -193,13 +215,14 @@ def test_out_of_bounds_outputs_are_rejected_relative_to_the_active_model(setup, 
     assert "action_bounds_perturbed" in rep.failed
     # with bounds so tight that the active model violates them as often, the allowance follows it
     tight = SafetyGate(reg, {"action_low": -0.3, "action_high": 0.3, "bounds_slack": 0.0}).evaluate(
-        v2, suites(tasks), decide=False)
+        v2, suites(tasks), decide=False
+    )
     t = tight.check("action_bounds")
     assert t.detail["active_rate"] > 0.3 and t.threshold == pytest.approx(t.detail["active_rate"] + 0.02)
 
 
 def test_first_version_is_judged_against_a_constant_predictor(tmp_path, trained):
-    base, cand, tasks = trained
+    base, _cand, tasks = trained
     reg = ModelRegistry(tmp_path)
     good = register(reg, base, tasks[:2], target="push")
     untrained = register(reg, new_model(2, seed=7), tasks[:2], target="push")
@@ -212,7 +235,7 @@ def test_first_version_is_judged_against_a_constant_predictor(tmp_path, trained)
 
 
 def test_rollouts_use_a_wilson_lower_bound(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
     s = suites(tasks)
     fn = heldout_rollout_fn(s)
     rep = SafetyGate(reg, {"rollout_episodes": 6}).evaluate(v2, s, rollout_fn=fn, decide=False)
@@ -224,12 +247,13 @@ def test_rollouts_use_a_wilson_lower_bound(setup):
     assert sum(1 for t, _, _ in fn.calls if t == "pick") == 1  # the active model has no pick head
     # demanding a floor that 6 episodes cannot certify even at 6/6 rejects on the target task
     strict = SafetyGate(reg, {"rollout_episodes": 6, "rollout_min_success": 0.7}).evaluate(
-        v2, s, rollout_fn=fn, decide=False)
+        v2, s, rollout_fn=fn, decide=False
+    )
     assert "rollout[pick]" in strict.failed and strict.check("rollout[pick]").value < 0.7
 
 
 def test_a_broken_rollout_function_fails_closed(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
 
     def broken(onnx, task, n):
         return n + 1  # more successes than episodes
@@ -251,7 +275,7 @@ def test_wilson_interval_known_values():
 
 
 def test_shadow_stage_defers_the_decision_until_live_steps_are_seen(setup):
-    reg, v1, v2, tasks = setup
+    reg, _v1, v2, tasks = setup
     s = suites(tasks)
     gate = SafetyGate(reg, {"shadow_steps": 90, "latency_budget_ms": 100.0})  # about deferral, not timing
     rep = gate.evaluate(v2, s)
@@ -267,7 +291,7 @@ def test_shadow_stage_defers_the_decision_until_live_steps_are_seen(setup):
 
 
 def test_shadow_divergence_on_earlier_tasks_rejects(setup, trained):
-    reg, v1, v2, tasks = setup
+    reg, v1, _v2, tasks = setup
     base, _, _ = trained
     drifted = base.clone()
     drifted.ensure_heads(3)
@@ -300,8 +324,10 @@ def test_gate_config_validation_names_the_offending_value(tmp_path):
     with pytest.raises(ValueError, match="must be < action_high"):
         GateConfig(action_low=1.0, action_high=-1.0)
     path = tmp_path / "safety.yaml"
-    path.write_text("safety_monitor:\n  ros__parameters:\n    gate:\n      improvement_margin: 0.1\n"
-                    "      latency_budget_ms: 2\n      action_low: [-1, -1, -1, 0]\n")
+    path.write_text(
+        "safety_monitor:\n  ros__parameters:\n    gate:\n      improvement_margin: 0.1\n"
+        "      latency_budget_ms: 2\n      action_low: [-1, -1, -1, 0]\n"
+    )
     loaded = GateConfig.from_yaml(path)
     assert loaded.improvement_margin == 0.1 and loaded.latency_budget_ms == 2.0 and loaded.action_low == [-1, -1, -1, 0]
     flat = GateConfig.from_dict({"gate.shadow_steps": 5, "gate.regression_rel_tol": 0.1, "learner.steps": 3})
@@ -316,8 +342,10 @@ def test_suites_reject_malformed_arrays():
 
 
 def test_the_gate_never_imports_torch():
-    code = ("import sys; import lifelong_ros.safety.gate, lifelong_ros.safety.registry, lifelong_ros.safety.watchdog, "
-            "lifelong_ros.cli.registry; print('torch' in sys.modules)")
+    code = (
+        "import sys; import lifelong_ros.safety.gate, lifelong_ros.safety.registry, lifelong_ros.safety.watchdog, "
+        "lifelong_ros.cli.registry; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
@@ -334,20 +362,22 @@ def _store_with_heldout(path, tasks):
             m = s[t].episodes == e
             store.append_episode(t, f"demo-{e}", s[t].obs[m], s[t].action[m], source="demonstration", split="heldout")
         rng = np.random.default_rng(0)  # what the policy did: no ground truth, must not enter the suites
-        store.append_episode(t, "policy-0", s[t].obs[:40], rng.uniform(-1, 1, (40, 4)), source="policy", split="heldout")
+        store.append_episode(
+            t, "policy-0", s[t].obs[:40], rng.uniform(-1, 1, (40, 4)), source="policy", split="heldout"
+        )
     store.close()
     return s
 
 
 def test_suites_from_store_use_heldout_demonstrations_only(tmp_path):
-    from lifelong_ros.safety.gate import suites_from_store
     from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.safety.gate import suites_from_store
 
     tasks = ["reach", "push"]
     ref = _store_with_heldout(tmp_path / "exp.sqlite3", tasks)
     store = ExperienceStore(tmp_path / "exp.sqlite3", readonly=True)
     try:
-        got = suites_from_store(store, tasks + ["drawer"])
+        got = suites_from_store(store, [*tasks, "drawer"])
     finally:
         store.close()
     assert list(got) == tasks  # unknown task left out -> the gate reports it missing
@@ -387,8 +417,8 @@ def test_gate_cli_gates_a_candidate_with_the_stores_suites(tmp_path, trained, ca
 def test_gate_runs_closed_loop_rollouts_in_the_simulator(tmp_path):
     """Real Meta-World rollouts through sim.rollout.sim_rollout_fn: a policy that outputs no
     motion never reaches the goal, and the rollout check says so with its Wilson bound."""
-    from lifelong_ros.sim import metaworld as sim
     from lifelong_ros.learning.model import PolicyConfig, PolicyNet
+    from lifelong_ros.sim import metaworld as sim
     from lifelong_ros.sim.rollout import sim_rollout_fn
 
     env = sim.MetaWorldSim("reach-v3", steps_after_success=5, max_steps=150)
@@ -410,7 +440,8 @@ def test_gate_runs_closed_loop_rollouts_in_the_simulator(tmp_path):
     hobs, hact = sim.stack_episodes(eps[7:])
     suite = RegressionSuite("reach-v3", hobs, hact)
     rep = SafetyGate(reg, {"rollout_episodes": 2, "rollout_min_success": 0.1}).evaluate(
-        v2, [suite], rollout_fn=sim_rollout_fn(max_steps=150))
+        v2, [suite], rollout_fn=sim_rollout_fn(max_steps=150)
+    )
     c = rep.check("rollout[reach-v3]")
     assert c.detail["successes"] == 0 and c.value == 0.0 and not c.passed
     assert rep.decision == "rejected" and reg.info(v2).state == "rejected"

@@ -1,4 +1,5 @@
 """ModelRegistry: atomic versions, the gate's decisions, the active pointer, rollback, lineage, gc."""
+
 from __future__ import annotations
 
 import io
@@ -10,8 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
 from policies import OBS_DIM, export, new_model
+
 from lifelong_ros.fsutil import sha256_bytes, sha256_file
 from lifelong_ros.learning.model import load_policy, state_dict_from_bytes
 from lifelong_ros.safety.registry import (
@@ -36,8 +37,9 @@ def models():
 
 def add(reg: ModelRegistry, models, i: int = 0, parent=None, approve: bool | None = True, **kw) -> str:
     m, onnx = models[i]
-    vid = reg.register(onnx, tasks=TASKS, method="bc", parent=parent, weights=m.state_dict(),
-                       config=m.config.to_dict(), **kw)
+    vid = reg.register(
+        onnx, tasks=TASKS, method="bc", parent=parent, weights=m.state_dict(), config=m.config.to_dict(), **kw
+    )
     if approve is True:
         reg.set_decision(vid, "approved", "test")
     elif approve is False:
@@ -48,8 +50,16 @@ def add(reg: ModelRegistry, models, i: int = 0, parent=None, approve: bool | Non
 def test_register_writes_a_self_contained_version_with_hashes(tmp_path, models):
     reg = ModelRegistry(tmp_path / "reg")
     m, onnx = models[0]
-    vid = reg.register(onnx, tasks=TASKS, method="ewc+replay", weights=m.state_dict(), config=m.config.to_dict(),
-                       data_range={"reach": {"episodes": [0, 19]}}, metrics={"loss": 0.01}, target_task="push")
+    vid = reg.register(
+        onnx,
+        tasks=TASKS,
+        method="ewc+replay",
+        weights=m.state_dict(),
+        config=m.config.to_dict(),
+        data_range={"reach": {"episodes": [0, 19]}},
+        metrics={"loss": 0.01},
+        target_task="push",
+    )
     assert vid == "v0001"
     d = tmp_path / "reg" / "versions" / vid
     meta = json.loads((d / "meta.json").read_text())
@@ -80,16 +90,19 @@ def test_weights_round_trip_reproduces_the_policy(tmp_path, models):
     assert torch.equal(state_dict_from_bytes(*reg.weights_bytes(v2))["head_b"], m.head_b.detach())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"tasks": []}, "non-empty list"),
-    ({"tasks": ["a", "a"]}, "distinct"),
-    ({"tasks": "reach"}, "non-empty list"),
-    ({"method": ""}, "method"),
-    ({"parent": "v0042"}, "unknown version 'v0042'"),
-    ({"target_task": "drawer"}, "target_task 'drawer'"),
-    ({"onnx": b""}, "empty"),
-    ({"weights": b"not weights"}, "neither safetensors"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tasks": []}, "non-empty list"),
+        ({"tasks": ["a", "a"]}, "distinct"),
+        ({"tasks": "reach"}, "non-empty list"),
+        ({"method": ""}, "method"),
+        ({"parent": "v0042"}, "unknown version 'v0042'"),
+        ({"target_task": "drawer"}, "target_task 'drawer'"),
+        ({"onnx": b""}, "empty"),
+        ({"weights": b"not weights"}, "neither safetensors"),
+    ],
+)
 def test_register_rejects_bad_input_naming_it(tmp_path, models, kwargs, message):
     reg = ModelRegistry(tmp_path)
     args = {"onnx": models[0][1], "tasks": TASKS, "method": "bc", **kwargs}
@@ -241,7 +254,7 @@ def test_concurrent_writers_in_two_processes_get_distinct_monotonic_ids(tmp_path
     onnx_path.write_bytes(models[0][1])
     code = textwrap.dedent(f"""
         from lifelong_ros.safety.registry import ModelRegistry
-        reg = ModelRegistry({str(tmp_path / 'reg')!r})
+        reg = ModelRegistry({str(tmp_path / "reg")!r})
         print(" ".join(reg.register({str(onnx_path)!r}, tasks=["reach"], method="bc") for _ in range(6)))
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
@@ -272,10 +285,28 @@ def test_registry_cli_lists_shows_and_rolls_back(tmp_path, models, capsys):
 
     reg = ModelRegistry(tmp_path / "reg")
     v1, v2 = add(reg, models, 0), add(reg, models, 1, parent="v0001")
-    reg.save_report(v2, "gate", {"decision": "approved", "reason": "all 3 checks passed", "candidate": v2,
-                                 "active": v1, "target_task": "push", "checks": [
-                                     {"kind": "regression", "task": "reach", "passed": True, "value": 0.01,
-                                      "threshold": 0.02, "detail": {}, "data": "heldout reach"}]})
+    reg.save_report(
+        v2,
+        "gate",
+        {
+            "decision": "approved",
+            "reason": "all 3 checks passed",
+            "candidate": v2,
+            "active": v1,
+            "target_task": "push",
+            "checks": [
+                {
+                    "kind": "regression",
+                    "task": "reach",
+                    "passed": True,
+                    "value": 0.01,
+                    "threshold": 0.02,
+                    "detail": {},
+                    "data": "heldout reach",
+                }
+            ],
+        },
+    )
     reg.promote(v1)
     reg.promote(v2)
     root = ["--registry", str(tmp_path / "reg")]

@@ -3,8 +3,10 @@
 Real onnxruntime sessions over real exported PolicyNet models; the concurrency test checks every
 output of a full-speed inference thread bit for bit against the version it is tagged with.
 """
+
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import warnings
@@ -106,13 +108,15 @@ def test_float64_lists_and_noncontiguous_inputs_are_converted_to_float32(models,
     want = rt.infer(x32, 1).action
     np.testing.assert_array_equal(rt.infer(x32.astype(np.float64), 1).action, want)
     np.testing.assert_array_equal(rt.infer(x32.tolist(), 1).action, want)
-    np.testing.assert_array_equal(rt.infer(x32.astype(np.float16).astype(np.float32), 1).action,
-                                  rt.infer(x32.astype(np.float16), 1).action)
+    np.testing.assert_array_equal(
+        rt.infer(x32.astype(np.float16).astype(np.float32), 1).action, rt.infer(x32.astype(np.float16), 1).action
+    )
     strided = np.repeat(x32[:, None], 2, axis=1)[:, 0]  # a non-contiguous view of the same values
     assert not strided.flags.c_contiguous
     np.testing.assert_array_equal(rt.infer(strided, 1).action, want)
-    np.testing.assert_array_equal(rt.infer(obs_pool[:4], np.array([1, 1, 1, 1], np.int32)).action,
-                                  rt.infer(obs_pool[:4], 1).action)
+    np.testing.assert_array_equal(
+        rt.infer(obs_pool[:4], np.array([1, 1, 1, 1], np.int32)).action, rt.infer(obs_pool[:4], 1).action
+    )
     assert rt.infer(x32, np.int64(1)).version == "v1"
 
 
@@ -120,8 +124,11 @@ BAD_OBS = [
     ("nan", lambda x: np.where(np.arange(OBS) == 5, np.nan, x).astype(np.float32), ["obs[5]", "nan", "finite"]),
     ("inf", lambda x: np.where(np.arange(OBS) == 7, np.inf, x).astype(np.float32), ["obs[7]", "inf", "finite"]),
     ("-inf float64", lambda x: np.where(np.arange(OBS) == 0, -np.inf, x.astype(np.float64)), ["obs[0]", "-inf"]),
-    ("nan in a batch", lambda x: np.stack([x, np.where(np.arange(OBS) == 2, np.nan, x)]).astype(np.float32),
-     ["obs[[1, 2]]", "nan"]),
+    (
+        "nan in a batch",
+        lambda x: np.stack([x, np.where(np.arange(OBS) == 2, np.nan, x)]).astype(np.float32),
+        ["obs[[1, 2]]", "nan"],
+    ),
     ("too short", lambda x: x[:-1], ["length 38", "expected 39"]),
     ("too long", lambda x: np.append(x, 0.0).astype(np.float32), ["length 40", "expected 39"]),
     ("wrong batch width", lambda x: np.zeros((3, 12), np.float32), ["(3, 12)", f"(N, {OBS})"]),
@@ -132,7 +139,11 @@ BAD_OBS = [
     ("complex dtype", lambda x: x.astype(np.complex64), ["complex64", "float32"]),
     ("object dtype", lambda x: x.astype(object), ["object", "float32"]),
     ("string", lambda x: "0.1 0.2", ["str", "numpy float32 array"]),
-    ("beyond float32", lambda x: np.where(np.arange(OBS) == 1, 1e300, x.astype(np.float64)), ["float32 range", "1e+300"]),
+    (
+        "beyond float32",
+        lambda x: np.where(np.arange(OBS) == 1, 1e300, x.astype(np.float64)),
+        ["float32 range", "1e+300"],
+    ),
     ("ragged list", lambda x: [[0.0] * OBS, [0.0]], ["could not be read", "39"]),
 ]
 
@@ -233,16 +244,28 @@ BAD_MODELS = [
     ("empty", lambda m, p: b"", None, ["empty (0 bytes)"]),
     ("missing file", lambda m, p: p / "nope.onnx", None, ["cannot read model file", "nope.onnx"]),
     ("text file", lambda m, p: _write(p / "notes.onnx", b"this is not a model\n"), None, ["onnxruntime cannot load"]),
-    ("input size differs", lambda m, p: export_onnx(make_net(1, obs_dim=OBS - 1)), None,
-     ["not a drop-in replacement", "obs_dim 38", "serving model has 39"]),
-    ("output size differs", lambda m, p: export_onnx(make_net(1, act_dim=ACT + 2)), None,
-     ["act_dim 6", "serving model has 4"]),
+    (
+        "input size differs",
+        lambda m, p: export_onnx(make_net(1, obs_dim=OBS - 1)),
+        None,
+        ["not a drop-in replacement", "obs_dim 38", "serving model has 39"],
+    ),
+    (
+        "output size differs",
+        lambda m, p: export_onnx(make_net(1, act_dim=ACT + 2)),
+        None,
+        ["act_dim 6", "serving model has 4"],
+    ),
     ("sha256 mismatch", lambda m, p: m, "0" * 64, ["sha256 mismatch", "expected " + "0" * 64]),
     ("bit flip caught by sha256", _flip_weight_byte, "ORIGINAL", ["sha256 mismatch"]),
     ("nan output", lambda m, p: _nan_model(), None, ["non-finite actions", "task id(s) [1]", "refusing to serve"]),
     ("other input name", lambda m, p: _linear_model_named("x"), None, ["expected an input named 'obs'"]),
-    ("fixed batch size", lambda m, p: _linear_model_named("obs", dynamic=False), None,
-     ["fixed batch size 1", "dynamic batch axis"]),
+    (
+        "fixed batch size",
+        lambda m, p: _linear_model_named("obs", dynamic=False),
+        None,
+        ["fixed batch size 1", "dynamic batch axis"],
+    ),
 ]
 
 
@@ -258,20 +281,28 @@ def _linear_model_named(input_name: str, dynamic: bool = True) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(torch.nn.Linear(OBS, ACT), (torch.zeros(1, OBS),), buf, input_names=[input_name],
-                          output_names=["action"], dynamo=False,
-                          dynamic_axes={input_name: {0: "batch"}, "action": {0: "batch"}} if dynamic else None)
+        torch.onnx.export(
+            torch.nn.Linear(OBS, ACT),
+            (torch.zeros(1, OBS),),
+            buf,
+            input_names=[input_name],
+            output_names=["action"],
+            dynamo=False,
+            dynamic_axes={input_name: {0: "batch"}, "action": {0: "batch"}} if dynamic else None,
+        )
     return buf.getvalue()
 
 
 @pytest.mark.parametrize("name,make,sha,phrases", BAD_MODELS, ids=[b[0] for b in BAD_MODELS])
-def test_failed_swap_says_why_and_keeps_serving_the_previous_model(models, obs_pool, tmp_path, name, make, sha, phrases):
+def test_failed_swap_says_why_and_keeps_serving_the_previous_model(
+    models, obs_pool, tmp_path, name, make, sha, phrases
+):
     rt = PolicyRuntime(models["v1"], "v1")
     bad = make(models["v2"], tmp_path)
     expected = sha256_bytes(models["v2"]) if sha == "ORIGINAL" else sha
     with pytest.raises(ModelLoadError) as err:
         rt.swap(bad, "v-bad", expected_sha256=expected)
-    for p in phrases + ["still serving 'v1'"]:
+    for p in [*phrases, "still serving 'v1'"]:
         assert p in str(err.value), (p, str(err.value))
     assert_still_serving(rt, "v1", models["v1"], obs_pool[3])
     st = rt.stats()
@@ -284,8 +315,11 @@ def test_a_flipped_weight_byte_still_loads_so_only_the_sha256_check_catches_it(m
     rt = PolicyRuntime(models["v1"], "v1")
     flipped = _flip_weight_byte(models["v2"])
     rt.swap(flipped, "v2-flipped")  # a valid model: onnxruntime cannot tell
-    assert any(not np.array_equal(rt.infer(obs, head).action, reference(models["v2"], obs, head)[0])
-               for obs in obs_pool[:16] for head in range(3))
+    assert any(
+        not np.array_equal(rt.infer(obs, head).action, reference(models["v2"], obs, head)[0])
+        for obs in obs_pool[:16]
+        for head in range(3)
+    )
 
 
 def test_constructor_refuses_a_bad_model_with_the_reason(models, tmp_path):
@@ -358,7 +392,7 @@ def test_concurrent_swaps_are_serialised(models, monkeypatch):
     # versions are the initial one plus every new one except the one serving now.
     news = [r.new_version for r in reports]
     news.remove(rt.version)
-    assert sorted(r.old_version for r in reports) == sorted(["v1"] + news)
+    assert sorted(r.old_version for r in reports) == sorted(["v1", *news])
 
 
 @pytest.mark.parametrize("keep_warm", [1, 2], ids=["every-swap-builds", "swaps-reuse-loaded-models"])
@@ -370,10 +404,17 @@ def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_p
     refs = {}
     for v in versions:
         sess = ort.InferenceSession(models[v], sess_options=session_options(1), providers=["CPUExecutionProvider"])
-        refs[v] = np.stack([
-            np.stack([sess.run(["action"], {"obs": obs_pool[i:i + 1], "task_id": np.array([k], np.int64)})[0][0]
-                      for i in range(len(obs_pool))])
-            for k in range(HEADS)])  # [head, obs, act]
+        refs[v] = np.stack(
+            [
+                np.stack(
+                    [
+                        sess.run(["action"], {"obs": obs_pool[i : i + 1], "task_id": np.array([k], np.int64)})[0][0]
+                        for i in range(len(obs_pool))
+                    ]
+                )
+                for k in range(HEADS)
+            ]
+        )  # [head, obs, act]
     rt = PolicyRuntime(models["v1"], "v1", keep_warm=keep_warm)
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -426,7 +467,7 @@ def test_full_speed_inference_during_200_swaps_is_exact_and_tagged(models, obs_p
         assert mismatches.size == 0, f"{mismatches.size} outputs tagged {v} differ from what {v} computes"
     assert seen == set(versions)
     # The tag changed many times while the thread was calling: it really ran across the swaps.
-    changes = sum(a != b for a, b in zip(log_v, log_v[1:]))
+    changes = sum(a != b for a, b in itertools.pairwise(log_v))
     assert changes >= 50, changes
 
 

@@ -1,4 +1,5 @@
 """The embedded simulator: deterministic variations, scripted experts, early episode end."""
+
 import numpy as np
 import pytest
 
