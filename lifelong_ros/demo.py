@@ -20,6 +20,7 @@ from lifelong_ros import paths
 from lifelong_ros.config import load_params
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.fsutil import atomic_write_json
+from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.metrics import plot_matrix, summarize
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.orchestration import Orchestrator
@@ -180,6 +181,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     """Run the loop; write results.json and the success-matrix heatmap under ``out``."""
     from tqdm import tqdm
 
+    parse_recipe_options(settings.method, settings.options)  # a bad method or option fails before any work
     out.mkdir(parents=True, exist_ok=True)
     data = out / "data"
     if data.exists():

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong_ros import paths
+from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.worker import Learner
 from lifelong_ros.orchestration import Orchestrator
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
@@ -81,6 +82,7 @@ def offline_learn(
         raise ValueError("task is empty; expected the name of the task the bag demonstrates, e.g. 'reach-v3'")
     if steps < 1:
         raise ValueError(f"steps={steps}: expected at least 1 optimiser step")
+    parse_recipe_options(method)  # an unknown method fails before anything is imported
     data = paths.data_dir(data_dir)
     the_spec = load_spec(paths.resolve_config_file(spec, config_dir))
     spath = paths.store_path(data)

@@ -75,3 +75,10 @@ def test_cli_lists_the_demo_and_store_commands(capsys):
     out = capsys.readouterr().out
     for command in ("demo", "import-bag", "export-bag", "store", "registry", "gate", "offline-learn"):
         assert command in out
+
+
+def test_demo_refuses_a_misspelled_option_before_recording_anything(tmp_path):
+    settings = DemoSettings(tasks=["reach-v3"], options={"ewc_lamda": 10.0})
+    with pytest.raises(ValueError, match="ewc_lamda.*ewc_lambda"):
+        run_demo(settings, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
