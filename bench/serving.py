@@ -8,6 +8,11 @@ stay loaded, as in a rollback, so a swap is a reference switch); "during cold sw
 through more versions than the runtime keeps loaded, so every swap reads, hashes, builds, checks
 and warms a new onnxruntime session and tears an old one down.
 
+The output guard (PolicyRuntime's check of every action) is measured by three runtime arms over
+the same model: "runtime" (the default guard: finiteness only), "runtime_bounded" (finiteness and
+the bounds the policy server ships with, [-1, 1] ± 0.25) and "runtime_unguarded" (output_guard=None);
+``guard_overhead_p50_ratio`` = bounded p50 / unguarded p50 (acceptance: <= 1.05).
+
     python bench/serving.py [--quick] [--rounds R] [--block B]
 """
 
@@ -27,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from lifelong_ros.learning.model import ACTION_OUTPUT, OBS_INPUT, TASK_INPUT, PolicyConfig, PolicyNet, export_onnx
-from lifelong_ros.serving.runtime import PolicyRuntime, session_options
+from lifelong_ros.serving.runtime import OutputGuard, PolicyRuntime, session_options
 
 OBS_DIM, ACT_DIM, HIDDEN, HEADS = 39, 4, (256, 256), 5
 SWAP_PERIOD_S = 0.010
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     v2 = others[0]
 
     rt = PolicyRuntime(v1, "v1")
+    rt_unguarded = PolicyRuntime(v1, "v1", output_guard=None)
+    rt_bounded = PolicyRuntime(v1, "v1", output_guard=OutputGuard(low=-1.0, high=1.0, slack=0.25))
     rt_swapping = PolicyRuntime(v1, "v1", build_niceness=args.build_niceness, keep_warm=KEEP_WARM)
     rt_cold = PolicyRuntime(v1, "v1", build_niceness=args.build_niceness, keep_warm=KEEP_WARM)
     sess = ort.InferenceSession(v1, sess_options=session_options(1), providers=["CPUExecutionProvider"])
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     # Same inputs, same answers (sanity: the arms compute the same thing).
     o, k = obs_pool[0], int(tasks[0])
     assert np.array_equal(rt.infer(o, k).action, ort_call(o, k))
+    assert np.array_equal(rt_bounded.infer(o, k).action, rt_unguarded.infer(o, k).action)
     assert np.allclose(torch_call(o, k), ort_call(o, k), atol=1e-5)
 
     swappers = {
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     arms = {
         "runtime": rt.infer,
+        "runtime_unguarded": rt_unguarded.infer,
+        "runtime_bounded": rt_bounded.infer,
         "ort": ort_call,
         "torch": torch_call,
         "during_swaps": rt_swapping.infer,
@@ -175,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": rounds,
         "runtime_p50_us": pct(samples["runtime"], 50),
         "runtime_p99_us": pct(samples["runtime"], 99),
+        "runtime_unguarded_p50_us": pct(samples["runtime_unguarded"], 50),
+        "runtime_unguarded_p99_us": pct(samples["runtime_unguarded"], 99),
+        "runtime_bounded_p50_us": pct(samples["runtime_bounded"], 50),
+        "runtime_bounded_p99_us": pct(samples["runtime_bounded"], 99),
+        "guarded_outputs": rt.stats()["guarded"] + rt_bounded.stats()["guarded"],  # 0: all on the fast path
         "ort_p50_us": pct(samples["ort"], 50),
         "ort_p99_us": pct(samples["ort"], 99),
         "torch_p50_us": pct(samples["torch"], 50),
@@ -195,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     res["runtime_vs_ort_p50_ratio"] = res["runtime_p50_us"] / res["ort_p50_us"]
     res["runtime_vs_ort_p99_ratio"] = res["runtime_p99_us"] / res["ort_p99_us"]
+    res["guard_overhead_p50_ratio"] = res["runtime_bounded_p50_us"] / res["runtime_unguarded_p50_us"]
+    res["guard_finite_only_overhead_p50_ratio"] = res["runtime_p50_us"] / res["runtime_unguarded_p50_us"]
+    res["accept_guard_overhead_p50_within_5pct"] = bool(res["guard_overhead_p50_ratio"] <= 1.05)
     res["torch_vs_ort_p50_ratio"] = res["torch_p50_us"] / res["ort_p50_us"]
     res["p99_swaps_vs_no_swaps_ratio"] = res["p99_during_swaps_us"] / res["runtime_p99_us"]
     res["p99_cold_swaps_vs_no_swaps_ratio"] = res["p99_during_cold_swaps_us"] / res["runtime_p99_us"]

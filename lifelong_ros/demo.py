@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from lifelong_ros import paths
-from lifelong_ros.config import load_params
+from lifelong_ros.config import ConfigError, check_known_keys, check_value, did_you_mean, load_sections
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.learning.jobs import parse_recipe_options
@@ -27,12 +27,51 @@ from lifelong_ros.orchestration import Orchestrator
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
-from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations
+from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks, collect_demonstrations
 from lifelong_ros.sim.rollout import sim_rollout_fn
 
 # Variation seeds: training demonstrations, held-out demonstrations (gate), evaluation rollouts.
 # Disjoint ranges, so every number below is measured on variations the learner never saw.
 TRAIN_SEED0, HELDOUT_SEED0, EVAL_SEED0 = 0, 100_000, 200_000
+
+# Written into ``<out>/data`` by every demo run: only a directory holding it is ever deleted by a
+# later run with the same --out (anything else there is the user's, and the demo refuses to start).
+DEMO_MARKER = ".lifelong-ros-demo"
+
+# The schema of the numeric/boolean settings: name -> (type, minimum, maximum, minimum exclusive).
+_RULES: dict[str, tuple[type, float | None, float | None, bool]] = {
+    "demos_per_task": (int, 1, None, False),
+    "heldout_demos_per_task": (int, 1, None, False),
+    "eval_episodes": (int, 1, None, False),
+    "steps": (int, 1, None, False),
+    "seed": (int, 0, 2**31 - 1, False),
+    "steps_after_success": (int, 0, 500, False),
+    "max_steps": (int, 1, 500, False),
+    "learner_threads": (int, 1, 256, False),
+    "serve_rate_hz": (float, 0, 100_000, False),  # 0 = as fast as possible; negative is an error
+    "gate_enabled": (bool, None, None, False),
+    "gate_rollouts": (int, 0, None, False),
+}
+
+
+def check_task_names(names: Any, where: str = "tasks") -> list[str]:
+    """The task list, or ConfigError naming the first bad entry: not a non-empty list of distinct,
+    non-empty strings, or a name that is not a Meta-World task (with a did-you-mean)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
+        raise ConfigError(f"{where}={names!r}: expected a non-empty list of Meta-World task names, e.g. [reach-v3]")
+    known = available_tasks()
+    seen: set[str] = set()
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: task name {name!r} in {list(names)!r}: expected a non-empty task name")
+        if name not in known:
+            hint = did_you_mean(name, known)
+            choices = "" if hint else f"; expected one of {', '.join(known)}"
+            raise ConfigError(f"{where}: unknown Meta-World task {name!r}{hint}{choices}")
+        if name in seen:
+            raise ConfigError(f"{where}: task {name!r} appears twice in {list(names)!r}; expected each task once")
+        seen.add(name)
+    return list(names)
 
 
 @dataclass
@@ -63,23 +102,66 @@ class DemoSettings:
         caps = {"demos_per_task": 15, "heldout_demos_per_task": 3, "eval_episodes": 5, "steps": 400, "max_steps": 150}
         return cls(**{**asdict(base), **{k: min(getattr(base, k), v) for k, v in caps.items()}})
 
+    def validate(self, where: str = "demo settings", check_tasks: bool = True) -> None:
+        """ConfigError/ValueError naming the first bad setting and what was expected; runs before any work."""
+        if check_tasks:
+            self.tasks = check_task_names(self.tasks, f"{where}: tasks")
+        for name, (kind, lo, hi, exclusive) in _RULES.items():
+            setattr(
+                self,
+                name,
+                check_value(name, getattr(self, name), kind, min=lo, max=hi, exclusive_min=exclusive, where=where),
+            )
+        if not isinstance(self.method, str) or not self.method:
+            raise ConfigError(f"{where}: method={self.method!r}: expected the name of an adaptation recipe")
+        for name in ("options", "gate"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{where}: {name}={getattr(self, name)!r}: expected a mapping")
+        try:
+            parse_recipe_options(self.method, self.options)  # unknown method / option: ValueError, did-you-mean
+            GateConfig.from_dict(self.gate_config())
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+    def gate_config(self) -> dict[str, Any]:
+        """The gate's settings: the ``gate`` mapping, plus the rollout episodes when rollouts are on."""
+        cfg = dict(self.gate)
+        if self.gate_rollouts > 0:
+            cfg["rollout_episodes"] = self.gate_rollouts
+        return cfg
+
 
 def settings_from_config(path: str | None) -> DemoSettings:
+    """The ``demo`` section (and the shared ``tasks``) of a params file, checked against DemoSettings:
+    an unknown key, a wrong type or an unknown task is a ConfigError naming the file and the key."""
     try:
-        params = load_params(path).get("demo", {})
+        file = str(path or paths.default_config_path())
+        sections = load_sections(file)
     except FileNotFoundError:
         if path:
             raise
-        params = {}
+        file, sections = "built-in defaults", {"/**": {}}
+    where = f"{file} [demo]"
+    own = sections.get("demo", {})
     defaults = asdict(DemoSettings())
+    nested = ("options", "gate")
+    plain = [k for k in own if k.partition(".")[0] not in nested or "." not in k]
+    check_known_keys(plain, [k for k in defaults if k not in nested] + list(nested), where)
     out: dict[str, Any] = {}
-    for key, value in params.items():
+    for key, value in own.items():
         head, _, rest = key.partition(".")
-        if head in ("options", "gate") and rest:
+        if head in nested and rest:
             out.setdefault(head, {})[rest] = value
-        elif head in defaults:
+        elif head in nested:
+            raise ConfigError(f"{where}: {head}={value!r}: expected a mapping of {head} names to values")
+        else:
             out[head] = value
-    return DemoSettings(**{**defaults, **out})
+    if "tasks" not in out and "tasks" in sections["/**"]:
+        out["tasks"] = sections["/**"]["tasks"]
+        check_task_names(out["tasks"], f"{file} [/**]: tasks")
+    settings = DemoSettings(**{**defaults, **out})
+    settings.validate(where)
+    return settings
 
 
 class ClosedLoop:
@@ -177,23 +259,41 @@ def record_demonstrations(store: ExperienceStore, task: str, settings: DemoSetti
     return n
 
 
+def check_out_dir(out: Path) -> None:
+    """ConfigError unless ``out`` can hold a demo run: a directory (or nothing yet) whose ``data``
+    is absent, empty, or a previous demo run's (it holds DEMO_MARKER); nothing else is ever deleted."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; expected a directory for the demo's results")
+    data = out / "data"
+    if data.is_symlink() or (data.exists() and not data.is_dir()):
+        raise ConfigError(
+            f"{data} exists and is not a directory; expected a new --out directory or a previous demo run's"
+        )
+    if data.is_dir() and any(data.iterdir()) and not (data / DEMO_MARKER).is_file():
+        raise ConfigError(
+            f"{data} exists and is not a previous demo run's data (no {DEMO_MARKER} marker); refusing to delete it: "
+            "expected a new --out directory or one a demo run wrote"
+        )
+
+
 def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     """Run the loop; write results.json and the success-matrix heatmap under ``out``."""
     from tqdm import tqdm
 
-    parse_recipe_options(settings.method, settings.options)  # a bad method or option fails before any work
-    out.mkdir(parents=True, exist_ok=True)
+    settings.validate()  # every setting (tasks, numbers, method, options, gate) before anything is touched
     data = out / "data"
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
     if data.exists():
-        shutil.rmtree(data)  # a demo run starts from an empty robot
+        shutil.rmtree(data)  # a previous demo run's data (check_out_dir): a demo run starts from an empty robot
+    data.mkdir(parents=True)
+    (data / DEMO_MARKER).write_text("data of a `lifelong-ros demo` run; the next run with the same --out replaces it\n")
     store = ExperienceStore(paths.store_path(data), OBS_DIM, ACT_DIM)
     registry = ModelRegistry(paths.registry_dir(data))
-    gate_cfg = dict(settings.gate)
     rollout_fn = None
     if settings.gate_rollouts > 0:
-        gate_cfg["rollout_episodes"] = settings.gate_rollouts
         rollout_fn = sim_rollout_fn(seed_base=HELDOUT_SEED0, max_steps=settings.max_steps)
-    gate = SafetyGate(registry, GateConfig.from_dict(gate_cfg))
+    gate = SafetyGate(registry, GateConfig.from_dict(settings.gate_config()))
     tasks = settings.tasks
     n = len(tasks)
     matrix = np.full((n, n), np.nan)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lifelong_ros import paths
+from lifelong_ros.config import check_value
 from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.worker import Learner
 from lifelong_ros.orchestration import Orchestrator
@@ -80,9 +81,18 @@ def offline_learn(
     t0 = time.perf_counter()
     if not task:
         raise ValueError("task is empty; expected the name of the task the bag demonstrates, e.g. 'reach-v3'")
-    if steps < 1:
-        raise ValueError(f"steps={steps}: expected at least 1 optimiser step")
+    # Everything is checked before anything is imported, trained or registered.
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}: expected at least 1 optimiser step (an integer)")
+    check_value("shots", shots, int, min=0)
+    check_value("seed", seed, int, min=0)
+    check_value("threads", threads, int, min=1)
+    if source not in ("bag", "demonstration", "correction"):
+        raise ValueError(f"source={source!r}: expected one of bag, demonstration, correction")
+    if time_source not in ("log", "header"):
+        raise ValueError(f"time_source={time_source!r}: expected 'log' or 'header'")
     parse_recipe_options(method)  # an unknown method fails before anything is imported
+    gate_cfg = GateConfig.from_dict(gate_config or {}) if gate else None
     data = paths.data_dir(data_dir)
     the_spec = load_spec(paths.resolve_config_file(spec, config_dir))
     spath = paths.store_path(data)
@@ -92,6 +102,9 @@ def offline_learn(
     names = [b.name for b in bag_list]
     if len(set(names)) != len(names):
         raise ValueError(f"bag names must be distinct (each bag becomes the episode of that name), got {names}")
+    for b in bag_list:
+        if not b.exists():
+            raise FileNotFoundError(f"bag {b} does not exist; expected a rosbag2 directory, .mcap or .db3 file")
     with ExperienceStore(spath, the_spec.obs_dim, the_spec.act_dim) as store, store.transaction():
         reports = [
             import_bag(b, store, the_spec, task=task, source=source, time_source=time_source, progress=progress)
@@ -111,7 +124,7 @@ def offline_learn(
             registry,
             spath,
             learner,
-            SafetyGate(registry, GateConfig.from_dict(gate_config or {})) if gate else None,
+            SafetyGate(registry, gate_cfg) if gate_cfg is not None else None,
             work_dir=paths.learner_dir(data),
         )
         try:

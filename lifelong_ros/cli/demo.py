@@ -3,28 +3,58 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lifelong_ros import paths
-from lifelong_ros.demo import DemoSettings, run_demo, settings_from_config
+from lifelong_ros.config import ConfigError
+from lifelong_ros.demo import DemoSettings, check_out_dir, check_task_names, run_demo, settings_from_config
+
+
+def int_at_least(least: int) -> Callable[[str], int]:
+    """argparse type: an integer >= ``least`` (argparse names the flag in its error line)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {least}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {least}")
+        return value
+
+    return parse
+
+
+def task_list(text: str) -> list[str]:
+    """argparse type for --tasks: comma-separated, non-empty, known Meta-World task names."""
+    names = [t.strip() for t in text.split(",")]
+    if any(not t for t in names):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty task name; expected comma-separated Meta-World task names, e.g. reach-v3,push-v3"
+        )
+    try:
+        return check_task_names(names, "task list")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_config(args.config)
     if args.quick:
         settings = DemoSettings.quick(settings)
-    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled"):
+    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled", "tasks"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
-    if args.tasks:
-        settings.tasks = args.tasks.split(",")
+    settings.validate("demo settings (config and flags)")
     out = (
         Path(args.out)
         if args.out
         else paths.data_dir() / paths.RUNS_DIR / datetime.now().strftime("demo-%Y%m%d-%H%M%S")
     )
+    check_out_dir(out)  # before anything is written or deleted; run_demo checks again
     results = run_demo(settings, out, progress=not args.no_progress)
     print("\nsuccess matrix R[i][j] (row: after learning task i; column: task j)")
     for name, row in zip(results["tasks"], results["success_matrix"]):
@@ -47,8 +77,8 @@ def add_cli(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="shortened loop for smoke tests (< 2 min)")
     p.add_argument("--config", help="ROS 2 params file to read (default: config/lifelong.yaml)")
     p.add_argument("--method", help="adaptation recipe (default from config: meta_ewc_replay)")
-    p.add_argument("--steps", type=int, help="optimiser steps per adaptation")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int_at_least(1), help="optimiser steps per adaptation")
+    p.add_argument("--seed", type=int_at_least(0))
     p.add_argument(
         "--no-gate",
         dest="gate_enabled",
@@ -57,8 +87,11 @@ def add_cli(sub: Any) -> None:
         help="baseline only: promote every candidate without the safety gate",
     )
     p.add_argument(
-        "--gate-rollouts", type=int, metavar="N", help="also gate on N closed-loop episodes per task (slower, stricter)"
+        "--gate-rollouts",
+        type=int_at_least(0),
+        metavar="N",
+        help="also gate on N closed-loop episodes per task (slower, stricter; 0 = off)",
     )
-    p.add_argument("--tasks", help="comma-separated Meta-World task names (default from config)")
+    p.add_argument("--tasks", type=task_list, help="comma-separated Meta-World task names (default from config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

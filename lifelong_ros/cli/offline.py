@@ -11,34 +11,58 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lifelong_ros.config import load_params
+from lifelong_ros.config import check_value, load_params
 from lifelong_ros.learning.jobs import AdaptCancelled
 from lifelong_ros.offline import DEFAULT_SPEC, offline_learn
 from lifelong_ros.paths import default_config_path
+from lifelong_ros.safety.gate import GateConfig
 
 
 def _defaults_from_config(path: str | None) -> dict[str, Any]:
-    """Shared keys, the learner's and the safety monitor's sections of the params file (CLI flags win)."""
+    """Shared keys, the learner's and the safety monitor's sections of the params file (CLI flags win).
+
+    Every value used here is type-checked (ConfigError naming the file and the key) before any work."""
     try:
         cfg = Path(path) if path else default_config_path()
     except FileNotFoundError:
         return {}
-    params = load_params(cfg)
+    if not path and not cfg.exists():
+        return {}
+    params = load_params(cfg)  # a missing --config file, invalid YAML, a malformed section: one clear error
 
-    def node(name: str) -> dict[str, Any]:  # sections may be keyed `name`, `/name` or `/**/name` (any namespace)
-        return params.get(name) or params.get(f"**/{name}") or params["/**"]
+    def node(name: str) -> tuple[dict[str, Any], str]:  # sections may be keyed `name`, `/name`, `/**/name`
+        return params.get(name) or params["/**"], f"{cfg} [{name}]"
 
-    learner, monitor = node("learner"), node("safety_monitor")
+    (learner, lw), (monitor, _) = node("learner"), node("safety_monitor")
+
+    def get(name: str, default: Any, kind: type, least: float | None = None) -> Any:
+        return check_value(name, learner.get(name, default), kind, min=least, where=lw)
+
+    gate_config = {k[len("gate.") :]: v for k, v in monitor.items() if k.startswith("gate.")}
+    GateConfig.from_dict(gate_config)  # an unknown or out-of-range gate.* key fails now, not after the import
     return {
-        "config_dir": str(Path(learner.get("config_dir") or cfg.parent)),
-        "data_dir": learner.get("data_dir") or None,
-        "spec": learner.get("spec", DEFAULT_SPEC),
-        "method": learner.get("default_method", "ewc_replay"),
-        "steps": int(learner.get("default_steps", 1500)),
-        "seed": int(learner.get("seed", 0)),
-        "threads": int(learner.get("threads", 1)),
-        "gate_config": {k[len("gate.") :]: v for k, v in monitor.items() if k.startswith("gate.")},
+        "config_dir": str(Path(get("config_dir", "", str) or cfg.parent)),
+        "data_dir": get("data_dir", "", str) or None,
+        "spec": get("spec", DEFAULT_SPEC, str),
+        "method": get("default_method", "ewc_replay", str),
+        "steps": get("default_steps", 1500, int, 1),
+        "seed": get("seed", 0, int, 0),
+        "threads": get("threads", 1, int, 1),
+        "gate_config": gate_config,
     }
+
+
+def _int_at_least(least: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {least}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {least}")
+        return value
+
+    return parse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,15 +95,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="align streams on the bag's receive time or on header stamps",
     )
     p.add_argument("--method", help="adaptation recipe (default: the learner's default_method)")
-    p.add_argument("--shots", type=int, default=0, help="demonstration episodes to use; 0 = all")
-    p.add_argument("--steps", type=int, help="optimiser steps (default: the learner's default_steps)")
-    p.add_argument("--seed", type=int, help="seed (default: the learner's seed)")
+    p.add_argument("--shots", type=_int_at_least(0), default=0, help="demonstration episodes to use; 0 = all")
+    p.add_argument("--steps", type=_int_at_least(1), help="optimiser steps (default: the learner's default_steps)")
+    p.add_argument("--seed", type=_int_at_least(0), help="seed (default: the learner's seed)")
     p.add_argument("--no-gate", action="store_true", help="register the candidate without running the safety gate")
     p.add_argument("--activate", action="store_true", help="make the candidate active if the gate approves it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
+    """0 approved (or not gated), 1 rejected; a failure raises (the caller's error policy: one line, exit 2)."""
     d = _defaults_from_config(args.config)
     try:
         result = offline_learn(
@@ -103,9 +128,6 @@ def run(args: argparse.Namespace) -> int:
     except (AdaptCancelled, KeyboardInterrupt):
         print("offline-learn: cancelled; nothing was registered", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - one clear line for the operator, exit code 2
-        print(f"offline-learn: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
     print(json.dumps(result.to_dict(), indent=2))
     return 0 if result.decision in ("", "approved", "pending_shadow") else 1
 
@@ -135,10 +157,21 @@ def _strip_ros_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ros2 run lifelong_ros offline_learn ...` (the same command as `lifelong-ros offline-learn`)."""
+    """`ros2 run lifelong_ros offline_learn ...` (the same command as `lifelong-ros offline-learn`).
+
+    The same error policy as `lifelong-ros` (cli/main.py, which imports this module, so it cannot be
+    imported here): an expected failure is one line on stderr and exit 2; --debug shows the traceback."""
     parser = argparse.ArgumentParser(prog="offline_learn", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    return run(parser.parse_args(_strip_ros_args(sys.argv[1:] if argv is None else argv)))
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of one line")
+    args = parser.parse_args(_strip_ros_args(sys.argv[1:] if argv is None else argv))
+    try:
+        return run(args)
+    except Exception as exc:  # one clear line for the operator, exit code 2
+        if args.debug:
+            raise
+        print(f"offline_learn: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

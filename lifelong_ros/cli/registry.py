@@ -50,9 +50,14 @@ def _gate_line(reg, vid: str) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     reg = _open_registry(args)
     infos = reg.list(args.state or None)
+    problem = reg.active_problem()  # e.g. a dangling pointer: the active version does not exist
     if args.json:
         print(json.dumps([i.to_dict() for i in infos], indent=2, default=str))
+        if problem:
+            print(f"lifelong-ros: warning: {problem}", file=sys.stderr)
         return 0
+    if problem:
+        print(f"WARNING: {problem}")
     if not infos:
         print(f"no versions in {reg.root}")
         return 0
@@ -158,15 +163,27 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return EXIT_APPROVED if rep.decision in ("approved", "pending_shadow") else EXIT_REJECTED
 
 
+def _error_line(exc: BaseException) -> str:
+    """The failure as one line; an OSError as ``<path>: <reason>`` (e.g. a read-only registry)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename is not None else exc.strerror
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
 def _wrap(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn expected failures (unknown version, refused rollback, bad config) into one clear line."""
+    """Turn expected failures (unknown or malformed version, refused rollback, bad config, a registry
+    that cannot be written) into one clear line and exit code 2; ``--debug`` keeps the traceback."""
     from lifelong_ros.safety.registry import RegistryError
 
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except (RegistryError, ValueError, FileNotFoundError, KeyError) as exc:
-            print(f"lifelong-ros: error: {exc}", file=sys.stderr)
+        except (RegistryError, ValueError, OSError, KeyError) as exc:
+            if getattr(args, "debug", False):
+                raise
+            print(f"lifelong-ros: error: {_error_line(exc)}", file=sys.stderr)
             return EXIT_ERROR
 
     return run

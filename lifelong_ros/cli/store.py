@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,70 +26,63 @@ def _store_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _import_bag(args: argparse.Namespace) -> int:
-    from lifelong_ros.experience.store import ExperienceStore, StoreError
-    from lifelong_ros.ros_io.bag import BagImportError, import_bag
+    from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.ros_io.bag import import_bag
     from lifelong_ros.ros_io.spec import load_spec
 
+    # failures (bad spec, bag or store) go to lifelong-ros's one error policy (cli/main.py): one line, exit 2
     spec = load_spec(args.spec)
-    try:
-        with ExperienceStore(
-            args.store or default_store_path(), spec.obs_dim, spec.act_dim, nonfinite=args.nonfinite
-        ) as store:
-            report = import_bag(
-                args.bag,
-                store,
-                spec,
-                task=args.task,
-                episode=args.episode,
-                source=None if args.source == "keep" else args.source,
-                time_source=args.time_source,
-                progress=sys.stderr.isatty(),
-            )
-    except (BagImportError, StoreError, ValueError) as exc:
-        print(f"import-bag: {exc}", file=sys.stderr)
-        return 1
+    if not args.bag.exists():
+        raise FileNotFoundError(f"bag {args.bag} does not exist; expected a rosbag2 directory, .mcap or .db3 file")
+    with ExperienceStore(
+        args.store or default_store_path(), spec.obs_dim, spec.act_dim, nonfinite=args.nonfinite
+    ) as store:
+        report = import_bag(
+            args.bag,
+            store,
+            spec,
+            task=args.task,
+            episode=args.episode,
+            source=None if args.source == "keep" else args.source,
+            time_source=args.time_source,
+            progress=sys.stderr.isatty(),
+        )
     print(report.summary())
     return 0
 
 
 def _export_bag(args: argparse.Namespace) -> int:
-    from lifelong_ros.experience.store import ExperienceStore, StoreError
-    from lifelong_ros.ros_io.bag import BagExportError, export_bag
+    from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.ros_io.bag import export_bag
     from lifelong_ros.ros_io.spec import load_spec
 
     spec = load_spec(args.spec)
+    if args.retime is not None and not (math.isfinite(args.retime) and args.retime > 0):
+        raise ValueError(f"--retime {args.retime}: expected a rate in Hz > 0")
     path = args.store or default_store_path()
-    try:
-        with ExperienceStore(path, readonly=True) as store:
-            report = export_bag(
-                store,
-                args.out,
-                spec,
-                tasks=args.task or None,
-                split=args.split,
-                sources=args.source or None,
-                storage=args.storage,
-                with_info=not args.no_info,
-                retime_hz=args.retime,
-                progress=sys.stderr.isatty(),
-            )
-    except (BagExportError, StoreError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"export-bag: {exc}", file=sys.stderr)
-        return 1
+    with ExperienceStore(path, readonly=True) as store:
+        report = export_bag(
+            store,
+            args.out,
+            spec,
+            tasks=args.task or None,
+            split=args.split,
+            sources=args.source or None,
+            storage=args.storage,
+            with_info=not args.no_info,
+            retime_hz=args.retime,
+            progress=sys.stderr.isatty(),
+        )
     print(f"wrote {report.records} records ({report.messages} messages, {report.storage}) to {report.bag}")
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    from lifelong_ros.experience.store import ExperienceStore, StoreError
+    from lifelong_ros.experience.store import ExperienceStore
 
     path = args.store or default_store_path()
-    try:
-        with ExperienceStore(path, readonly=True) as store:
-            st = store.stats()
-    except (StoreError, FileNotFoundError) as exc:
-        print(f"store stats: {exc}", file=sys.stderr)
-        return 1
+    with ExperienceStore(path, readonly=True) as store:
+        st = store.stats()
     if args.json:
         print(json.dumps(st, indent=2, sort_keys=True))
         return 0

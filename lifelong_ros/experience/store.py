@@ -15,6 +15,7 @@ last transactions may be missing but the store is never corrupt. ``durability="p
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -85,8 +86,11 @@ CREATE TABLE IF NOT EXISTS records(
 -- optional per-record label / free-form metadata (JSON), only for records that have them
 CREATE TABLE IF NOT EXISTS extras(id INTEGER PRIMARY KEY, label TEXT, meta TEXT);
 CREATE TABLE IF NOT EXISTS evictions(gen INTEGER PRIMARY KEY, ids BLOB NOT NULL, reason TEXT NOT NULL, stamp_ns INTEGER NOT NULL);
+-- content digests of imported files (rosbag2 bags) so that importing the same data twice is a no-op
+CREATE TABLE IF NOT EXISTS imports(digest TEXT PRIMARY KEY, info TEXT NOT NULL, stamp_ns INTEGER NOT NULL);
 INSERT OR IGNORE INTO state(one, next_id, evict_gen, evicted_total, over_budget) VALUES (1, 1, 0, 0, 0);
 """
+_TABLES = frozenset({"meta", "state", "tasks", "episodes", "records", "extras", "evictions", "imports"})
 _EVICTION_LOG_KEEP = 2000  # eviction-log entries kept for readers to catch up incrementally
 
 
@@ -271,20 +275,36 @@ class ExperienceStore:
         self._closed = False
         self._has_extras = False
 
+        if self.path.is_dir():
+            raise StoreError(
+                f"experience store path {self.path} is a directory; expected the store's file "
+                f"(e.g. {self.path / 'experience.sqlite3'})"
+            )
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"experience store {self.path} does not exist (opened readonly)")
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._os_error(exc, f"creating the directory {self.path.parent}") from exc
             self._acquire_writer_lock()
         try:
-            self._conn = sqlite3.connect(
-                str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
-            )
+            try:
+                self._conn = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_s
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(f"experience store {self.path} cannot be opened: {exc}") from exc
             self._setup(obs_dim, act_dim, heldout_fraction, split_seed)
             self._reset_index()
-            self._refresh(force_full=True)
+            # one read transaction: a writer committing between the reads of tasks, episodes and
+            # records would otherwise hand us records of episodes we have not loaded
+            with self._read_snapshot(full=True):
+                pass
         except BaseException:
+            with contextlib.suppress(Exception):
+                self._conn.close()
             self._release()
             raise
 
@@ -301,14 +321,40 @@ class ExperienceStore:
                 f"experience store {self.path} is already open for writing by another process (pid {holder}); "
                 f"open it with readonly=True to read while that process writes"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except OSError as exc:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise self._os_error(exc, f"writing the lock file {lock_path}") from exc
         self._lock_fd = fd
+
+    def _os_error(self, exc: OSError, what: str) -> StoreWriteError:
+        """An OSError of a write as StoreFullError (ENOSPC, EFBIG, EDQUOT) or StoreWriteError, with the path."""
+        free_s, limit_s = self._space()
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return StoreFullError(
+                f"experience store {self.path} is full while {what}: {exc} ({free_s}{limit_s}); nothing was written; "
+                f"free space or raise the file-size limit"
+            )
+        return StoreWriteError(f"experience store {self.path}: write failed while {what}: {exc} ({free_s}{limit_s})")
+
+    def _space(self) -> tuple[str, str]:
+        try:
+            free_s = f"{shutil.disk_usage(self.path.parent).free} bytes free on {self.path.parent}"
+        except OSError:
+            free_s = "free space unknown"
+        fsize = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limit_s = "" if fsize == resource.RLIM_INFINITY else f", file-size limit {fsize} bytes (RLIMIT_FSIZE)"
+        return free_s, limit_s
 
     def _setup(
         self, obs_dim: int | None, act_dim: int | None, heldout_fraction: float | None, split_seed: int | None
     ) -> None:
         c = self._conn
+        if not self.readonly:
+            self._refuse_foreign_database()  # before any pragma or table changes the file
         try:
             if self.readonly:
                 c.execute("PRAGMA query_only=ON")
@@ -322,6 +368,8 @@ class ExperienceStore:
             c.execute("PRAGMA cache_size=-65536")
             c.execute("PRAGMA mmap_size=268435456")
         except sqlite3.DatabaseError as exc:
+            if not self.readonly and _is_io_error(exc):
+                raise self._translate(exc, "opening the store") from exc
             raise StoreError(f"{self.path} is not a readable experience store: {exc}") from exc
 
         if not self.readonly:
@@ -368,10 +416,7 @@ class ExperienceStore:
                 ),
                 "initialising the store",
             )
-        if int(meta.get("schema_version", -1)) != SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path}: schema version {meta.get('schema_version')!r}; this code reads version {SCHEMA_VERSION}"
-            )
+        self._check_version(meta.get("schema_version"))
         self.obs_dim = int(meta["obs_dim"])
         self.act_dim = int(meta["act_dim"])
         self.heldout_fraction = float(meta["heldout_fraction"])
@@ -388,6 +433,44 @@ class ExperienceStore:
                 raise ValueError(
                     f"experience store {self.path} was created with {name}={stored[name]!r}; opened with {name}={value!r}"
                 )
+
+    def _check_version(self, version: object) -> None:
+        try:
+            ok = version is not None and int(str(version)) == SCHEMA_VERSION
+        except ValueError:
+            ok = False
+        if not ok:
+            raise StoreError(
+                f"experience store {self.path}: schema version {version!r}; this code reads version {SCHEMA_VERSION}"
+            )
+
+    def _refuse_foreign_database(self) -> None:
+        """Refuse (changing nothing) an SQLite database that is not a lifelong_ros store: a store has a
+        ``meta`` table with a ``schema_version`` row (or, half-initialised, exactly our tables)."""
+        c = self._conn
+        try:
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a readable experience store: {exc}") from exc
+        tables = {t for t in tables if not t.startswith("sqlite_")}
+        if not tables:
+            return  # a new (or empty) database: it becomes a store
+        version = None
+        if "meta" in tables:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                version = None if row is None else row[0]
+        if version is None:
+            if tables <= _TABLES and {"meta", "state", "records"} <= tables:
+                with contextlib.suppress(sqlite3.DatabaseError):
+                    if c.execute("SELECT count(*) FROM meta").fetchone()[0] == 0:
+                        return  # our schema without meta rows: a writer died before initialising it
+            raise StoreError(
+                f"{self.path} is an SQLite database but not a lifelong_ros experience store (tables "
+                f"{sorted(tables)[:10]}; expected a 'meta' table with a schema_version); refusing to open it for "
+                f"writing, nothing was changed: give the path of an experience store or of a new file"
+            )
+        self._check_version(version)
 
     def close(self) -> None:
         with self._lock:
@@ -538,17 +621,20 @@ class ExperienceStore:
         self._max_id = max(self._max_id, next_id - 1)
 
     @contextlib.contextmanager
-    def _read_snapshot(self) -> Iterator[None]:
-        """A consistent view: refresh the index and read records inside one read transaction."""
+    def _read_snapshot(self, full: bool = False) -> Iterator[None]:
+        """A consistent view: refresh the index and read records inside one read transaction
+        (``full``: rebuild the index, as at open; the writer's is rebuilt without a transaction)."""
         if self.readonly and not self._conn.in_transaction:
             self._conn.execute("BEGIN")
             try:
-                self._refresh()
+                self._refresh(force_full=full)
                 yield
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("COMMIT")
         else:
+            if full:
+                self._refresh(force_full=True)
             yield  # the writer's index is always current for committed data
 
     def _check_open(self) -> None:
@@ -575,12 +661,8 @@ class ExperienceStore:
     def _translate(self, exc: sqlite3.Error, what: str) -> Exception:
         code = getattr(exc, "sqlite_errorname", "") or ""
         msg = str(exc)
-        try:
-            free_s = f"{shutil.disk_usage(self.path.parent).free} bytes free on {self.path.parent}"
-        except OSError:
-            free_s = "free space unknown"
+        free_s, limit_s = self._space()
         fsize = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-        limit_s = "" if fsize == resource.RLIM_INFINITY else f", file-size limit {fsize} bytes (RLIMIT_FSIZE)"
         sizes = [f.stat().st_size for f in (self.path, Path(f"{self.path}-wal")) if f.exists()]
         at_limit = fsize != resource.RLIM_INFINITY and max(sizes, default=0) + (1 << 16) >= fsize
         if code.startswith("SQLITE_FULL") or "full" in msg or (code.startswith("SQLITE_IOERR") and at_limit):
@@ -1005,6 +1087,36 @@ class ExperienceStore:
             self._remove_index_ids(ids)
             return int(ids.shape[0])
 
+    # ----------------------------------------------------------------------- imported files
+    def imported(self, digest: str) -> dict[str, Any] | None:
+        """What ``mark_imported(digest, info)`` recorded (plus ``stamp_ns``), or None: lets an importer
+        recognise data it already imported (e.g. the same bag twice)."""
+        with self._lock:
+            self._check_open()
+            try:
+                row = self._conn.execute("SELECT info, stamp_ns FROM imports WHERE digest=?", (digest,)).fetchone()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):  # a store written before imports were recorded
+                    return None
+                raise StoreError(f"experience store {self.path}: reading the import log failed: {exc}") from exc
+            if row is None:
+                return None
+            info: dict[str, Any] = json.loads(row[0])
+            info["stamp_ns"] = int(row[1])
+            return info
+
+    def mark_imported(self, digest: str, info: dict[str, Any]) -> None:
+        """Record that content ``digest`` was imported (``info``: JSON-able, e.g. task and episodes), in
+        the open ``transaction()`` if any: it commits or rolls back with the records it describes."""
+        if not digest:
+            raise ValueError("digest is empty; expected the content hash of the imported data")
+        self._check_writable()
+        with self._lock, self._write_txn("recording an import"):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO imports(digest, info, stamp_ns) VALUES (?, ?, ?)",
+                (digest, json.dumps(info, sort_keys=True), time.time_ns()),
+            )
+
     # ------------------------------------------------------------------------------- reading
     def _filter_key(
         self, tasks: str | Sequence[str] | None, sources: str | Sequence[str] | None, split: str
@@ -1315,6 +1427,11 @@ class ExperienceStore:
 
 
 # ------------------------------------------------------------------------------------- helpers
+def _is_io_error(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorname", "") or ""
+    return code.startswith(("SQLITE_IOERR", "SQLITE_FULL", "SQLITE_CANTOPEN")) or "I/O" in str(exc)
+
+
 def _rowid(cur: sqlite3.Cursor) -> int:
     """The id an INSERT just gave its row."""
     if cur.lastrowid is None:

@@ -7,9 +7,10 @@ small config, so a learner can persist it beside a model version and resume afte
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -152,6 +153,24 @@ class Plugin:
             raise ValueError(
                 f"plugin {self.name!r}: saved state is for {config.get('kind')!r}, expected {type(self).__name__!r}"
             )
+
+    # --- resume within one experience (the trainer's checkpoint, not the consolidation state) ---
+    def running_state(self) -> dict[str, Any]:
+        """What this plugin accumulates *during* an experience (running sums, rng states), for the
+        trainer's mid-experience checkpoint: tensors, str, int, float, lists and dicts of them."""
+        return {}
+
+    def load_running_state(self, state: Mapping[str, Any]) -> None:
+        """Restore ``running_state()`` output after ``before_training_exp`` on resume."""
+
+
+def rng_state(rng: np.random.Generator) -> str:
+    """A numpy Generator's exact state as a JSON string (checkpoint-safe: no 128-bit ints in pickles)."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def set_rng_state(rng: np.random.Generator, state: str) -> None:
+    rng.bit_generator.state = json.loads(state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,6 +464,16 @@ class SynapticIntelligence(Plugin):
         self.anchor = params
         self.tasks += 1
 
+    def running_state(self) -> dict[str, Any]:
+        # the path integral so far and where the experience started: without them a resumed job
+        # would integrate only the steps after the checkpoint
+        return {"w": {n: v.clone() for n, v in self.w.items()}, "start": {n: v.clone() for n, v in self._start.items()}}
+
+    def load_running_state(self, state: Mapping[str, Any]) -> None:
+        if "w" in state:
+            self.w = {n: v.clone() for n, v in state["w"].items()}
+            self._start = {n: v.clone() for n, v in state["start"].items()}
+
     def config(self) -> dict:
         return {**super().config(), "c": self.c, "xi": self.xi, "tasks": self.tasks}
 
@@ -505,6 +534,15 @@ class Replay(Plugin):
     def config(self) -> dict:
         return {**super().config(), "ratio": self.ratio}
 
+    def running_state(self) -> dict[str, Any]:
+        # a source that is itself a plugin (MemoryBuffer) checkpoints its own rng
+        get = getattr(self.source, "rng_state", None)
+        return {"source_rng": get()} if get is not None and not isinstance(self.source, Plugin) else {}
+
+    def load_running_state(self, state: Mapping[str, Any]) -> None:
+        if "source_rng" in state:
+            self.source.set_rng_state(state["source_rng"])  # type: ignore[attr-defined]
+
 
 def _task_count(source: ReplaySource) -> int:
     """How many earlier tasks ``source`` replays (its ``num_tasks``); balanced replay needs it."""
@@ -557,6 +595,13 @@ class MemoryBuffer(Plugin):
     def num_tasks(self) -> int:
         return len(self.items)
 
+    def running_state(self) -> dict[str, Any]:
+        return {"rng": rng_state(self._rng)}
+
+    def load_running_state(self, state: Mapping[str, Any]) -> None:
+        if "rng" in state:
+            set_rng_state(self._rng, state["rng"])
+
     def config(self) -> dict:
         return {**super().config(), "per_task": self.per_task, "tasks": len(self.items)}
 
@@ -596,6 +641,13 @@ class StoreReplay:
     @property
     def num_tasks(self) -> int:
         return len(self.tasks)
+
+    def rng_state(self) -> str:
+        """The sampling rng's state (Replay puts it in the trainer's resume checkpoint)."""
+        return rng_state(self.rng)
+
+    def set_rng_state(self, state: str) -> None:
+        set_rng_state(self.rng, state)
 
     def __call__(self, n: int) -> Triple:
         if not self.tasks or n <= 0:

@@ -121,7 +121,9 @@ class ContinualTrainer:
     ``loss_fn(model, x, task_idx, y)`` is the task loss (model.bc_loss for policies,
     cross_entropy_loss for classification). ``should_stop()`` is checked before every step; a
     cancelled experience is not consolidated. Deterministic for a given model init, data and seed
-    (replay sources carry their own seeded rng).
+    (replay sources carry their own seeded rng); a job resumed from ``checkpoint_path`` ends
+    bit-identical to an uninterrupted one (the checkpoint holds the plugins' running state too:
+    SI's path integral, the replay rng states).
     """
 
     def __init__(
@@ -244,6 +246,9 @@ class ContinualTrainer:
             "generator": gen.get_state(),
             "plugins": tensors,
             "plugin_config": json.dumps(config),
+            # running sums and replay rng states: without them a resumed job would differ from an
+            # uninterrupted one (SI's path integral, the order replay draws samples in)
+            "plugin_running": {p.name: p.running_state() for p in self.plugins},
         }
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -264,6 +269,10 @@ class ContinualTrainer:
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         load_plugin_state(self.plugins, state["plugins"], json.loads(state["plugin_config"]))
+        running = state.get("plugin_running", {})
+        for p in self.plugins:
+            if p.name in running:
+                p.load_running_state(running[p.name])
         return state["step"] + 1, state["order"], state["cursor"], list(state["losses"])
 
     # --- persistence of consolidation state ---------------------------------------------------

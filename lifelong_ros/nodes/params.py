@@ -93,6 +93,31 @@ POLICY_SERVER = [
     ),
     Param("publish_experience", True, "Publish every served (observation, action) pair on ~/experience"),
     Param("intra_op_threads", 1, "onnxruntime intra-op threads (1 = lowest single-observation latency)", min=1, max=64),
+    # The output guard (serving/runtime.py OutputGuard): an action that is NaN/Inf or beyond these
+    # bounds (+ slack) is never published; the safe action is, and the guarded output is counted.
+    Param(
+        "action_low",
+        [float("-inf")],
+        "Lowest allowed action value: one value for every element or one per action element; -.inf = unbounded",
+    ),
+    Param(
+        "action_high",
+        [float("inf")],
+        "Highest allowed action value: one value for every element or one per action element; .inf = unbounded",
+    ),
+    Param(
+        "action_bounds_slack",
+        0.0,
+        "Tolerance beyond action_low/action_high before an action is refused",
+        min=0.0,
+        max=1e9,
+    ),
+    Param(
+        "safe_action",
+        "hold",
+        "Published instead of a refused action: hold (the last good action for the task; zero before "
+        "the first) or zero (zeros, clipped into the bounds)",
+    ),
 ]
 
 EXPERIENCE_BUFFER = [

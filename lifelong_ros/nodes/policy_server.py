@@ -10,6 +10,12 @@ Interfaces:
             remap to safety_monitor/active), task (std_msgs/String, latched)
   publishes the spec's action topics (reliable), ~/output (PolicyOutput), ~/experience
             (ExperienceRecord, source "policy"), /diagnostics
+
+Output guard (runtime.py OutputGuard, parameters action_low/action_high/action_bounds_slack/
+safe_action): a NaN/Inf or out-of-bounds action is never published on the action topics; the safe
+action is, the output is counted (status ``guarded``) and a throttled warning says why. ~/output
+carries what the model computed, so the safety monitor's watchdog counts the bad action toward its
+out-of-bounds rate and rolls the model back (PolicyOutput has no field to mark a guarded output).
   services  ~/get_status (GetStatus)
 """
 
@@ -32,8 +38,8 @@ from std_msgs.msg import String
 from lifelong_ros import paths
 from lifelong_ros.msg import ExperienceRecord, ModelVersion, PolicyOutput
 from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
-from lifelong_ros.safety.registry import ModelRegistry, RegistryError
-from lifelong_ros.serving.runtime import InvalidObservation, ModelLoadError, PolicyRuntime
+from lifelong_ros.safety.registry import InvalidVersionId, ModelRegistry, RegistryError, check_version_id
+from lifelong_ros.serving.runtime import InvalidObservation, ModelLoadError, OutputGuard, PolicyRuntime
 
 from . import _common as c
 from . import messages as m
@@ -48,6 +54,13 @@ class PolicyServer(Node):
         p = c.declare(self, P.POLICY_SERVER)
         self._p = p
         self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
+        self._guard = OutputGuard(
+            low=list(p["action_low"]),
+            high=list(p["action_high"]),
+            slack=float(p["action_bounds_slack"]),
+            safe_action=p["safe_action"],
+        )
+        self._guard.bounds(self.spec.act_dim)  # a bound list of the wrong length fails here, at start-up
         self.registry = ModelRegistry(paths.registry_dir(p["data_dir"]), recover=False)  # read-only use
         self.runtime: PolicyRuntime | None = None
         self._model_tasks: dict[str, list[str]] = {}  # version -> ordered tasks (head i = task i)
@@ -73,6 +86,7 @@ class PolicyServer(Node):
             "decode_errors": 0,
             "swaps": 0,
             "failed_swaps": 0,
+            "guarded": 0,  # actions refused by the output guard; the safe action was published
         }
         self._problem = ""
         self._inference_us = 0.0
@@ -159,6 +173,10 @@ class PolicyServer(Node):
             self.get_logger().warning(self._problem, throttle_duration_sec=5.0)
             return
         self._inference_us = (time.perf_counter_ns() - t0) / 1e3
+        if out.guarded:  # out.action is the safe action; the model's is out.model_action
+            self._counts["guarded"] += 1
+            self._problem = f"output guarded: {out.reason}"
+            self.get_logger().warning(self._problem, throttle_duration_sec=5.0)
         for topic, msg in self.spec.action.encode(out.action, self._classes, now).items():
             self._action_pubs[topic].publish(msg)
         self._counts["actions"] += 1
@@ -170,7 +188,7 @@ class PolicyServer(Node):
                 model_version=out.version,
                 task=self._task,
                 task_id=head,
-                action=out.action,
+                action=out.model_action,  # what the model computed: the watchdog judges the model
                 inference_us=self._inference_us,
                 observation_age_s=age_s,
             )
@@ -230,8 +248,18 @@ class PolicyServer(Node):
 
     # ------------------------------------------------------------------ model swaps (off the callback)
     def _on_active(self, msg: Any) -> None:
-        if msg.version and msg.version != self._wanted:
-            self._request_swap(msg.version, msg.sha256)
+        if not msg.version or msg.version == self._wanted:
+            return
+        try:
+            check_version_id(msg.version, "announced active version")
+        except InvalidVersionId as exc:
+            self._counts["failed_swaps"] += 1
+            self._problem = f"{exc}; ignored"
+            self.get_logger().error(
+                self._problem + f"; still serving {self.runtime.version if self.runtime else 'nothing'}"
+            )
+            return
+        self._request_swap(msg.version, msg.sha256)
 
     def _request_swap(self, version: str, announced_sha256: str) -> None:
         self._wanted = version
@@ -253,7 +281,11 @@ class PolicyServer(Node):
                 self._model_tasks[version] = list(info.tasks)
                 if self.runtime is None:
                     self.runtime = PolicyRuntime(
-                        data, version, expected_sha256=sha, intra_op_threads=self._p["intra_op_threads"]
+                        data,
+                        version,
+                        expected_sha256=sha,
+                        intra_op_threads=self._p["intra_op_threads"],
+                        output_guard=self._guard,
                     )
                     report = f"loaded {version}"
                 else:

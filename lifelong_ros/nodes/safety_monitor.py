@@ -28,7 +28,7 @@ from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
 from lifelong_ros.orchestration import gate_version, promote
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
-from lifelong_ros.safety.registry import ModelRegistry, RegistryError
+from lifelong_ros.safety.registry import ModelRegistry, RegistryError, check_version_id
 from lifelong_ros.safety.watchdog import Watchdog, WatchdogConfig, WatchdogEvent
 from lifelong_ros.srv import GateCandidate, ListVersions, Rollback
 
@@ -103,7 +103,7 @@ class SafetyMonitor(Node):
     # ------------------------------------------------------------------ gate
     def _on_gate(self, request: Any, response: Any) -> Any:
         try:
-            info = self.registry.info(request.version)
+            info = self.registry.info(check_version_id(request.version, "~/gate version"))
         except RegistryError as exc:
             return self._refuse(str(exc))
         if info.decision != "candidate":
@@ -194,7 +194,9 @@ class SafetyMonitor(Node):
     def _on_rollback(self, request: Any, response: Any) -> Any:
         previous = self.registry.active() or ""
         try:
-            tr = self.registry.rollback(request.version or None, reason="~/rollback service")
+            # '' = the previous version; anything else must be a registry id (no paths, no '../')
+            to = check_version_id(request.version, "~/rollback version") if request.version else None
+            tr = self.registry.rollback(to, reason="~/rollback service")
         except (RegistryError, OSError) as exc:
             self.get_logger().warning(f"rollback refused: {exc}")
             return m.rollback_response(

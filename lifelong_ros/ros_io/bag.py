@@ -10,6 +10,7 @@ nothing and the error says where it broke. Export encodes with the same codecs a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import struct
@@ -51,8 +52,23 @@ class ImportReport:
     first_stamp_ns: int = 0
     last_stamp_ns: int = 0
     seconds: float = 0.0
+    content_sha256: str = ""  # digest of the messages read (topics, types, stamps, CDR bytes)
+    # set when the store already holds these messages and the import was skipped (nothing was
+    # imported): what the earlier import recorded (task, episodes, steps, bag, stamp_ns)
+    already_imported: dict[str, Any] | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.already_imported is not None
 
     def summary(self) -> str:
+        if self.already_imported is not None:
+            prev = self.already_imported
+            return (
+                f"skipped {self.bag}: the store already holds its messages (imported from {prev.get('bag')} as task "
+                f"{prev.get('task')!r}, episodes {prev.get('episodes')}, {prev.get('steps')} steps); nothing was "
+                f"imported (import again to duplicate it on purpose)"
+            )
         lines = [f"imported {self.steps} steps from {self.bag} ({self.messages_read} messages, {self.seconds:.2f}s)"]
         if self.dropped:
             lines.append("dropped steps: " + ", ".join(f"{k}: {v}" for k, v in self.dropped.items()))
@@ -175,6 +191,7 @@ def import_bag(
     time_source: str = "log",
     progress: bool = False,
     typestore: Any = None,
+    again: bool = False,
 ) -> ImportReport:
     """Import a rosbag2 bag (directory, .mcap or .db3) into ``store`` in one transaction.
 
@@ -185,6 +202,10 @@ def import_bag(
     for the headerless Float32/Float64MultiArray, noted in the report). When the bag carries ``/lifelong_ros/experience`` (written by export) task/episode/step/reward/done come
     from it; otherwise ``task`` is required, the episode is ``episode`` or the bag's name, steps
     count from 0 and the last step is done. ``source=None`` keeps the exported source.
+
+    Re-importing is idempotent: the store remembers a content hash of the messages read (the
+    spec's topics: types, stamps and CDR bytes); a bag whose messages it already holds is skipped
+    (``report.already_imported`` says as what; nothing is written) unless ``again=True``.
     """
     t0 = time.perf_counter()
     bag = Path(bag)
@@ -205,6 +226,23 @@ def import_bag(
     topics[INFO_TOPIC] = INFO_TYPE
     data, skipped, n_read = read_topics(bag, topics, progress=progress)
     has_info = INFO_TOPIC in data
+    if not has_info and not task:
+        raise BagImportError(f"bag {bag} has no {INFO_TOPIC} topic: give the task name (--task)")
+    digest = content_digest(data, topics)
+    if not again:
+        prev = store.imported(digest)
+        if prev is not None:
+            return ImportReport(
+                bag=str(bag),
+                steps=0,
+                messages_read=n_read,
+                episodes=[],
+                skipped_topics=skipped,
+                notes=notes,
+                seconds=time.perf_counter() - t0,
+                content_sha256=digest,
+                already_imported=prev,
+            )
 
     decoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for s in streams:
@@ -296,9 +334,19 @@ def import_bag(
                     source=sources if isinstance(sources, str) else sources[sl],
                     label=labels[sl] if labels is not None else None,
                 )
+            eps = sorted(set([episodes] if isinstance(episodes, str) else episodes))
+            task_names = sorted(set([tasks] if isinstance(tasks, str) else tasks))
+            store.mark_imported(
+                digest,
+                {
+                    "bag": str(bag),
+                    "task": task_names[0] if len(task_names) == 1 else task_names,
+                    "episodes": eps,
+                    "steps": int(steps.shape[0]),
+                },
+            )
     except InvalidRecord as exc:
         raise BagImportError(f"bag {bag}: {exc}; nothing was imported") from exc
-    eps = sorted(set([episodes] if isinstance(episodes, str) else episodes))
     return ImportReport(
         bag=str(bag),
         steps=int(steps.shape[0]),
@@ -310,7 +358,23 @@ def import_bag(
         first_stamp_ns=int(stamps[0]),
         last_stamp_ns=int(stamps[-1]),
         seconds=time.perf_counter() - t0,
+        content_sha256=digest,
     )
+
+
+def content_digest(data: dict[str, tuple[np.ndarray, list[bytes]]], topics: dict[str, str]) -> str:
+    """sha256 of the messages ``read_topics`` returned: per topic (sorted), its name, type, log stamps
+    and every CDR payload (length-prefixed). The same recording gives the same digest wherever the
+    bag file lives and whatever it is called."""
+    h = hashlib.sha256()
+    for t in sorted(data):
+        st, raws = data[t]
+        h.update(f"{t}\x00{topics.get(t, '')}\x00{len(raws)}\x00".encode())
+        h.update(np.ascontiguousarray(st, dtype="<i8").tobytes())
+        for raw in raws:
+            h.update(len(raw).to_bytes(8, "little"))
+            h.update(raw)
+    return h.hexdigest()
 
 
 # -------------------------------------------------------------------------------------------- export

@@ -49,13 +49,38 @@ SERVABLE_STATES = ("approved", "active", "retired")
 DECISIONS = ("approved", "rejected")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 HISTORY_LIMIT = 1000
-_ID_RE = re.compile(r"^v(\d{4,})")
+# The ids the registry issues (``_next_id``): "v" and at least four ASCII digits. _ID_RE reads the
+# number at the start of a directory name (quarantine/ holds "v0003.<ms>"); VERSION_ID_RE is the
+# one grammar every public method checks a version id against before it touches the disk.
+_ID_RE = re.compile(r"^v([0-9]{4,})", re.ASCII)
+VERSION_ID_RE = re.compile(r"v[0-9]{4,18}", re.ASCII)  # matched with fullmatch: no "./", "/", "..", NUL, spaces
+VERSION_ID_FORM = "'v' followed by 4 to 18 ASCII digits, as the registry issues them (e.g. 'v0001')"
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")
 _CHUNK = 1 << 20
 
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done (unknown version, wrong state, nothing to roll back to)."""
+
+
+class InvalidVersionId(RegistryError, ValueError):
+    """A version id that is not one the registry issues (a path, '', '../v0001', ' v0001', ...).
+
+    Refused before anything is read or written, so no id can name a directory outside versions/."""
+
+
+def is_version_id(value: object) -> bool:
+    """Whether ``value`` is a version id of the form the registry issues (``v0001``)."""
+    return isinstance(value, str) and VERSION_ID_RE.fullmatch(value) is not None
+
+
+def check_version_id(value: object, what: str = "version id") -> str:
+    """``value`` if it is a version id the registry could have issued, else raise InvalidVersionId
+    naming the value and the expected form. Every entry point (API, CLI, ROS services and topics)
+    checks ids with this one function."""
+    if isinstance(value, str) and VERSION_ID_RE.fullmatch(value) is not None:
+        return value
+    raise InvalidVersionId(f"invalid {what} {value!r}: expected {VERSION_ID_FORM}")
 
 
 class NotApprovedError(RegistryError):
@@ -285,6 +310,7 @@ class ModelRegistry:
         return st
 
     def _meta(self, vid: str) -> dict[str, Any]:
+        check_version_id(vid)
         meta = self._read_meta_dir(self.versions_dir / vid)
         if meta is None:
             if (self.root / "tombstones" / vid / META_FILE).exists():
@@ -328,7 +354,7 @@ class ModelRegistry:
         """Ids of complete versions, oldest first (half-written directories are never listed)."""
         out = []
         for d in self.versions_dir.iterdir():
-            if _id_num(d.name) is not None and self._read_meta_dir(d) is not None:
+            if is_version_id(d.name) and self._read_meta_dir(d) is not None:
                 out.append(d.name)
         return sorted(out, key=_id_order)
 
@@ -351,7 +377,7 @@ class ModelRegistry:
 
     def info(self, version: str) -> VersionInfo:
         """Metadata of ``version``; a garbage-collected one comes back from its tombstone as 'deleted'."""
-        d = self.versions_dir / version
+        d = self.versions_dir / check_version_id(version)
         meta = self._read_meta_dir(d)
         if meta is not None:
             return self._info(meta, self._read_state(), d)
@@ -363,12 +389,32 @@ class ModelRegistry:
         return self._info(meta, self._read_state(), tomb, state="deleted")
 
     def exists(self, version: str) -> bool:
-        return self._read_meta_dir(self.versions_dir / version) is not None
+        """Whether ``version`` is a complete version (raises InvalidVersionId for a malformed id)."""
+        return self._read_meta_dir(self.versions_dir / check_version_id(version)) is not None
 
     def active(self) -> str | None:
         """Id of the version the policy server should be serving, or None before the first promotion."""
         active: str | None = self._read_state()["active"]
         return active
+
+    def active_problem(self) -> str | None:
+        """Why the active pointer cannot be served as it stands (malformed, dangling: its version
+        does not exist or was garbage-collected, or no longer servable), or None when it is fine
+        or nothing is active yet."""
+        st = self._read_state()
+        active = st["active"]
+        if active is None:
+            return None
+        where = f"the active pointer ({self._state_path}) names {active!r}"
+        if not is_version_id(active):
+            return f"{where}, which is not a valid version id (expected {VERSION_ID_FORM})"
+        meta = self._read_meta_dir(self.versions_dir / active)
+        if meta is None:
+            gone = "was garbage-collected" if (self.root / "tombstones" / active).is_dir() else "does not exist"
+            return f"{where}, which {gone} (dangling pointer: promote or roll back to an existing version)"
+        if meta["state"] != "approved":
+            return f"{where}, whose gate decision is {meta['state']!r}, not 'approved'"
+        return None
 
     def history(self) -> builtins.list[dict[str, Any]]:
         """Promotions and rollbacks, oldest first (the last HISTORY_LIMIT)."""
@@ -379,7 +425,7 @@ class ModelRegistry:
         st = self._read_state()
         out: builtins.list[str] = []
         for vid in reversed(st["stack"]):
-            if vid == st["active"] or vid in out:
+            if vid == st["active"] or vid in out or not is_version_id(vid):
                 continue
             meta = self._read_meta_dir(self.versions_dir / vid)
             if meta is not None and self._effective_state(meta, st) in SERVABLE_STATES:
@@ -390,7 +436,7 @@ class ModelRegistry:
         """``version``, its parent, grandparent, ... up to the root (garbage-collected ones as 'deleted')."""
         chain: builtins.list[VersionInfo] = []
         seen: set[str] = set()
-        vid: str | None = version
+        vid: str | None = check_version_id(version)
         while vid is not None:
             if vid in seen:
                 raise RegistryError(f"lineage of {version!r} has a cycle at {vid!r}")
@@ -402,6 +448,7 @@ class ModelRegistry:
 
     def children(self, version: str) -> builtins.list[str]:
         """Versions whose parent is ``version``."""
+        check_version_id(version)
         return [i.id for i in self.list() if i.parent == version]
 
     def read_onnx(self, version: str, verify: bool = True) -> bytes:
@@ -454,7 +501,8 @@ class ModelRegistry:
             version = st["active"]
             if version is None:
                 raise RegistryError(f"no active version in {self.root} yet (promote an approved version first)")
-        meta = self._meta(version)
+            check_version_id(version, f"active version in {self._state_path}")
+        meta = self._meta(check_version_id(version))
         state = self._effective_state(meta, st)
         if state not in SERVABLE_STATES:
             raise NotApprovedError(f"version {version} is {state!r}; only {SERVABLE_STATES} versions may be served")
@@ -462,7 +510,7 @@ class ModelRegistry:
 
     def reports(self, version: str) -> builtins.list[dict[str, Any]]:
         """Every report persisted for ``version`` (gate, shadow, watchdog, ...), oldest first."""
-        base = self.versions_dir / version
+        base = self.versions_dir / check_version_id(version)
         if not base.is_dir():
             base = self.root / "tombstones" / version
             if not base.is_dir():
@@ -559,7 +607,7 @@ class ModelRegistry:
         if target_task is not None and target_task not in tasks:
             raise ValueError(f"target_task {target_task!r} is not one of the version's tasks {list(tasks)}")
         if parent is not None:
-            self.info(parent)  # raises for an unknown parent
+            self.info(check_version_id(parent, "parent version id"))  # raises for an unknown parent
         if isinstance(onnx, (bytes, bytearray, memoryview)) and len(onnx) == 0:
             raise ValueError("onnx is empty; expected a serialised ONNX model")
         wblob, wfile = _weights_blob(weights) if weights is not None else (None, None)
@@ -619,6 +667,7 @@ class ModelRegistry:
 
     def save_report(self, version: str, kind: str, report: Mapping[str, Any]) -> Path:
         """Persist a report (gate, shadow, watchdog, ...) in ``version``'s directory; returns its path."""
+        check_version_id(version)
         if not _KIND_RE.match(kind):
             raise ValueError(f"report kind must match {_KIND_RE.pattern}, got {kind!r}")
         with self._lock():
@@ -634,6 +683,7 @@ class ModelRegistry:
         self, version: str, decision: str, reason: str = "", report: Mapping[str, Any] | None = None
     ) -> VersionInfo:
         """The gate's one-time verdict on a candidate: 'approved' or 'rejected', with its report."""
+        check_version_id(version)
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
         with self._lock():
@@ -674,6 +724,7 @@ class ModelRegistry:
         The sha256 is verified before anything changes; if the runtime refuses the model the
         pointer does not move and the runtime keeps serving what it had.
         """
+        check_version_id(version)  # before the lock: a malformed id changes nothing on disk
         with self._lock():
             st = self._read_state()
             data, sha = self.load_for_serving(version)  # NotApprovedError / IntegrityError: nothing changed
@@ -710,6 +761,8 @@ class ModelRegistry:
         watchdog does this). Without ``to``, targets whose files fail the sha256 check are skipped
         (and reported); a named target that fails raises and nothing changes.
         """
+        if to is not None:
+            check_version_id(to, "rollback target")  # '' is refused too: None means "the previous one"
         with self._lock():
             st = self._read_state()
             cur = st["active"]
@@ -770,6 +823,7 @@ class ModelRegistry:
 
     def revoke(self, version: str, reason: str = "") -> None:
         """Mark a non-active version as never to be served again (e.g. found faulty after the fact)."""
+        check_version_id(version)
         with self._lock():
             st = self._read_state()
             self._meta(version)
@@ -787,23 +841,35 @@ class ModelRegistry:
     def gc(self, keep_approved: int = 3, dry_run: bool = False) -> GcReport:
         """Delete artifacts of versions nobody can serve or roll back to; keep a tombstone of each.
 
-        Kept: the active version, the ``keep_approved`` most recent rollback targets, the
-        ``keep_approved`` newest servable versions, and undecided candidates. Deleted versions
-        leave meta.json and their reports under tombstones/, so lineage and audit survive.
+        Kept: the active version, the ``keep_approved`` most recent rollback targets (always the
+        first: the version ``rollback()`` returns to), the ``keep_approved`` newest servable
+        versions, and undecided candidates. Deleted versions leave meta.json and their reports
+        under tombstones/, so lineage and audit survive. A malformed active pointer or rollback
+        stack in state.json makes gc refuse (RegistryError) rather than guess what is serving.
         """
-        if keep_approved < 1:
-            raise ValueError(f"keep_approved must be >= 1 (the rollback target), got {keep_approved}")
+        if isinstance(keep_approved, bool) or not isinstance(keep_approved, int) or keep_approved < 1:
+            raise ValueError(f"keep_approved must be an integer >= 1 (the rollback target), got {keep_approved!r}")
         with self._lock():
             st = self._read_state()
+            bad = [v for v in [st["active"], *st["stack"]] if v is not None and not is_version_id(v)]
+            if bad:
+                raise RegistryError(
+                    f"{self._state_path} names malformed version id(s) {bad} (expected {VERSION_ID_FORM}); "
+                    "refusing to garbage-collect until the active pointer is fixed (promote or roll back)"
+                )
             infos = self.list()
             keep: set[str] = set()
             if st["active"]:
                 keep.add(st["active"])
-            keep.update(self.rollback_targets()[:keep_approved])
+            targets = self.rollback_targets()
+            keep.update(targets[: max(1, keep_approved)])  # never the active one nor the rollback target
             servable = [i.id for i in infos if i.state in SERVABLE_STATES and i.id != st["active"]]
             keep.update(servable[-keep_approved:])
             keep.update(i.id for i in infos if i.state == "candidate")
             doomed = [i.id for i in infos if i.id not in keep]
+            protected = {st["active"], *targets[:1]} & set(doomed)
+            if protected:  # cannot happen by construction; a last line of defence for the served model
+                raise RegistryError(f"gc would delete {sorted(protected)} (active or rollback target); refused")
             if dry_run or not doomed:
                 return GcReport(deleted=doomed, kept=sorted(keep, key=_id_order))
             for vid in doomed:

@@ -54,6 +54,24 @@ class WatchdogConfig:
                 raise ValueError(f"watchdog config {name}={v!r}: expected a rate in [0, 1]")
         if not isinstance(self.bounds_slack, (int, float)) or not self.bounds_slack >= 0:
             raise ValueError(f"watchdog config bounds_slack={self.bounds_slack!r}: expected a number >= 0")
+        # A NaN bound would make every comparison False, i.e. silently accept every action.
+        bounds = []
+        for name in ("action_low", "action_high"):
+            v = getattr(self, name)
+            try:
+                b = np.asarray(v, dtype=np.float64).reshape(-1)
+            except (TypeError, ValueError):
+                b = np.empty(0)
+            if b.size == 0 or np.isnan(b).any() or isinstance(v, bool):
+                raise ValueError(
+                    f"watchdog config {name}={v!r}: expected a number or a non-empty list of numbers (no NaN)"
+                )
+            bounds.append(b)
+        lo, hi = bounds
+        if lo.size != hi.size and 1 not in (lo.size, hi.size):
+            raise ValueError(f"watchdog config action_low has {lo.size} values and action_high {hi.size}")
+        if np.any(lo > hi):
+            raise ValueError(f"watchdog config action_low={self.action_low!r} exceeds action_high={self.action_high!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> WatchdogConfig:
@@ -126,13 +144,20 @@ class Watchdog:
             self._episodes.clear()
 
     def observe_action(self, action: npt.ArrayLike, version: str | None = None) -> WatchdogEvent | None:
-        """Record one served action (or a batch [N, A]); returns an event when this call tripped it."""
+        """Record one served action (or a batch [N, A]); returns an event when this call tripped it.
+
+        An action with a NaN or infinite element counts as out of bounds (NaN compares False with
+        any bound, so finiteness is checked on its own), and so does an empty one."""
         a = np.asarray(action, dtype=np.float64)
-        a = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
-        lo = np.broadcast_to(np.asarray(self.config.action_low, np.float64), a.shape[-1:]) - self.config.bounds_slack
-        hi = np.broadcast_to(np.asarray(self.config.action_high, np.float64), a.shape[-1:]) + self.config.bounds_slack
-        with np.errstate(invalid="ignore"):
-            bad = ~np.isfinite(a).all(1) | np.any(a < lo, 1) | np.any(a > hi, 1)
+        if a.size == 0:
+            bad = np.ones(1, dtype=bool)  # nothing to actuate: a malformed action
+        else:
+            a = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+            slack = self.config.bounds_slack
+            lo = np.broadcast_to(np.asarray(self.config.action_low, np.float64), a.shape[-1:]) - slack
+            hi = np.broadcast_to(np.asarray(self.config.action_high, np.float64), a.shape[-1:]) + slack
+            with np.errstate(invalid="ignore"):
+                bad = ~np.isfinite(a).all(1) | np.any(a < lo, 1) | np.any(a > hi, 1)
         with self._lock:
             if self._version is None or (version is not None and version != self._version):
                 return None

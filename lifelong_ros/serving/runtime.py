@@ -23,6 +23,11 @@ Design (the hot path is ``infer``; everything else is kept off it):
   calling thread, no pool to wake up), sequential execution, all graph optimisations, and thread
   spinning disabled so idle pool threads (with ``intra_op_threads > 1``) do not burn the cores the
   learner needs.
+* Outputs: an :class:`OutputGuard` (default: finiteness only) checks every action after inference;
+  a non-finite action, or one beyond the configured bounds plus slack, is never returned: the
+  runtime returns the safe action instead ("hold": the last good action for that task id, or
+  "zero"), marks the output (``guarded``, ``reason``) and counts it in ``stats()``. On the single
+  observation path this costs one ``tolist`` and a few comparisons of Python floats.
 * Observations: float32 is used as is; other real floating dtypes (float64 from numpy, float16)
   are converted to float32, because robotics code produces float64 all the time and the cast is
   exact enough for a float32 network. Integers, booleans, complex, objects and strings are refused
@@ -32,12 +37,13 @@ Design (the hot path is ``infer``; everything else is kept off it):
 from __future__ import annotations
 
 import math
+import operator
 import os
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Union
@@ -66,10 +72,160 @@ class ModelLoadError(RuntimeError):
 
 
 class PolicyOutput(NamedTuple):
-    """The action and the id of the model version that actually computed it."""
+    """The action and the id of the model version that actually computed it.
+
+    Unpacks as ``(action, version)``. ``guarded`` is True when the model's action was refused by
+    the output guard and ``action`` is the safe action instead (then it is a :class:`GuardedOutput`,
+    ``reason`` says why and ``model_action`` holds what the model computed)."""
 
     action: npt.NDArray[np.float32]
     version: str
+
+    @property
+    def guarded(self) -> bool:
+        return False
+
+    @property
+    def reason(self) -> str:
+        return ""
+
+    @property
+    def model_action(self) -> npt.NDArray[np.float32]:
+        """What the model computed (the same array as ``action`` unless the output was guarded)."""
+        return self.action
+
+
+class GuardedOutput(PolicyOutput):
+    """A PolicyOutput whose ``action`` is the guard's safe action, not the model's (rows of a batch:
+    only the refused rows were replaced)."""
+
+    _guard_reason: str
+    _model_action: npt.NDArray[np.float32]
+
+    @property
+    def guarded(self) -> bool:
+        return True
+
+    @property
+    def reason(self) -> str:
+        return str(self.__dict__.get("_guard_reason", "guarded"))
+
+    @property
+    def model_action(self) -> npt.NDArray[np.float32]:
+        raw: npt.NDArray[np.float32] = self.__dict__.get("_model_action", self.action)
+        return raw
+
+
+def _guarded_output(
+    action: npt.NDArray[np.float32], version: str, reason: str, model_action: npt.NDArray[np.float32]
+) -> GuardedOutput:
+    out = GuardedOutput(action, version)
+    out._guard_reason = reason
+    out._model_action = model_action
+    return out
+
+
+SAFE_ACTIONS = ("hold", "zero")
+Bound = float | Sequence[float] | None
+
+
+@dataclass(frozen=True)
+class OutputGuard:
+    """Which actions ``infer`` may return, and what it returns instead.
+
+    An action is refused when any element is NaN or infinite, or (with bounds) below ``low -
+    slack`` or above ``high + slack``. ``low``/``high`` are scalars or one value per action element
+    (a single value applies to every element; -inf/inf or None = unbounded on that side).
+    ``safe_action`` is what is returned instead: "hold" = the last good action the runtime returned
+    for that task id (single observations; before the first one, and for batch rows, the zero
+    action), or "zero" = all zeros. The zero action is clipped into [low, high] when 0 lies outside.
+    """
+
+    low: Bound = None
+    high: Bound = None
+    slack: float = 0.0
+    safe_action: str = "hold"
+
+    def __post_init__(self) -> None:
+        if self.safe_action not in SAFE_ACTIONS:
+            raise ValueError(f"output guard safe_action={self.safe_action!r}; expected one of {SAFE_ACTIONS}")
+        if isinstance(self.slack, bool) or not isinstance(self.slack, (int, float)) or not 0 <= self.slack < math.inf:
+            raise ValueError(f"output guard slack={self.slack!r}; expected a finite number >= 0")
+        lo, hi = self._vector("low", -math.inf), self._vector("high", math.inf)
+        if len(lo) > 1 and len(hi) > 1 and len(lo) != len(hi):
+            raise ValueError(f"output guard low has {len(lo)} values and high {len(hi)}; expected the same length")
+        n = max(len(lo), len(hi))
+        lo, hi = lo * (n // len(lo)), hi * (n // len(hi))
+        bad = [i for i in range(n) if lo[i] > hi[i]]
+        if bad:
+            raise ValueError(f"output guard low > high at element(s) {bad}: low={list(lo)}, high={list(hi)}")
+
+    def _vector(self, name: str, unbounded: float) -> list[float]:
+        raw = getattr(self, name)
+        if raw is None:
+            return [unbounded]
+        values = [raw] if isinstance(raw, (int, float, np.floating, np.integer)) else list(np.asarray(raw).reshape(-1))
+        try:
+            out = [float(v) for v in values if not isinstance(v, (bool, np.bool_))]
+        except (TypeError, ValueError):
+            out = []
+        if not out or len(out) != len(values) or any(math.isnan(v) for v in out):
+            raise ValueError(f"output guard {name}={raw!r}; expected a number or a non-empty list of numbers (no NaN)")
+        return out
+
+    def bounds(self, act_dim: int) -> tuple[list[float], list[float]]:
+        """(low, high) without slack, one value per action element."""
+        lo, hi = self._vector("low", -math.inf), self._vector("high", math.inf)
+        for name, v in (("low", lo), ("high", hi)):
+            if len(v) not in (1, act_dim):
+                raise ValueError(
+                    f"output guard {name} has {len(v)} values; expected 1 or act_dim={act_dim} (one per action element)"
+                )
+        return (lo * act_dim if len(lo) == 1 else lo), (hi * act_dim if len(hi) == 1 else hi)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(b: Bound) -> Any:
+            return b if b is None or isinstance(b, (int, float)) else [float(v) for v in b]
+
+        return {"low": plain(self.low), "high": plain(self.high), "slack": self.slack, "safe_action": self.safe_action}
+
+
+class _Limits:
+    """An OutputGuard compiled for one act_dim: what the hot path compares against."""
+
+    __slots__ = ("bounded", "guard", "hi", "hi_arr", "hold", "lo", "lo_arr", "scalar", "zero")
+
+    def __init__(self, guard: OutputGuard, act_dim: int):
+        low, high = guard.bounds(act_dim)
+        self.guard = guard
+        self.lo = [v - guard.slack for v in low]
+        self.hi = [v + guard.slack for v in high]
+        self.bounded = any(math.isfinite(v) for v in self.lo + self.hi)
+        self.scalar = len(set(self.lo)) == 1 and len(set(self.hi)) == 1
+        self.lo_arr = np.asarray(self.lo, np.float64)
+        self.hi_arr = np.asarray(self.hi, np.float64)
+        self.hold = guard.safe_action == "hold"
+        zero = np.clip(np.zeros(act_dim), np.asarray(low), np.asarray(high)).astype(np.float32)
+        zero.flags.writeable = False
+        self.zero = zero
+
+    def within(self, v: list[float]) -> bool:
+        """Finite values ``v`` within bounds + slack."""
+        if self.scalar:
+            return self.lo[0] <= min(v) and max(v) <= self.hi[0]
+        return all(map(operator.le, self.lo, v)) and all(map(operator.le, v, self.hi))
+
+    def why(self, a: npt.NDArray[np.float32]) -> str:
+        """Why ``a`` (one action) was refused."""
+        x = np.asarray(a, np.float64)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            return f"non-finite action {x.tolist()} ({int(bad.sum())} NaN/Inf value(s))"
+        i = int(np.argmax((x < self.lo_arr) | (x > self.hi_arr)))
+        g = self.guard
+        return f"action[{i}]={float(x[i])!r} outside [{self.lo[i] + g.slack:g}, {self.hi[i] - g.slack:g}]" + (
+            f" ± slack {g.slack:g}" if g.slack else ""
+        )
 
 
 @dataclass(frozen=True)
@@ -373,6 +529,9 @@ def _build(
 
 
 # ------------------------------------------------------------------------------------- runtime
+_DEFAULT_GUARD = OutputGuard()
+
+
 class PolicyRuntime:
     """Serve one ONNX policy at a time; ``infer`` is lock-free, ``swap`` replaces it atomically.
 
@@ -383,6 +542,9 @@ class PolicyRuntime:
     The ``keep_warm`` models served most recently before the current one stay loaded, so a swap
     back to one of them (a rollback, or flipping between two versions) only switches a reference:
     no session is built or torn down, and the control thread is not disturbed at all.
+
+    ``output_guard`` (default: finiteness only, "hold") decides which actions ``infer`` may return;
+    ``None`` turns the guard off (benchmarks, and callers that check outputs themselves).
     """
 
     def __init__(
@@ -394,6 +556,7 @@ class PolicyRuntime:
         *,
         build_niceness: int = 10,
         keep_warm: int = 2,
+        output_guard: OutputGuard | None = _DEFAULT_GUARD,
     ):
         if not isinstance(intra_op_threads, int) or intra_op_threads < 1:
             raise ValueError(f"intra_op_threads must be an integer >= 1, got {intra_op_threads!r}")
@@ -408,7 +571,15 @@ class PolicyRuntime:
         self._builder_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._builder_ident: list[int | None] = [None]  # set by the builder thread when it starts
+        if output_guard is not None and not isinstance(output_guard, OutputGuard):
+            raise TypeError(f"output_guard must be an OutputGuard or None, got {type(output_guard).__name__}")
         self._snap: _Snapshot = _build(*_read_verified(model, version, expected_sha256), version, self._options)
+        # act_dim never changes across swaps (a different one is refused), so the limits hold for good.
+        self._limits: _Limits | None = None if output_guard is None else _Limits(output_guard, self._snap.act_dim)
+        self._held: dict[int, list[float]] = {}  # task id -> last good single action ("hold")
+        self._guarded = 0
+        self._guarded_non_finite = 0
+        self._last_guard_reason: str | None = None
         # Models retired by swaps, oldest first, keyed by sha256. Only the builder touches it.
         self._keep_warm = keep_warm
         self._warm: OrderedDict[str, _Snapshot] = OrderedDict()
@@ -462,7 +633,59 @@ class PolicyRuntime:
         except BaseException:
             self._errors += 1
             raise
-        return PolicyOutput(out[0] if single else out, snap.version)
+        lim = self._limits
+        if lim is None:
+            return PolicyOutput(out[0] if single else out, snap.version)
+        if not single:
+            return self._guard_batch(out, t, snap, lim)
+        a = out[0]
+        # The output guard. As for the observation, finiteness is a sum of Python floats (NaN/Inf
+        # make it non-finite; float32 magnitudes cannot overflow a double); then, only once finite,
+        # the bound comparisons (NaN would compare False everywhere).
+        v = a.tolist()
+        if math.isfinite(sum(v)) and (not lim.bounded or lim.within(v)):
+            if lim.hold:
+                self._held[task_id if type(task_id) is int else int(t[0])] = v  # a list: the caller cannot alter it
+            return PolicyOutput(a, snap.version)
+        return self._guard_one(a, task_id if type(task_id) is int else int(t[0]), snap, lim)
+
+    def _guard_one(self, a: npt.NDArray[np.float32], task: int, snap: _Snapshot, lim: _Limits) -> GuardedOutput:
+        """The model's action ``a`` was refused: the safe action, marked, counted."""
+        held = self._held.get(task) if lim.hold else None
+        safe = np.array(held, np.float32) if held is not None else lim.zero.copy()
+        what = "the held action (last good one for this task)" if held is not None else "the zero action"
+        reason = f"{lim.why(a)} from model {snap.version!r} for task id {task}; returned {what} instead"
+        self._count_guarded(1, not np.isfinite(a).all(), reason)
+        return _guarded_output(safe, snap.version, reason, a)
+
+    def _guard_batch(
+        self, out: npt.NDArray[np.float32], t: npt.NDArray[np.int64], snap: _Snapshot, lim: _Limits
+    ) -> PolicyOutput:
+        """The guard over the rows of a batch: refused rows become the safe action of their task
+        ("hold" uses the last good single action; a batch never updates it)."""
+        finite = np.isfinite(out).all(axis=1)
+        ok = finite
+        if lim.bounded:
+            with np.errstate(invalid="ignore"):
+                ok = finite & (out >= lim.lo_arr).all(axis=1) & (out <= lim.hi_arr).all(axis=1)
+        if ok.all():
+            return PolicyOutput(out, snap.version)
+        bad = np.flatnonzero(~ok)
+        safe = out.copy()
+        for i in bad:
+            held = self._held.get(int(t[i])) if lim.hold else None
+            safe[i] = held if held is not None else lim.zero
+        reason = (
+            f"{bad.size} of {out.shape[0]} actions refused from model {snap.version!r}, e.g. row {int(bad[0])}: "
+            f"{lim.why(out[bad[0]])}; those rows hold the safe action ({lim.guard.safe_action})"
+        )
+        self._count_guarded(int(bad.size), int((~finite).sum()), reason)
+        return _guarded_output(safe, snap.version, reason, out)
+
+    def _count_guarded(self, n: int, non_finite: int, reason: str) -> None:
+        self._guarded += n
+        self._guarded_non_finite += int(non_finite)
+        self._last_guard_reason = reason
 
     __call__ = infer
 
@@ -617,7 +840,15 @@ class PolicyRuntime:
             "warm_versions": list(self._warm_versions),
             "last_swap_ms": self._last_swap_ms,
             "last_swap_error": self._last_swap_error,
+            "guarded": self._guarded,  # actions refused by the output guard (safe action returned)
+            "guarded_non_finite": self._guarded_non_finite,
+            "guarded_out_of_bounds": self._guarded - self._guarded_non_finite,
+            "last_guard_reason": self._last_guard_reason,
         }
+
+    @property
+    def output_guard(self) -> OutputGuard | None:
+        return None if self._limits is None else self._limits.guard
 
     def __repr__(self) -> str:
         s = self._snap

@@ -376,7 +376,49 @@ def test_cli_import_export_and_stats(tmp_path, ts, capsys):
     assert "reach-v3: 40 records" in capsys.readouterr().out
     assert main(["export-bag", str(tmp_path / "exp"), "--spec", spec, "--store", store, "--storage", "sqlite3"]) == 0
     assert "wrote 40 records" in capsys.readouterr().out
-    assert main(["import-bag", str(tmp_path / "rec"), "--spec", spec, "--store", store]) == 1
+    assert (
+        main(["import-bag", str(tmp_path / "rec"), "--spec", spec, "--store", store]) == 2
+    )  # cli/main.py's error policy: one line, exit 2
     assert "give the task name (--task)" in capsys.readouterr().err
-    assert main(["store", "stats", "--store", str(tmp_path / "nope.sqlite3")]) == 1
+    assert main(["store", "stats", "--store", str(tmp_path / "nope.sqlite3")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_importing_the_same_bag_twice_is_a_reported_no_op_unless_asked_again(tmp_path, ts):
+    import shutil
+
+    _write_bag(tmp_path / "rec", MW_CONNS, _mw_messages(ts, 30))
+    with ExperienceStore(tmp_path / "s.sqlite3", 39, 4) as s:
+        first = B.import_bag(tmp_path / "rec", s, MW, task="reach-v3", episode="run1")
+        assert first.steps == 30 and not first.skipped and len(first.content_sha256) == 64
+        again = B.import_bag(tmp_path / "rec", s, MW, task="reach-v3", episode="run1")
+        assert again.skipped and again.steps == 0 and again.episodes == []
+        assert again.content_sha256 == first.content_sha256
+        assert again.already_imported["episodes"] == ["run1"] and again.already_imported["task"] == "reach-v3"
+        assert "skipped" in again.summary() and "already holds" in again.summary()
+        assert len(s) == 30 and [e.records for e in s.episodes()] == [30]
+        # the same messages under another name (a copied bag) are the same data
+        shutil.copytree(tmp_path / "rec", tmp_path / "copy")
+        assert B.import_bag(tmp_path / "copy", s, MW, task="reach-v3").skipped and len(s) == 30
+        # inside one transaction (as offline learning imports several bags) the second is skipped too
+        _write_bag(tmp_path / "other", MW_CONNS, _mw_messages(ts, 20))
+        with s.transaction():
+            reps = [B.import_bag(tmp_path / b, s, MW, task="reach-v3") for b in ("other", "other")]
+        assert [r.skipped for r in reps] == [False, True] and len(s) == 50
+        # explicitly again: imported a second time
+        forced = B.import_bag(tmp_path / "rec", s, MW, task="reach-v3", episode="run1-again", again=True)
+        assert forced.steps == 30 and not forced.skipped and len(s) == 80
+    with ExperienceStore(tmp_path / "s.sqlite3", readonly=True) as r:  # the record survives reopening
+        assert r.imported(first.content_sha256)["steps"] == 30
+
+
+def test_a_failed_import_does_not_mark_the_bag_imported(tmp_path, ts):
+    _write_bag(tmp_path / "rec", MW_CONNS, _mw_messages(ts, 10))
+    with ExperienceStore(tmp_path / "s.sqlite3", 39, 4) as s:
+        with pytest.raises(B.BagImportError, match="give the task name"):
+            B.import_bag(tmp_path / "rec", s, MW)
+        with pytest.raises(RuntimeError, match="boom"), s.transaction():
+            assert B.import_bag(tmp_path / "rec", s, MW, task="t").steps == 10
+            raise RuntimeError("boom")  # the outer transaction rolls back records and mark together
+        assert len(s) == 0
+        assert B.import_bag(tmp_path / "rec", s, MW, task="t").steps == 10
