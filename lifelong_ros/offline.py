@@ -17,6 +17,7 @@ from typing import Any
 
 from lifelong_ros import paths
 from lifelong_ros.config import check_value
+from lifelong_ros.experience.sources import TEACHER_SOURCES
 from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.worker import Learner
 from lifelong_ros.orchestration import Orchestrator
@@ -62,6 +63,7 @@ def offline_learn(
     gate: bool = True,
     activate: bool = False,
     gate_config: dict | None = None,
+    reimport: bool = False,
     progress: bool = True,
     on_progress: Callable[[str, int, float], None] | None = None,
 ) -> OfflineResult:
@@ -72,6 +74,8 @@ def offline_learn(
     Each bag is one episode (named after the bag) unless it carries the /lifelong_ros/experience
     topic that `lifelong-ros export-bag` writes; the held-out split is by episode, so the gate
     needs several. All bags import in one transaction: a truncated or corrupt bag imports nothing.
+    A bag the store already holds (same content hash) is not imported again unless ``reimport``,
+    so retrying after a failed or rejected run trains on the same data, not on a duplicate.
     The store must not be open for writing elsewhere (stop the experience_buffer node first).
     """
     from lifelong_ros.experience.store import ExperienceStore
@@ -87,8 +91,8 @@ def offline_learn(
     check_value("shots", shots, int, min=0)
     check_value("seed", seed, int, min=0)
     check_value("threads", threads, int, min=1)
-    if source not in ("bag", "demonstration", "correction"):
-        raise ValueError(f"source={source!r}: expected one of bag, demonstration, correction")
+    if source not in TEACHER_SOURCES:
+        raise ValueError(f"source={source!r}: expected one of {', '.join(TEACHER_SOURCES)}")
     if time_source not in ("log", "header"):
         raise ValueError(f"time_source={time_source!r}: expected 'log' or 'header'")
     parse_recipe_options(method)  # an unknown method fails before anything is imported
@@ -107,7 +111,9 @@ def offline_learn(
             raise FileNotFoundError(f"bag {b} does not exist; expected a rosbag2 directory, .mcap or .db3 file")
     with ExperienceStore(spath, the_spec.obs_dim, the_spec.act_dim) as store, store.transaction():
         reports = [
-            import_bag(b, store, the_spec, task=task, source=source, time_source=time_source, progress=progress)
+            import_bag(
+                b, store, the_spec, task=task, source=source, time_source=time_source, progress=progress, again=reimport
+            )
             for b in bag_list
         ]
     result = OfflineResult(

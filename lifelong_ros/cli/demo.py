@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lifelong_ros import paths
+from lifelong_ros.cli.errors import int_at_least
 from lifelong_ros.config import ConfigError
 from lifelong_ros.demo import DemoSettings, check_out_dir, check_task_names, run_demo, settings_from_config
-
-
-def int_at_least(least: int) -> Callable[[str], int]:
-    """argparse type: an integer >= ``least`` (argparse names the flag in its error line)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {least}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {least}")
-        return value
-
-    return parse
 
 
 def task_list(text: str) -> list[str]:

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lifelong_ros.cli.errors import Parser, int_at_least, run_command
 from lifelong_ros.config import check_value, load_params
+from lifelong_ros.experience.sources import TEACHER_SOURCES
 from lifelong_ros.learning.jobs import AdaptCancelled
 from lifelong_ros.offline import DEFAULT_SPEC, offline_learn
 from lifelong_ros.paths import default_config_path
@@ -52,19 +54,6 @@ def _defaults_from_config(path: str | None) -> dict[str, Any]:
     }
 
 
-def _int_at_least(least: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= {least}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value}: expected an integer >= {least}")
-        return value
-
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--bag",
@@ -85,7 +74,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source",
         default="bag",
-        choices=["bag", "demonstration", "correction"],
+        choices=TEACHER_SOURCES,
         help="source tag of the imported records (default: bag)",
     )
     p.add_argument(
@@ -95,12 +84,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="align streams on the bag's receive time or on header stamps",
     )
     p.add_argument("--method", help="adaptation recipe (default: the learner's default_method)")
-    p.add_argument("--shots", type=_int_at_least(0), default=0, help="demonstration episodes to use; 0 = all")
-    p.add_argument("--steps", type=_int_at_least(1), help="optimiser steps (default: the learner's default_steps)")
-    p.add_argument("--seed", type=_int_at_least(0), help="seed (default: the learner's seed)")
+    p.add_argument("--shots", type=int_at_least(0), default=0, help="demonstration episodes to use; 0 = all")
+    p.add_argument("--steps", type=int_at_least(1), help="optimiser steps (default: the learner's default_steps)")
+    p.add_argument("--seed", type=int_at_least(0), help="seed (default: the learner's seed)")
     p.add_argument("--no-gate", action="store_true", help="register the candidate without running the safety gate")
     p.add_argument("--activate", action="store_true", help="make the candidate active if the gate approves it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--reimport",
+        action="store_true",
+        help="import bags the store already holds again (default: a bag is imported once, by content hash)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
             gate=not args.no_gate,
             activate=args.activate,
             gate_config=d.get("gate_config"),
+            reimport=args.reimport,
             progress=not args.quiet,
         )
     except (AdaptCancelled, KeyboardInterrupt):
@@ -157,21 +152,13 @@ def _strip_ros_args(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`ros2 run lifelong_ros offline_learn ...` (the same command as `lifelong-ros offline-learn`).
-
-    The same error policy as `lifelong-ros` (cli/main.py, which imports this module, so it cannot be
-    imported here): an expected failure is one line on stderr and exit 2; --debug shows the traceback."""
-    parser = argparse.ArgumentParser(prog="offline_learn", description=__doc__.splitlines()[0])
+    """`ros2 run lifelong_ros offline_learn ...` (the same command as `lifelong-ros offline-learn`,
+    under the same error policy: one line and exit 2 for an expected failure, --debug for the traceback)."""
+    parser = Parser(prog="offline_learn", description=(__doc__ or "").splitlines()[0])
     add_arguments(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure instead of one line")
     args = parser.parse_args(_strip_ros_args(sys.argv[1:] if argv is None else argv))
-    try:
-        return run(args)
-    except Exception as exc:  # one clear line for the operator, exit code 2
-        if args.debug:
-            raise
-        print(f"offline_learn: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
-        return 2
+    return run_command("offline_learn", run, args, debug=args.debug)
 
 
 if __name__ == "__main__":

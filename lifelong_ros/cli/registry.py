@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from lifelong_ros.cli.errors import int_at_least
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES, SOURCES
 from lifelong_ros.paths import registry_dir, store_path
 
@@ -217,7 +218,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reason", default="")
     p.set_defaults(func=_wrap(cmd_promote))
     p = rsub.add_parser("gc", parents=[common], help="delete versions nobody can serve or roll back to")
-    p.add_argument("--keep", type=int, default=3, help="approved versions to keep besides the active one")
+    p.add_argument("--keep", type=int_at_least(0), default=3, help="approved versions to keep besides the active one")
     p.add_argument("--dry-run", action="store_true")
     p.set_defaults(func=_wrap(cmd_gc))
 

@@ -46,6 +46,7 @@ def _import_bag(args: argparse.Namespace) -> int:
             source=None if args.source == "keep" else args.source,
             time_source=args.time_source,
             progress=sys.stderr.isatty(),
+            again=args.again,
         )
     print(report.summary())
     return 0
@@ -126,6 +127,11 @@ def add_cli(subparsers) -> None:
         default="reject",
         choices=["reject", "flag"],
         help="NaN/Inf values: reject the bag or flag the records",
+    )
+    p.add_argument(
+        "--again",
+        action="store_true",
+        help="import a bag the store already holds again (default: skipped, recognised by content hash)",
     )
     p.set_defaults(func=_import_bag)
 

@@ -67,7 +67,7 @@ class ImportReport:
             return (
                 f"skipped {self.bag}: the store already holds its messages (imported from {prev.get('bag')} as task "
                 f"{prev.get('task')!r}, episodes {prev.get('episodes')}, {prev.get('steps')} steps); nothing was "
-                f"imported (import again to duplicate it on purpose)"
+                f"imported (`import-bag --again` or again=True duplicates it on purpose)"
             )
         lines = [f"imported {self.steps} steps from {self.bag} ({self.messages_read} messages, {self.seconds:.2f}s)"]
         if self.dropped:

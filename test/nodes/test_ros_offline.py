@@ -99,6 +99,19 @@ def test_offline_learn_cli_imports_bags_adapts_gates_and_activates(tmp_path, bag
     assert reg.active() == out["active_version"] == out["candidate_version"]
     assert any(r["kind"] == "gate" for r in reg.reports(info.id))  # the verdict is persisted with its report
 
+    # A retry with the same bags trains on the data already stored: nothing is imported twice ...
+    again = ["--bag", *map(str, bags), "--task", TASK, "--config", str(cfg), "--data-dir", str(data)]
+    assert offline_main([*again, "--no-gate", "--steps", "5", "--quiet"]) == 0
+    retry = json.loads(capsys.readouterr().out)
+    assert retry["imported_steps"] == 0 and "already holds" in retry["import_summary"]
+    with ExperienceStore(data / "experience.sqlite3", readonly=True) as store:
+        assert store.stats()["records"] == out["imported_steps"]
+    # ... unless asked to (--reimport)
+    assert offline_main([*again, "--no-gate", "--steps", "5", "--quiet", "--reimport"]) == 0
+    assert json.loads(capsys.readouterr().out)["imported_steps"] == out["imported_steps"]
+    with ExperienceStore(data / "experience.sqlite3", readonly=True) as store:
+        assert store.stats()["records"] == 2 * out["imported_steps"]
+
 
 def test_offline_learn_imports_nothing_when_one_bag_is_truncated(tmp_path, bags):
     from lifelong_ros.experience.store import ExperienceStore

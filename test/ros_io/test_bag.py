@@ -380,6 +380,16 @@ def test_cli_import_export_and_stats(tmp_path, ts, capsys):
         main(["import-bag", str(tmp_path / "rec"), "--spec", spec, "--store", store]) == 2
     )  # cli/main.py's error policy: one line, exit 2
     assert "give the task name (--task)" in capsys.readouterr().err
+    # importing the same bag again is a reported no-op; --again imports it a second time
+    rec = ["import-bag", str(tmp_path / "rec"), "--spec", spec, "--store", store, "--task", "reach-v3"]
+    assert main(rec) == 0
+    assert "skipped" in capsys.readouterr().out
+    assert main(["store", "stats", "--store", store, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 40
+    assert main([*rec, "--episode", "run2", "--again"]) == 0
+    assert "imported 40 steps" in capsys.readouterr().out
+    assert main(["store", "stats", "--store", store, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["records"] == 80
     assert main(["store", "stats", "--store", str(tmp_path / "nope.sqlite3")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
