@@ -1,7 +1,11 @@
 """Bring up lifelong_ros: policy_server, experience_buffer, learner and safety_monitor.
 
   ros2 launch lifelong_ros lifelong.launch.py [config:=FILE] [namespace:=NS] [sim:=embedded|gazebo|none]
-      [use_sim_time:=true|false|auto] [data_dir:=DIR] [log_level:=info]
+      [use_sim_time:=true|false|auto] [data_dir:=DIR] [log_level:=info] [autostart:=true|false]
+
+policy_server is a managed (lifecycle) node: with autostart:=true (the default) the launch file
+configures it and, once configured, activates it; `ros2 lifecycle set /policy_server deactivate`
+stops actuation at once.
 
 sim:=embedded  wire the nodes to the embedded simulator's topics (sim_demo.launch.py also starts
                sim_bridge; or `ros2 run lifelong_ros sim_bridge` yourself)
@@ -18,9 +22,13 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, EmitEvent, GroupAction, OpaqueFunction, RegisterEventHandler
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
 
@@ -74,6 +82,24 @@ def _nodes(context, *args, **kwargs):
     policy_remaps = [("active_version", "safety_monitor/active")]
     if sim == "embedded":
         policy_remaps.append(("task", "sim_bridge/task"))
+    # The policy server is a managed node: configure it at start, activate it once configured
+    # (only after `configuring`, so a later operator `deactivate` is not undone).
+    policy_server = LifecycleNode(
+        executable="policy_server", name="policy_server", namespace="", remappings=policy_remaps, **common
+    )
+    lifecycle = []
+    if _bool("autostart", LaunchConfiguration("autostart").perform(context)):
+        lifecycle = [
+            RegisterEventHandler(
+                OnStateTransition(
+                    target_lifecycle_node=policy_server,
+                    start_state="configuring",
+                    goal_state="inactive",
+                    entities=[_transition(policy_server, Transition.TRANSITION_ACTIVATE)],
+                )
+            ),
+            _transition(policy_server, Transition.TRANSITION_CONFIGURE),
+        ]
     actions = [
         Node(
             executable="safety_monitor",
@@ -85,7 +111,7 @@ def _nodes(context, *args, **kwargs):
             ],
             **common,
         ),
-        Node(executable="policy_server", name="policy_server", remappings=policy_remaps, **common),
+        policy_server,
         Node(executable="experience_buffer", name="experience_buffer", **common),
         Node(executable="learner", name="learner", remappings=[("gate", "safety_monitor/gate")], **common),
     ]
@@ -102,8 +128,13 @@ def _nodes(context, *args, **kwargs):
                 parameters=[{"config_file": bridge_config, "use_sim_time": use_sim_time}],
             )
         )
+    actions += lifecycle
     namespace = LaunchConfiguration("namespace").perform(context)
     return [GroupAction([PushRosNamespace(namespace), *actions])] if namespace else actions
+
+
+def _transition(node: LifecycleNode, transition_id: int) -> EmitEvent:
+    return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -135,6 +166,11 @@ def generate_launch_description() -> LaunchDescription:
                 description="ros_gz_bridge YAML for sim:=gazebo ('' = config/gazebo_humanoid_bridge.yaml)",
             ),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
+            DeclareLaunchArgument(
+                "autostart",
+                default_value="true",
+                description="Bring the managed policy_server to active (false = leave it unconfigured)",
+            ),
             OpaqueFunction(function=_nodes),
         ]
     )

@@ -66,7 +66,7 @@ def _sim_bridge(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    passed = ("config", "namespace", "data_dir", "log_level")
+    passed = ("config", "namespace", "data_dir", "log_level", "autostart")
     return LaunchDescription(
         [
             DeclareLaunchArgument(
@@ -87,6 +87,9 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument("rate_hz", default_value="50.0", description="Simulation steps per second"),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
+            DeclareLaunchArgument(
+                "autostart", default_value="true", description="Bring the managed policy_server to active"
+            ),
             IncludeLaunchDescription(
                 PythonLaunchDescriptionSource(
                     os.path.join(os.path.dirname(os.path.abspath(__file__)), "lifelong.launch.py")

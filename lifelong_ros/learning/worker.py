@@ -13,6 +13,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import traceback
 from typing import Any
@@ -35,6 +36,10 @@ def _worker_main(
     job: JobFn | str, jobs: mp.Queue, events: mp.Queue, cancel_flags: Any, threads: int, nice: int
 ) -> None:
     """Worker loop: take jobs, run them, report progress/results. Runs in the child process."""
+    # The parent owns this process's lifetime: a Ctrl-C reaches the whole process group, and the
+    # parent then cancels the job and closes the worker (no KeyboardInterrupt traceback here).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if nice:
         try:
@@ -49,7 +54,12 @@ def _worker_main(
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     job_fn = resolve_job(job)
     while True:
-        item = jobs.get()
+        try:
+            item = jobs.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the parent died without closing us: never linger as an orphan
+                return
+            continue
         if item is None:
             return
         slot, request = item
@@ -59,7 +69,7 @@ def _worker_main(
             events.put((_slot, "progress", (phase, int(step), float(loss))))
 
         def should_stop(_slot=slot) -> bool:
-            return bool(cancel_flags[_slot])
+            return bool(cancel_flags[_slot]) or os.getppid() != parent
 
         try:
             candidate = job_fn(request, on_progress, should_stop)

@@ -7,11 +7,13 @@ translate messages and call the core.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -27,6 +29,14 @@ KIT = m.RclpyKit()
 SENSOR_QOS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=5,
+    reliability=ReliabilityPolicy.BEST_EFFORT,
+    durability=DurabilityPolicy.VOLATILE,
+)
+# Raw streams recorded by the experience buffer (teleop, `ros2 bag play` at 10x): best effort like
+# SENSOR_QOS (matches any publisher) but a deep history, so a burst waits instead of being dropped.
+RAW_QOS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1000,
     reliability=ReliabilityPolicy.BEST_EFFORT,
     durability=DurabilityPolicy.VOLATILE,
 )
@@ -65,6 +75,42 @@ DIAGNOSTICS_QOS = QoSProfile(
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )
+
+
+# ---------------------------------------------------------------------------- signals
+def sigterm_like_sigint() -> None:
+    """Handle SIGTERM exactly like Ctrl-C (KeyboardInterrupt in the main thread, caught by main()).
+
+    Called right after ``rclpy.init``: rclpy's own SIGTERM handler shuts the context down under a
+    spinning MultiThreadedExecutor, whose wait then fails with RCLError ("rcl_shutdown() was called")
+    instead of returning, a traceback and exit code 1 where SIGINT exits cleanly."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def ignore_signals() -> None:
+    """Ignore further SIGINT/SIGTERM while main() cleans up: a second Ctrl-C, or launch's SIGTERM
+    after its grace period, must not interrupt destroy_node() halfway (a traceback, a lost worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------------------- executors
+EXECUTORS = ("events", "single", "multi")
+
+
+def make_executor(kind: str, threads: int = 2) -> Executor:
+    """The executor a node spins in: ``events`` (rclpy.experimental.EventsExecutor: the waits and
+    dispatch in C++, the lowest per-message overhead of rclpy), ``single`` (SingleThreadedExecutor)
+    or ``multi`` (MultiThreadedExecutor with ``threads`` threads)."""
+    if kind == "events":
+        from rclpy.experimental import EventsExecutor
+
+        return EventsExecutor()
+    if kind == "single":
+        return SingleThreadedExecutor()
+    if kind == "multi":
+        return MultiThreadedExecutor(num_threads=threads)
+    raise ValueError(f"executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
 
 
 # ---------------------------------------------------------------------------- parameters

@@ -14,6 +14,8 @@ Interfaces:
 
 from __future__ import annotations
 
+import collections
+import json
 import queue
 import threading
 from functools import partial
@@ -21,13 +23,16 @@ from typing import Any
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.subscription import Subscription
+from std_msgs.msg import String
 
 from lifelong_ros import paths
 from lifelong_ros.experience.sources import TEACHER_SOURCES
 from lifelong_ros.experience.store import ExperienceStore, InvalidRecord, StoreError
 from lifelong_ros.msg import ExperienceRecord
+from lifelong_ros.ros_io.bag import INFO_TOPIC
 from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
 from lifelong_ros.srv import SetRecording
 
@@ -44,6 +49,9 @@ class ExperienceBuffer(Node):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.EXPERIENCE_BUFFER)
         self._p = p
+        if p["executor"] not in c.EXECUTORS:
+            raise ValueError(f"parameter executor={p['executor']!r}: expected one of {', '.join(c.EXECUTORS)}")
+        self.executor_kind = p["executor"]
         if p["raw_source"] not in RAW_SOURCES:
             raise ValueError(f"raw_source {p['raw_source']!r}: expected one of {RAW_SOURCES}")
         self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
@@ -58,6 +66,15 @@ class ExperienceBuffer(Node):
         self._raw_task, self._raw_source = p["raw_task"], p["raw_source"]
         self._raw_subs: list = []
         self._raw_episode, self._raw_step, self._raw_last_ns, self._raw_episodes = "", 0, 0, 0
+        # Bags written by `lifelong-ros export-bag` carry each step's task, episode, step, reward, done
+        # and label on INFO_TOPIC: raw steps are paired with those (arrival order, within a window)
+        # instead of cutting episodes at time gaps, which shrink under accelerated playback.
+        self._pending_steps: collections.deque = collections.deque()  # (stamp, obs, action)
+        self._pending_infos: collections.deque = collections.deque()  # (stamp, info dict)
+        self._info_checked_ns, self._info_present = 0, False
+        self._last_info: tuple[str, int] = ("", -1)  # (episode, step) of the last paired info
+        self._raw_counts = {"raw_paired": 0, "raw_actions_without_info": 0, "raw_infos_without_action": 0}
+        self._raw_missed = 0  # steps the bag's info says exist but never arrived
         self._run_id = f"raw{self.get_clock().now().nanoseconds // 1_000_000}"
         self._receive_time = not all(s.has_header for s in (*self.spec.observation.streams, *self.spec.action.streams))
         self._classes = ros_classes()
@@ -114,7 +131,7 @@ class ExperienceBuffer(Node):
                     self._classes(stream.type),
                     stream.topic,
                     partial(self._on_raw, stream, self._obs_aligner, False),
-                    c.SENSOR_QOS,
+                    c.RAW_QOS,
                     callback_group=self._group,
                 )
             )
@@ -124,14 +141,22 @@ class ExperienceBuffer(Node):
                     self._classes(stream.type),
                     stream.topic,
                     partial(self._on_raw, stream, self._act_aligner, stream is trigger),
-                    c.SENSOR_QOS,
+                    c.RAW_QOS,
                     callback_group=self._group,
                 )
             )
+        self._raw_subs.append(
+            self.create_subscription(String, INFO_TOPIC, self._on_raw_info, c.RAW_QOS, callback_group=self._group)
+        )
+        self._raw_subs.append(self.create_timer(0.1, self._flush_unpaired, callback_group=self._group))
 
     def _stop_raw(self) -> None:
-        for sub in self._raw_subs:
-            self.destroy_subscription(sub)
+        self._flush_unpaired(everything=True)
+        for entity in self._raw_subs:
+            if isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            else:
+                self.destroy_timer(entity)
         self._raw_subs = []
         self._raw_episode = ""
 
@@ -155,6 +180,16 @@ class ExperienceBuffer(Node):
                 f"raw action at t={stamp} dropped: {self._obs_aligner.stale(stamp) or self._act_aligner.stale(stamp)}"
             )
             return
+        obs = self.spec.observation.assemble(obs_parts)
+        action = self.spec.action.assemble(act_parts)
+        if self._info_expected(stamp):
+            self._pending_steps.append((stamp, obs, action))
+            self._pair()
+        else:
+            self._record_by_gap(stamp, obs, action)
+
+    def _record_by_gap(self, stamp: int, obs: Any, action: Any) -> None:
+        """A raw step without the bag's info: a pause longer than episode_gap_s starts a new episode."""
         if (
             not self._raw_episode
             or stamp - self._raw_last_ns > self._p["episode_gap_s"] * 1e9
@@ -170,11 +205,100 @@ class ExperienceBuffer(Node):
                 episode=self._raw_episode,
                 step=self._raw_step,
                 source=self._raw_source,
-                obs=self.spec.observation.assemble(obs_parts),
-                action=self.spec.action.assemble(act_parts),
+                obs=obs,
+                action=action,
             )
         )
         self._raw_step += 1
+
+    # ------------------------------------------------------------------ the bag's step info
+    def _info_expected(self, stamp: int) -> bool:
+        """True while someone publishes INFO_TOPIC (a `ros2 bag play` of an exported bag announces it
+        before its first message), checked at most once a second, or infos are arriving."""
+        if self._pending_infos:
+            return True
+        now = c.now_ns(self)
+        if now - self._info_checked_ns > 1_000_000_000:
+            self._info_checked_ns = now
+            self._info_present = self.count_publishers(INFO_TOPIC) > 0
+        return self._info_present
+
+    def _on_raw_info(self, msg: Any) -> None:
+        if not self._recording:
+            return
+        try:
+            info = json.loads(msg.data)
+            info["episode"], info["step"] = str(info["episode"]), int(info["step"])
+        except (ValueError, KeyError, TypeError) as exc:
+            self._decode_error(f"{INFO_TOPIC}: malformed step info {msg.data[:200]!r}: {exc}; expected export-bag JSON")
+            return
+        self._pending_infos.append((c.now_ns(self), info))
+        self._pair()
+
+    def _pair(self) -> None:
+        """Pair raw steps with infos in arrival order; a partner further away than the window is missing."""
+        window = self._p["raw_pair_window_s"] * 1e9
+        steps, infos = self._pending_steps, self._pending_infos
+        while steps and infos:
+            (ts, obs, action), (ti, info) = steps[0], infos[0]
+            # Only receive times are comparable (the info message has no header).
+            if self._receive_time and abs(ts - ti) > window:
+                if ts < ti:
+                    steps.popleft()
+                    self._raw_counts["raw_actions_without_info"] += 1
+                    self._record_by_gap(ts, obs, action)
+                else:
+                    infos.popleft()
+                    self._raw_counts["raw_infos_without_action"] += 1
+                    self._missed(info, 1)
+                continue
+            steps.popleft()
+            infos.popleft()
+            self._record_with_info(ts, obs, action, info)
+
+    def _record_with_info(self, stamp: int, obs: Any, action: Any, info: dict[str, Any]) -> None:
+        episode, step = info["episode"], info["step"]
+        last_episode, last_step = self._last_info
+        expected = last_step + 1 if episode == last_episode else 0
+        if step > expected:
+            self._missed(info, step - expected)
+        self._last_info = (episode, step)
+        self._raw_counts["raw_paired"] += 1
+        source = info.get("source")
+        self._enqueue(
+            m.ExperienceStep(
+                stamp_ns=stamp,
+                task=str(info.get("task") or self._raw_task),
+                episode=episode,
+                step=step,
+                source=source if source in RAW_SOURCES else self._raw_source,
+                obs=obs,
+                action=action,
+                reward=float(info.get("reward", 0.0)),
+                done=bool(info.get("done", False)),
+                label=info.get("label"),
+            )
+        )
+
+    def _missed(self, info: dict[str, Any], n: int) -> None:
+        self._raw_missed += n
+        self._last_error = (
+            f"raw recording could not keep up: {self._raw_missed} step(s) of the bag never arrived "
+            f"(latest gap before step {info['step']} of episode {info['episode']!r}); play the bag slower"
+        )
+        self.get_logger().warning(self._last_error, throttle_duration_sec=5.0)
+
+    def _flush_unpaired(self, everything: bool = False) -> None:
+        """Steps and infos whose partner did not arrive within the window (or at all, ``everything``)."""
+        limit = c.now_ns(self) - self._p["raw_pair_window_s"] * 1e9
+        while self._pending_steps and (everything or self._pending_steps[0][0] < limit):
+            ts, obs, action = self._pending_steps.popleft()
+            self._raw_counts["raw_actions_without_info"] += 1
+            self._record_by_gap(ts, obs, action)
+        while self._pending_infos and (everything or self._pending_infos[0][0] < limit):
+            _, info = self._pending_infos.popleft()
+            self._raw_counts["raw_infos_without_action"] += 1
+            self._missed(info, 1)
 
     # ------------------------------------------------------------------ service
     def _on_set_recording(self, request: Any, response: Any) -> Any:
@@ -247,6 +371,7 @@ class ExperienceBuffer(Node):
         cols = m.stack_steps(batch)
         versions = [s.model_version for s in batch]
         meta = [{"model_version": v} if v else None for v in versions] if any(versions) else None
+        labels = [s.label for s in batch]
         self.store.append(
             cols["task"],
             cols["episode"],
@@ -258,6 +383,7 @@ class ExperienceBuffer(Node):
             stamp_ns=cols["stamp_ns"],
             source=cols["source"],
             meta=meta,
+            label=labels if any(lb is not None for lb in labels) else None,
         )
         self._counts["written"] += len(batch)
 
@@ -265,6 +391,8 @@ class ExperienceBuffer(Node):
     def _status(self) -> m.Status:
         values = dict(
             self._counts,
+            **self._raw_counts,
+            raw_missed_steps=self._raw_missed,
             queued=self._queue.qsize(),
             recording=self._recording,
             raw_topics=bool(self._raw_subs),
@@ -278,6 +406,9 @@ class ExperienceBuffer(Node):
             return m.Status(m.ERROR, f"store writes failing: {self._last_error}", values)
         if not self._writer.is_alive():
             return m.Status(m.ERROR, "writer thread stopped", values)
+        lost = self._raw_missed + self._raw_counts["raw_actions_without_info"]
+        if lost:
+            return m.Status(m.WARN, self._last_error or f"raw recording lost {lost} step(s)", values)
         return m.Status(m.OK, "recording" if self._recording else "paused", values)
 
     def destroy_node(self) -> None:
@@ -289,13 +420,15 @@ class ExperienceBuffer(Node):
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
+    c.sigterm_like_sigint()
     node = None
     try:
         node = ExperienceBuffer()
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
+        rclpy.spin(node, executor=c.make_executor(node.executor_kind))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        c.ignore_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

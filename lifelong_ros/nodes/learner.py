@@ -8,7 +8,7 @@ with the gate's verdict. Cancel stops the worker job; nothing partial is registe
 Interfaces:
   action    ~/adapt (Adapt)
   publishes ~/candidate (ModelVersion, latched), /diagnostics
-  calls     gate (GateCandidate; remap to safety_monitor/gate)
+  sends     gate (Gate action goals; remap to safety_monitor/gate)
   services  ~/get_status (GetStatus)
 """
 
@@ -20,25 +20,25 @@ import time
 from typing import Any
 
 import rclpy
-from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from lifelong_ros import paths
-from lifelong_ros.action import Adapt
+from lifelong_ros.action import Adapt, Gate
 from lifelong_ros.learning.jobs import AdaptCancelled, AdaptError
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.msg import ModelVersion
 from lifelong_ros.orchestration import new_request, register_candidate
 from lifelong_ros.safety.registry import ModelRegistry
-from lifelong_ros.srv import GateCandidate
 
 from . import _common as c
 from . import messages as m
 from . import params as P
 
 NODE_NAME = "learner"
+STATUS_CANCELED = 5  # action_msgs/msg/GoalStatus.STATUS_CANCELED
 
 
 class LearnerNode(Node):
@@ -61,7 +61,7 @@ class LearnerNode(Node):
         goals = ReentrantCallbackGroup()
         self._client_group = MutuallyExclusiveCallbackGroup()
         self._candidate_pub = self.create_publisher(ModelVersion, "~/candidate", c.LATCHED_QOS)
-        self._gate_client = self.create_client(GateCandidate, "gate", callback_group=self._client_group)
+        self._gate_client = ActionClient(self, Gate, "gate", callback_group=self._client_group)
         self._server = ActionServer(
             self,
             Adapt,
@@ -200,20 +200,31 @@ class LearnerNode(Node):
         )
 
     def _call_gate(self, goal_handle: Any, version: str, activate: bool) -> tuple[Any, str]:
-        """Ask the safety monitor for a verdict; (response, "") or (None, why)."""
-        if not self._gate_client.wait_for_service(timeout_sec=10.0):
-            return None, f"no safety monitor answers on {self._gate_client.srv_name}"
-        request = GateCandidate.Request(version=version, activate=activate)
-        future = self._gate_client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _f: done.set())
+        """Send the safety monitor a Gate goal and wait for its verdict; (result, "") or (None, why).
+
+        A cancel of the Adapt goal is passed on: the gate drops a goal still queued and refuses once
+        its evaluation runs (then the verdict is recorded, and reported here as not waited for)."""
+        if not self._gate_client.wait_for_server(timeout_sec=10.0):
+            return None, f"no safety monitor serves the Gate action on {self._gate_client._action_name}"
+        sent = _wait(self._gate_client.send_goal_async(Gate.Goal(version=version, activate=activate)), 10.0)
+        if sent is None or not sent.accepted:
+            return None, f"the safety monitor refused to gate {version} (see its log)"
+        result_future = sent.get_result_async()
         deadline = time.monotonic() + self._p["gate_timeout_s"]
-        while not done.wait(0.2):
-            if goal_handle.is_cancel_requested:
-                return None, "the goal was cancelled while the gate was running (the gate still decides)"
+        cancel_sent = False
+        while _wait(result_future, 0.2) is None:
+            if goal_handle.is_cancel_requested and not cancel_sent:
+                sent.cancel_goal_async()
+                cancel_sent = True
             if time.monotonic() > deadline:
+                sent.cancel_goal_async()
                 return None, f"no gate verdict within {self._p['gate_timeout_s']:g} s"
-        return future.result(), ""
+        wrapped = result_future.result()
+        if wrapped.status == STATUS_CANCELED:
+            return None, f"the gate goal was cancelled before {version} was evaluated; it stays a candidate"
+        if goal_handle.is_cancel_requested:
+            return None, "the goal was cancelled while the gate was running (the gate decided anyway)"
+        return wrapped.result, ""
 
     # ------------------------------------------------------------------ health, shutdown
     def _status(self) -> m.Status:
@@ -235,8 +246,16 @@ class LearnerNode(Node):
         job = self._job
         if job is not None:
             job.cancel()
-        self.learner.close()
+        # Within launch's SIGINT -> SIGTERM grace period (5 s): a worker still busy after 3 s is killed.
+        self.learner.close(timeout=3.0)
         super().destroy_node()
+
+
+def _wait(future: Any, timeout: float) -> Any:
+    """``future``'s result once done within ``timeout`` seconds, else None (the executor completes it)."""
+    done = threading.Event()
+    future.add_done_callback(lambda _f: done.set())
+    return future.result() if done.wait(timeout) else None
 
 
 class _Feedback:
@@ -260,6 +279,7 @@ class _Feedback:
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
+    c.sigterm_like_sigint()
     node = None
     try:
         node = LearnerNode()
@@ -267,6 +287,7 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        c.ignore_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

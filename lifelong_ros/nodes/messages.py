@@ -189,6 +189,7 @@ class ExperienceStep:
     reward: float = 0.0
     done: bool = False
     model_version: str = ""
+    label: str | None = None  # a record's free-form label (carried by exported bags)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -328,7 +329,8 @@ CHECK_UNITS = {
     "shadow_outputs": "rate",
     "finite": "count",
     "shadow_steps": "count",
-    "rollout": "success_rate",
+    "closed_loop": "success_drop",
+    "closed_loop_success": "success_rate",
     "shadow_divergence": "action_l2",
 }
 
@@ -580,6 +582,24 @@ def status_response(kit: Any, node_name: str, status: Status) -> Any:
 # --------------------------------------------------------------------------- service responses
 # rclpy lets a service callback return a fresh response instance; building it here (every field
 # given) is what the rosbags-based tests check against the .srv files.
+def gate_result(
+    kit: Any, *, success: bool, message: str, report: Any = None, activated: bool = False, active_version: str = ""
+) -> Any:
+    return build(
+        kit,
+        f"{PACKAGE}/action/Gate_Result",
+        success=bool(success),
+        message=message,
+        report=report if report is not None else empty_gate_report(kit),
+        activated=bool(activated),
+        active_version=active_version or "",
+    )
+
+
+def gate_feedback(kit: Any, *, phase: str, elapsed_s: float) -> Any:
+    return build(kit, f"{PACKAGE}/action/Gate_Feedback", phase=phase, elapsed_s=float(elapsed_s))
+
+
 def gate_candidate_response(
     kit: Any, *, success: bool, message: str, report: Any = None, activated: bool = False, active_version: str = ""
 ) -> Any:

@@ -93,6 +93,18 @@ POLICY_SERVER = [
     ),
     Param("publish_experience", True, "Publish every served (observation, action) pair on ~/experience"),
     Param("intra_op_threads", 1, "onnxruntime intra-op threads (1 = lowest single-observation latency)", min=1, max=64),
+    Param(
+        "autostart",
+        False,
+        "Configure and activate at start-up (a standalone `ros2 run`); false = wait for the lifecycle "
+        "transitions (the launch files drive them: configure, then activate)",
+    ),
+    Param(
+        "executor",
+        "events",
+        "Executor the node spins in: events (rclpy.experimental.EventsExecutor, lowest latency; "
+        "bench/ros_latency.py), single (SingleThreadedExecutor) or multi (MultiThreadedExecutor, 2 threads)",
+    ),
     # The output guard (serving/runtime.py OutputGuard): an action that is NaN/Inf or beyond these
     # bounds (+ slack) is never published; the safe action is, and the guarded output is counted.
     Param(
@@ -138,7 +150,22 @@ EXPERIENCE_BUFFER = [
     ),
     Param("raw_task", "reach-v3", "Task tag of raw-topic records"),
     Param("raw_source", "correction", "Source tag of raw-topic records: demonstration, correction or bag"),
-    Param("episode_gap_s", 2.0, "Raw topics: a pause longer than this starts a new episode (s)", min=0.0, max=3600.0),
+    Param(
+        "episode_gap_s",
+        2.0,
+        "Raw topics without the bag's /lifelong_ros/experience info: a pause longer than this starts a new episode (s)",
+        min=0.0,
+        max=3600.0,
+    ),
+    Param(
+        "raw_pair_window_s",
+        0.5,
+        "Raw topics with the bag's /lifelong_ros/experience info (a bag written by `lifelong-ros export-bag`): an "
+        "action and an info message arriving further apart than this are not one step (s)",
+        min=0.0001,
+        max=60.0,
+    ),
+    Param("executor", "events", "Executor the node spins in: events, single or multi (2 threads)"),
     Param("batch_size", 256, "Records per store transaction", min=1, max=1_000_000),
     Param("flush_period_s", 0.2, "Longest time a received record waits before it is written (s)", min=0.001, max=60.0),
     Param("durability", "process", "Store durability: 'process' (survives kill -9) or 'power' (fsync per commit)"),
@@ -180,6 +207,7 @@ SAFETY_MONITOR = [
         min=0.05,
         max=60.0,
     ),
+    Param("gate_feedback_period_s", 0.5, "Period of the Gate action's feedback (s)", min=0.05, max=10.0),
 ]
 # Sections declared field by field from a core config dataclass: `gate.<field>`, `watchdog.<field>`.
 SAFETY_MONITOR_SECTIONS = {

@@ -5,6 +5,11 @@ A thin shell over spec.py (messages <-> vectors, stream alignment with a max age
 matching sha256, and swaps when the safety monitor announces a new active version — on a separate
 thread, so the observation callback never waits on loading, learning or disk. Never imports torch.
 
+A managed (lifecycle) node: ``configure`` loads the spec and the registry, requests the active
+version and creates the topics; ``activate`` starts publishing actions; ``deactivate`` stops
+actuating at once (the node keeps observing and swapping); ``cleanup`` drops it all. The launch
+files bring it to active; standalone, ``-p autostart:=true`` does, or `ros2 lifecycle set`.
+
 Interfaces:
   subscribes the spec's observation topics (best effort), active_version (ModelVersion, latched;
             remap to safety_monitor/active), task (std_msgs/String, latched)
@@ -16,7 +21,7 @@ safe_action): a NaN/Inf or out-of-bounds action is never published on the action
 action is, the output is counted (status ``guarded``) and a throttled warning says why. ~/output
 carries what the model computed, so the safety monitor's watchdog counts the bad action toward its
 out-of-bounds rate and rolls the model back (PolicyOutput has no field to mark a guarded output).
-  services  ~/get_status (GetStatus)
+  services  ~/get_status (GetStatus), the lifecycle services (~/change_state, ~/get_state, ...)
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.node import Node
+from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.publisher import Publisher
+from rclpy.subscription import Subscription
 from std_msgs.msg import String
 
 from lifelong_ros import paths
@@ -48,31 +56,34 @@ from . import params as P
 NODE_NAME = "policy_server"
 
 
-class PolicyServer(Node):
+class PolicyServer(LifecycleNode):
+    """A managed node: unconfigured -> configure (spec, registry, the active model, topics) -> inactive
+    (observing only) -> activate (actions published) -> deactivate (actuation stops at once)."""
+
     def __init__(self) -> None:
         super().__init__(NODE_NAME)
         p = c.declare(self, P.POLICY_SERVER)
         self._p = p
-        self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
-        self._guard = OutputGuard(
-            low=list(p["action_low"]),
-            high=list(p["action_high"]),
-            slack=float(p["action_bounds_slack"]),
-            safe_action=p["safe_action"],
-        )
-        self._guard.bounds(self.spec.act_dim)  # a bound list of the wrong length fails here, at start-up
-        self.registry = ModelRegistry(paths.registry_dir(p["data_dir"]), recover=False)  # read-only use
+        if p["executor"] not in c.EXECUTORS:
+            raise ValueError(f"parameter executor={p['executor']!r}: expected one of {', '.join(c.EXECUTORS)}")
+        self.executor_kind = p["executor"]
+        self.autostart = bool(p["autostart"])
+        self._classes = ros_classes()
+        self._task = p["task"]
+        self._enabled = bool(p["enabled"])  # the operator's switch (parameter `enabled`)
+        self._active = False  # the lifecycle's: actions are published only while active
+        self._configured = False
+        self.spec: Any = None
+        self.registry: ModelRegistry | None = None
         self.runtime: PolicyRuntime | None = None
         self._model_tasks: dict[str, list[str]] = {}  # version -> ordered tasks (head i = task i)
-        self._task = p["task"]
-        self._enabled = bool(p["enabled"])
-        self._classes = ros_classes()
-        self._swapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-swap")
+        self._swapper: ThreadPoolExecutor | None = None
         self._swap_lock = threading.Lock()
         self._wanted = ""  # last version announced as active
-        self._aligner = StreamAligner(self.spec.observation.topics, self.spec.observation.max_age_s)
-        # One clock for all streams: header stamps when every stream has a header, else receive time.
-        self._receive_time = not all(s.has_header for s in self.spec.observation.streams)
+        self._entities: list[Any] = []  # subscriptions, publishers, timer made by on_configure
+        self._action_pubs: dict[str, Any] = {}
+        self._output_pub: Any = None
+        self._experience_pub: Any = None
         self._last_stamp: dict[str, int] = {}
         self._episode, self._step, self._last_act_ns = "", 0, 0
         self._run_id = f"ps{time.time_ns() // 1_000_000}"
@@ -90,44 +101,117 @@ class PolicyServer(Node):
         }
         self._problem = ""
         self._inference_us = 0.0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.health = c.Health(self, self._status, p["diagnostics_period_s"])
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def configured(self) -> bool:
+        """True between a successful configure and cleanup/shutdown."""
+        return self._configured
+
+    def on_configure(self, state: Any) -> TransitionCallbackReturn:
+        """Load the spec and the registry, request the active version, create the topics."""
+        p = self._p
+        try:
+            self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
+            self._guard = OutputGuard(
+                low=list(p["action_low"]),
+                high=list(p["action_high"]),
+                slack=float(p["action_bounds_slack"]),
+                safe_action=p["safe_action"],
+            )
+            self._guard.bounds(self.spec.act_dim)  # a bound list of the wrong length fails here
+            self.registry = ModelRegistry(paths.registry_dir(p["data_dir"]), recover=False)  # read-only use
+        except (SpecError, OSError, ValueError, RegistryError) as exc:
+            self._problem = f"configure failed: {exc}"
+            self.get_logger().error(self._problem)
+            return TransitionCallbackReturn.FAILURE
+        self._swapper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy-swap")
+        self._aligner = StreamAligner(self.spec.observation.topics, self.spec.observation.max_age_s)
+        # One clock for all streams: header stamps when every stream has a header, else receive time.
+        self._receive_time = not all(s.has_header for s in self.spec.observation.streams)
+        self._last_stamp = {}
 
         # Observation callbacks, the timer and announcements share one mutually exclusive group:
         # the aligner and episode counters are then touched by one thread at a time.
         group = MutuallyExclusiveCallbackGroup()
         first = self.spec.observation.streams[0]
+        made = self._entities
         for stream in self.spec.observation.streams:
             trigger = stream is first and p["control_rate_hz"] <= 0
-            self.create_subscription(
-                self._classes(stream.type),
-                stream.topic,
-                partial(self._on_observation, stream, trigger),
-                c.SENSOR_QOS,
-                callback_group=group,
+            made.append(
+                self.create_subscription(
+                    self._classes(stream.type),
+                    stream.topic,
+                    partial(self._on_observation, stream, trigger),
+                    c.SENSOR_QOS,
+                    callback_group=group,
+                )
             )
         self._action_pubs = {
             s.topic: self.create_publisher(self._classes(s.type), s.topic, c.COMMAND_QOS)
             for s in self.spec.action.streams
         }
+        made.extend(self._action_pubs.values())
         self._output_pub = self.create_publisher(PolicyOutput, "~/output", c.EVENT_QOS)
-        self._experience_pub = (
-            self.create_publisher(ExperienceRecord, "~/experience", c.EXPERIENCE_QOS)
-            if p["publish_experience"]
-            else None
+        made.append(self._output_pub)
+        if p["publish_experience"]:
+            self._experience_pub = self.create_publisher(ExperienceRecord, "~/experience", c.EXPERIENCE_QOS)
+            made.append(self._experience_pub)
+        made.append(
+            self.create_subscription(
+                ModelVersion, "active_version", self._on_active, c.LATCHED_QOS, callback_group=group
+            )
         )
-        self.create_subscription(ModelVersion, "active_version", self._on_active, c.LATCHED_QOS, callback_group=group)
-        self.create_subscription(String, "task", self._on_task_msg, c.LATCHED_QOS, callback_group=group)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        made.append(self.create_subscription(String, "task", self._on_task_msg, c.LATCHED_QOS, callback_group=group))
         if p["control_rate_hz"] > 0:
-            self.create_timer(1.0 / p["control_rate_hz"], self._act, callback_group=group)
-        self.health = c.Health(self, self._status, p["diagnostics_period_s"])
-
+            made.append(self.create_timer(1.0 / p["control_rate_hz"], self._act, callback_group=group))
+        self._configured = True
         active = self.registry.active()
         if active:
             self._request_swap(active, "")
         self.get_logger().info(
-            f"spec {self.spec.name or p['spec']}: obs {self.spec.obs_dim} from {self.spec.observation.topics}, "
-            f"action {self.spec.act_dim} to {self.spec.action.topics}; active version {active or '(none yet)'}"
+            f"configured: spec {self.spec.name or p['spec']}: obs {self.spec.obs_dim} from "
+            f"{self.spec.observation.topics}, action {self.spec.act_dim} to {self.spec.action.topics}; "
+            f"active version {active or '(none yet)'}"
         )
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: Any) -> TransitionCallbackReturn:
+        self._active = True
+        self.get_logger().info("active: publishing actions")
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: Any) -> TransitionCallbackReturn:
+        self._active = False  # checked before every action: the next observation is only observed
+        self.get_logger().info("inactive: observing only, no actions")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: Any) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: Any) -> TransitionCallbackReturn:
+        self._active = False
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        self._configured = False
+        if self._swapper is not None:
+            self._swapper.shutdown(wait=True, cancel_futures=True)
+            self._swapper = None
+        for entity in self._entities:
+            if isinstance(entity, Subscription):
+                self.destroy_subscription(entity)
+            elif isinstance(entity, Publisher):
+                self.destroy_publisher(entity)
+            else:
+                self.destroy_timer(entity)
+        self._entities = []
+        self._action_pubs, self._output_pub, self._experience_pub = {}, None, None
+        self.runtime, self._wanted = None, ""
 
     # ------------------------------------------------------------------ observations -> action
     def _on_observation(self, stream: Any, trigger: bool, msg: Any) -> None:
@@ -138,16 +222,18 @@ class PolicyServer(Node):
             self._problem = str(exc)
             self.get_logger().warning(str(exc), throttle_duration_sec=5.0)
             return
-        stamp = c.now_ns(self) if self._receive_time else header_stamp_ns(msg)
+        now = c.now_ns(self)  # one clock read per message (rclpy's Clock.now() is not free)
+        stamp = now if self._receive_time else header_stamp_ns(msg)
         self._aligner.push(stream.topic, stamp, value)
         self._last_stamp[stream.topic] = stamp
         if trigger:
-            self._act()
+            self._act(now)
 
-    def _act(self) -> None:
-        if not self._enabled:
+    def _act(self, now: int | None = None) -> None:
+        if not (self._active and self._enabled):
             return
-        now = c.now_ns(self)
+        if now is None:  # the control-rate timer
+            now = c.now_ns(self)
         parts = self._aligner.get(now)
         if parts is None:
             self._counts["stale"] += 1
@@ -262,6 +348,8 @@ class PolicyServer(Node):
         self._request_swap(msg.version, msg.sha256)
 
     def _request_swap(self, version: str, announced_sha256: str) -> None:
+        if self._swapper is None:  # not configured
+            return
         self._wanted = version
         self._swapper.submit(self._swap, version, announced_sha256)
 
@@ -269,6 +357,8 @@ class PolicyServer(Node):
         """Runs on the swap thread: verify with the registry (approved, sha256), build, switch."""
         with self._swap_lock:
             if version != self._wanted or (self.runtime is not None and self.runtime.version == version):
+                return
+            if self.registry is None:
                 return
             try:
                 data, sha = self.registry.load_for_serving(version)  # refuses unapproved / altered models
@@ -316,8 +406,17 @@ class PolicyServer(Node):
         values = dict(
             self._counts, task=self._task, enabled=self._enabled, inference_us=self._inference_us, problem=self._problem
         )
+        values["lifecycle"] = "active" if self._active else ("inactive" if self._configured else "unconfigured")
+        if not self._configured:
+            return m.Status(
+                m.WARN, f"unconfigured: not serving ({self._problem or 'waiting for configure'})", values, ""
+            )
         if rt is None:
             return m.Status(m.WARN, "no model loaded (waiting for an active version)", values, "")
+        if not self._active:
+            return m.Status(
+                m.WARN, f"inactive: observing only (serving {rt.version} once activated)", values, rt.version
+            )
         if not self._enabled:
             return m.Status(m.WARN, f"disabled by the operator (serving {rt.version} once enabled)", values, rt.version)
         values.update({f"runtime_{k}": v for k, v in rt.stats().items() if k not in ("sha256",)})
@@ -330,19 +429,27 @@ class PolicyServer(Node):
         return m.Status(m.OK, f"serving {rt.version} for {self._task}", values, rt.version)
 
     def destroy_node(self) -> None:
-        self._swapper.shutdown(wait=True, cancel_futures=True)
+        self._active = False
+        if self._swapper is not None:
+            self._swapper.shutdown(wait=True, cancel_futures=True)
         super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
+    c.sigterm_like_sigint()
     node = None
     try:
         node = PolicyServer()
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
+        if node.autostart:  # standalone use; launch files drive the transitions instead
+            node.trigger_configure()
+            if node.configured:
+                node.trigger_activate()
+        rclpy.spin(node, executor=c.make_executor(node.executor_kind))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        c.ignore_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -5,7 +5,8 @@ one node that moves the active pointer; every move is announced on ~/active (rel
 transient-local) so the policy server, and any node that starts later, switch to it.
 
 Interfaces:
-  services  ~/gate (GateCandidate), ~/rollback (Rollback), ~/list_versions (ListVersions),
+  action    ~/gate (Gate: feedback while queued/evaluating; cancel while queued)
+  services  ~/gate (GateCandidate, the same synchronously), ~/rollback (Rollback), ~/list_versions (ListVersions),
             ~/get_status (GetStatus)
   publishes ~/active (ModelVersion, latched), ~/gate_report (GateReport, latched), /diagnostics
   subscribes policy_output (PolicyOutput) and episode_result (EpisodeResult) for the watchdog,
@@ -19,11 +20,13 @@ import time
 from typing import Any
 
 import rclpy
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
 from lifelong_ros import paths
+from lifelong_ros.action import Gate
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
 from lifelong_ros.orchestration import gate_version, promote
@@ -65,6 +68,16 @@ class SafetyMonitor(Node):
         self._active_pub = self.create_publisher(ModelVersion, "~/active", c.LATCHED_QOS)
         self._report_pub = self.create_publisher(GateReport, "~/gate_report", c.LATCHED_QOS)
         self.create_service(GateCandidate, "~/gate", self._on_gate, callback_group=slow)
+        self._evaluating: set[bytes] = set()  # ids of Gate goals whose evaluation runs (cancel refused)
+        self._gate_server = ActionServer(
+            self,
+            Gate,
+            "~/gate",
+            self._execute_gate,
+            goal_callback=self._on_gate_goal,
+            cancel_callback=self._on_gate_cancel,
+            callback_group=slow,
+        )
         self.create_service(Rollback, "~/rollback", self._on_rollback, callback_group=fast)
         self.create_service(ListVersions, "~/list_versions", self._on_list, callback_group=fast)
         self.create_subscription(
@@ -102,46 +115,125 @@ class SafetyMonitor(Node):
 
     # ------------------------------------------------------------------ gate
     def _on_gate(self, request: Any, response: Any) -> Any:
-        try:
-            info = self.registry.info(check_version_id(request.version, "~/gate version"))
-        except RegistryError as exc:
-            return self._refuse(str(exc))
-        if info.decision != "candidate":
-            return self._refuse(f"{request.version} was already decided ({info.decision!r}); only candidates are gated")
+        """The GateCandidate service: the same as a Gate goal, answered synchronously."""
+        info, why = self._candidate(request.version)
+        if info is None:
+            return self._refuse(why)
         with self._gate_lock:
-            t0 = time.perf_counter()
+            out = self._decide(info, bool(request.activate))
+        return m.gate_candidate_response(c.KIT, **out)
+
+    def _candidate(self, version: str) -> tuple[Any, str]:
+        """(VersionInfo, "") of a gateable candidate, or (None, why not)."""
+        try:
+            info = self.registry.info(check_version_id(version, "~/gate version"))
+        except RegistryError as exc:
+            return None, str(exc)
+        if info.decision != "candidate":
+            return None, f"{version} was already decided ({info.decision!r}); only candidates are gated"
+        return info, ""
+
+    def _decide(self, info: Any, activate_requested: bool, on_phase: Any = None) -> dict[str, Any]:
+        """Evaluate ``info`` (the caller holds the gate lock), publish the report, promote if approved and asked."""
+        t0 = time.perf_counter()
+        try:
+            report = self._evaluate(info)
+        except Exception as exc:  # noqa: BLE001 - answer the caller with the reason, keep serving
+            message = f"gate could not evaluate {info.id}: {type(exc).__name__}: {exc}"
+            self.get_logger().warning(message)
+            return {"success": False, "message": message, "active_version": self.registry.active() or ""}
+        msg = self._report_msg(report, time.perf_counter() - t0)
+        self._report_pub.publish(msg)
+        self._count(report.decision)
+        activate = activate_requested and bool(self._p["auto_activate"])
+        activated = False
+        if report.decision == "pending_shadow":
+            self._shadow = {"version": info.id, "runner": self.gate.shadow_runner(info.id), "activate": activate}
+            message = (
+                f"{info.id} passed the offline checks; shadow stage running for "
+                f"{self.gate.config.shadow_steps} steps beside {report.active}"
+            )
+        elif report.decision == "approved" and activate:
+            if on_phase is not None:
+                on_phase("activating")
             try:
-                report = self._evaluate(info)
-            except Exception as exc:  # noqa: BLE001 - answer the caller with the reason, keep serving
-                return self._refuse(f"gate could not evaluate {request.version}: {type(exc).__name__}: {exc}")
-            msg = self._report_msg(report, time.perf_counter() - t0)
-            self._report_pub.publish(msg)
-            self._count(report.decision)
-            activate = bool(request.activate) and bool(self._p["auto_activate"])
-            activated = False
-            if report.decision == "pending_shadow":
-                self._shadow = {"version": info.id, "runner": self.gate.shadow_runner(info.id), "activate": activate}
-                message = (
-                    f"{info.id} passed the offline checks; shadow stage running for "
-                    f"{self.gate.config.shadow_steps} steps beside {report.active}"
-                )
-            elif report.decision == "approved" and activate:
-                try:
-                    self._promote(info.id, f"gate approved ({report.reason()})")
-                    activated, message = True, f"{info.id} approved and active"
-                except (RegistryError, OSError) as exc:
-                    message = f"{info.id} approved but could not be activated: {exc}"
-            else:
-                message = f"{info.id} {report.decision}: {report.reason()}"
+                self._promote(info.id, f"gate approved ({report.reason()})")
+                activated, message = True, f"{info.id} approved and active"
+            except (RegistryError, OSError) as exc:
+                message = f"{info.id} approved but could not be activated: {exc}"
+        else:
+            message = f"{info.id} {report.decision}: {report.reason()}"
         self.get_logger().info(message)
-        return m.gate_candidate_response(
-            c.KIT,
-            success=True,
-            message=message,
-            report=msg,
-            activated=activated,
-            active_version=self.registry.active() or "",
-        )
+        return {
+            "success": True,
+            "message": message,
+            "report": msg,
+            "activated": activated,
+            "active_version": self.registry.active() or "",
+        }
+
+    # ------------------------------------------------------------------ gate action
+    def _on_gate_goal(self, goal: Any) -> GoalResponse:
+        info, why = self._candidate(goal.version)
+        if info is None:  # refused up front: the client reads the reason in this node's log and gets REJECTED
+            self.get_logger().warning(f"Gate goal rejected: {why}")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _on_gate_cancel(self, goal_handle: Any) -> CancelResponse:
+        if bytes(goal_handle.goal_id.uuid) in self._evaluating:
+            self.get_logger().warning("Gate cancel refused: the evaluation is running and will record its verdict")
+            return CancelResponse.REJECT
+        return CancelResponse.ACCEPT
+
+    def _execute_gate(self, goal_handle: Any) -> Any:
+        goal, key, t0 = goal_handle.request, bytes(goal_handle.goal_id.uuid), time.monotonic()
+        phase = ["queued"]
+
+        def feedback(now: str | None = None) -> None:
+            if now:
+                phase[0] = now
+            goal_handle.publish_feedback(m.gate_feedback(c.KIT, phase=phase[0], elapsed_s=time.monotonic() - t0))
+
+        def result(**fields: Any) -> Any:
+            return m.gate_result(c.KIT, active_version=self.registry.active() or "", **fields)
+
+        feedback()
+        while not self._gate_lock.acquire(timeout=self._p["gate_feedback_period_s"]):
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+                return result(success=False, message=f"cancelled while queued; {goal.version} was not evaluated")
+            feedback()
+        try:
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+                return result(success=False, message=f"cancelled while queued; {goal.version} was not evaluated")
+            info, why = self._candidate(goal.version)  # decided meanwhile by another request?
+            if info is None:
+                goal_handle.abort()
+                return result(success=False, message=why)
+            self._evaluating.add(key)
+            stop = threading.Event()
+            ticker = threading.Thread(target=self._tick, args=(stop, feedback), daemon=True)
+            feedback("evaluating")
+            ticker.start()
+            try:
+                out = self._decide(info, bool(goal.activate), on_phase=feedback)
+            finally:
+                stop.set()
+                ticker.join()
+                self._evaluating.discard(key)
+        finally:
+            self._gate_lock.release()
+        if out["success"]:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return m.gate_result(c.KIT, **out)
+
+    def _tick(self, stop: threading.Event, feedback: Any) -> None:
+        while not stop.wait(self._p["gate_feedback_period_s"]):
+            feedback()
 
     def _evaluate(self, info: Any) -> Any:
         """The gate on the store's held-out ground truth (read-only: the experience_buffer is the writer)."""
@@ -262,13 +354,15 @@ class SafetyMonitor(Node):
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
+    c.sigterm_like_sigint()
     node = None
     try:
         node = SafetyMonitor()
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))  # a long gate goal holds one thread
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        c.ignore_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

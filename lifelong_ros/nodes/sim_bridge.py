@@ -259,6 +259,7 @@ class SimBridge(Node):
 
 def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
+    c.sigterm_like_sigint()
     node = None
     try:
         node = SimBridge()
@@ -266,6 +267,7 @@ def main(args: list[str] | None = None) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        c.ignore_signals()
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -44,14 +45,27 @@ def _core_imports(node: str) -> set[str]:
     return mods
 
 
-def _run(code: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+def _run(code: str, tmp_path: Path) -> dict:
+    """Run ``code`` in a fresh interpreter that imports the same lifelong_ros as this test process.
+
+    Not from the source tree: under `colcon test` that is the *installed* package (with the
+    generated interfaces), so the working directory is a scratch folder (``python -c`` puts the
+    working directory first on sys.path) and the package's parent leads PYTHONPATH.
+    """
+    import lifelong_ros
+
+    parent = str(Path(lifelong_ros.__file__).parent.parent)  # not resolved: a --symlink-install tree stays itself
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [parent, os.environ.get("PYTHONPATH", "")]))}
+    code = f"import lifelong_ros, json, sys\nassert lifelong_ros.__file__ == {lifelong_ros.__file__!r}, lifelong_ros.__file__\n{code}"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("node", TORCH_FREE)
-def test_serving_nodes_core_never_imports_torch(node):
+def test_serving_nodes_core_never_imports_torch(node, tmp_path):
     mods = sorted(_core_imports(node) | {"lifelong_ros.nodes.messages", "lifelong_ros.nodes.params"})
     assert "lifelong_ros.serving.runtime" in mods or node != "policy_server"
     code = (
@@ -59,7 +73,7 @@ def test_serving_nodes_core_never_imports_torch(node):
         + "".join(f"import {m}\n" for m in mods)
         + "print(json.dumps({'torch': 'torch' in sys.modules, 'rclpy': 'rclpy' in sys.modules}))"
     )
-    got = _run(code)
+    got = _run(code, tmp_path)
     assert got == {"torch": False, "rclpy": False}, f"{node} core modules {mods} imported {got}"
 
 
@@ -72,11 +86,29 @@ def _ros_available() -> bool:
     reason="rclpy or the built lifelong_ros interfaces are not importable (source a colcon workspace to run this)",
 )
 @pytest.mark.parametrize("node", TORCH_FREE)
-def test_serving_node_modules_never_import_torch(node):
+def test_serving_node_modules_never_import_torch(node, tmp_path):
     got = _run(
-        f"import json, sys\nimport lifelong_ros.nodes.{node}\nprint(json.dumps({{'torch': 'torch' in sys.modules}}))"
+        f"import json, sys\nimport lifelong_ros.nodes.{node}\nprint(json.dumps({{'torch': 'torch' in sys.modules}}))",
+        tmp_path,
     )
     assert got == {"torch": False}
+
+
+@pytest.mark.skipif(
+    not _ros_available(),
+    reason="rclpy or the built lifelong_ros interfaces are not importable (source a colcon workspace to run this)",
+)
+def test_installed_package_finds_config_and_specs_in_its_share_directory(tmp_path):
+    got = _run(
+        "from ament_index_python.packages import get_package_share_directory as share\n"
+        "from pathlib import Path\n"
+        "from lifelong_ros import paths\n"
+        "found = (paths.config_dir() / 'spec_metaworld.yaml').resolve()\n"
+        "want = (Path(share('lifelong_ros')) / 'config' / 'spec_metaworld.yaml').resolve()\n"
+        "print(json.dumps({'same': found == want, 'found': str(found), 'want': str(want)}))",
+        tmp_path,
+    )
+    assert got["same"], got
 
 
 # --------------------------------------------------------------------------- config vs declared parameters
@@ -202,6 +234,8 @@ def test_every_node_main_has_the_standard_shutdown_shape(node):
     text = ast.unparse(main)
     for needle in (
         "rclpy.init(args=args)",
+        "c.sigterm_like_sigint()",
+        "c.ignore_signals()",
         "rclpy.spin(",
         "except (KeyboardInterrupt, ExternalShutdownException)",
         "node.destroy_node()",

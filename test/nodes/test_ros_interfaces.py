@@ -34,6 +34,9 @@ REQUIRED = {
     "lifelong_ros/action/Adapt_Goal",
     "lifelong_ros/action/Adapt_Result",
     "lifelong_ros/action/Adapt_Feedback",
+    "lifelong_ros/action/Gate_Goal",
+    "lifelong_ros/action/Gate_Result",
+    "lifelong_ros/action/Gate_Feedback",
     *(
         f"lifelong_ros/srv/{s}_{part}"
         for s in ("Rollback", "ListVersions", "GetStatus", "SetRecording", "GateCandidate")
@@ -341,6 +344,14 @@ def test_policy_output_episode_result_and_adapt_parts_round_trip(kit):
     assert {x.name: (x.value, x.unit) for x in res.metrics} == {"final_loss": (0.01, "mse"), "train_s": (3.0, "s")}
 
 
+def test_gate_action_result_and_feedback_build_with_every_field(kit):
+    res = m.gate_result(kit, success=False, message="cancelled while queued; v0002 was not evaluated")
+    back = roundtrip(kit, res, "lifelong_ros/action/Gate_Result")
+    assert back.message == res.message and not back.success and back.report.candidate_version == ""
+    fb = m.gate_feedback(kit, phase="evaluating", elapsed_s=1.5)
+    assert roundtrip(kit, fb, "lifelong_ros/action/Gate_Feedback") == fb
+
+
 def test_service_responses_build_with_every_field(kit):
     st = m.Status(m.WARN, "no active version yet", {"records": 10, "rate": 0.5}, "")
     cases = {
@@ -382,7 +393,9 @@ READS = {
     ("learner", "_on_goal", "goal"): "lifelong_ros/action/Adapt_Goal",
     ("learner", "_run", "goal"): "lifelong_ros/action/Adapt_Goal",
     ("learner", "_execute", "goal"): "lifelong_ros/action/Adapt_Goal",
-    ("learner", "_run", "response"): "lifelong_ros/srv/GateCandidate_Response",
+    ("learner", "_run", "response"): "lifelong_ros/action/Gate_Result",
+    ("safety_monitor", "_on_gate_goal", "goal"): "lifelong_ros/action/Gate_Goal",
+    ("safety_monitor", "_execute_gate", "goal"): "lifelong_ros/action/Gate_Goal",
     ("experience_buffer", "_on_set_recording", "request"): "lifelong_ros/srv/SetRecording_Request",
     ("policy_server", "_on_active", "msg"): "lifelong_ros/msg/ModelVersion",
     ("sim_bridge", "_on_policy_output", "msg"): "lifelong_ros/msg/PolicyOutput",

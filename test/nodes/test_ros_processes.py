@@ -1,0 +1,300 @@
+"""Every node as its own process on a real ROS 2 graph: clean exit on SIGINT and SIGTERM (exit code 0,
+no traceback, the learner's worker process gone too), and a learner whose worker is killed mid-goal
+aborts the goal with the reason and registers nothing.
+
+Needs a sourced ROS 2 Jazzy workspace with lifelong_ros built (`colcon test` registers this file),
+plus the pip packages of the core. Without ROS the whole module is skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+rclpy = pytest.importorskip(
+    "rclpy",
+    reason="ROS 2 is not installed (no rclpy): these tests need a sourced ROS 2 Jazzy workspace with lifelong_ros built",
+)
+pytest.importorskip(
+    "lifelong_ros.msg", reason="lifelong_ros interfaces are not built: colcon build, then source install/setup.bash"
+)
+
+from rclpy.action import ActionClient  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+
+from lifelong_ros.action import Adapt  # noqa: E402
+from lifelong_ros.srv import GetStatus  # noqa: E402
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+NODES = ("policy_server", "experience_buffer", "learner", "safety_monitor", "sim_bridge")
+
+
+def _running(pid: int) -> bool:
+    """True while ``pid`` is a live process (a zombie waiting for its reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _start(node: str, data: Path, log: Path, *params: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", f"lifelong_ros.nodes.{node}", "--ros-args", "-p", f"data_dir:={data}"]
+    for p in params:
+        args += ["-p", p]
+    return subprocess.Popen(
+        args,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,  # a signal reaches this node only, as when launch signals one process
+    )
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("lifelong_ros_process_probe", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def wait(self, future, timeout: float, what: str):
+        done = threading.Event()
+        future.add_done_callback(lambda _f: done.set())
+        assert done.wait(timeout), f"{what}: no answer within {timeout} s"
+        return future.result()
+
+    def status(self, node: str, timeout: float = 90.0):
+        client = self.node.create_client(GetStatus, f"/{node}/get_status")
+        try:
+            assert client.wait_for_service(timeout_sec=timeout), f"/{node}/get_status not available"
+            return self.wait(client.call_async(GetStatus.Request()), 30.0, f"/{node}/get_status")
+        finally:
+            self.node.destroy_client(client)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def probe():
+    p = Probe()
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_every_node_exits_cleanly_on_a_signal(sig, probe, tmp_path):
+    procs = {
+        n: _start(n, tmp_path / "data", tmp_path / f"{n}.log", *(["autostart:=true"] if n == "policy_server" else []))
+        for n in NODES
+    }
+    try:
+        for n in NODES:
+            st = probe.status(n)
+            assert st.node_name == f"/{n}", st.node_name
+        worker = int({kv.key: kv.value for kv in probe.status("learner").values}["worker_pid"])
+        assert _running(worker)
+        for p in procs.values():
+            p.send_signal(sig)
+        codes = {}
+        for n, p in procs.items():
+            try:
+                codes[n] = p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                codes[n] = "still running 15 s after the signal"
+        logs = {n: (tmp_path / f"{n}.log").read_text() for n in NODES}
+        assert codes == dict.fromkeys(NODES, 0), {n: (codes[n], logs[n][-1500:]) for n in NODES if codes[n] != 0}
+        tracebacks = {n: text[-2000:] for n, text in logs.items() if "Traceback" in text}
+        assert not tracebacks, tracebacks
+        end = time.monotonic() + 10
+        while _running(worker) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not _running(worker), f"learner worker pid {worker} outlived its node"
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _seed_store(data: Path, task: str, episodes: int = 20) -> None:
+    from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.sim.metaworld import collect_demonstrations
+
+    data.mkdir(parents=True, exist_ok=True)
+    with ExperienceStore(data / "experience.sqlite3", 39, 4) as store:
+        for k, ep in enumerate(collect_demonstrations(task, range(episodes), max_steps=150)):
+            store.append_episode(task, f"seed-{k}", ep.obs, ep.action, ep.reward, source="demonstration")
+
+
+def test_worker_killed_mid_goal_aborts_with_the_reason_and_registers_nothing(probe, tmp_path):
+    from lifelong_ros.safety.registry import ModelRegistry
+
+    data = tmp_path / "data"
+    _seed_store(data, "reach-v3")
+    procs = {n: _start(n, data, tmp_path / f"{n}.log") for n in ("learner", "safety_monitor")}
+    try:
+        worker = int({kv.key: kv.value for kv in probe.status("learner").values}["worker_pid"])
+        client = ActionClient(probe.node, Adapt, "/learner/adapt")
+        assert client.wait_for_server(timeout_sec=30.0)
+        feedback: list = []
+        goal = Adapt.Goal(task="reach-v3", method="ewc_replay", shots=0, max_steps=100_000, max_seconds=0.0)
+        handle = probe.wait(
+            client.send_goal_async(goal, feedback_callback=lambda fb: feedback.append(fb.feedback)), 30, "goal"
+        )
+        assert handle.accepted
+        end = time.monotonic() + 120
+        while not any(f.step > 0 for f in feedback):  # training has begun in the worker
+            assert time.monotonic() < end, f"no training progress within 120 s: {[f.phase for f in feedback]}"
+            time.sleep(0.1)
+        os.kill(worker, signal.SIGKILL)
+        res = probe.wait(handle.get_result_async(), 60, "Adapt result")
+        assert res.status == 6, f"goal status {res.status}, expected ABORTED (6): {res.result.message}"  # ABORTED
+        assert not res.result.success and "worker" in res.result.message and "died" in res.result.message, (
+            res.result.message
+        )
+        assert res.result.candidate_version == ""
+        assert ModelRegistry(data / "registry").list() == [], "a version was registered from a killed job"
+        st = probe.status("learner")
+        assert st.level == 2 and "not running" in st.message, (st.level, st.message)  # ERROR: the worker is gone
+    finally:
+        for p in procs.values():
+            p.send_signal(signal.SIGINT)
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _ros2(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    return subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.skipif(shutil.which("ros2") is None, reason="the ros2 CLI is not on PATH")
+def test_cli_store_bag_and_registry_commands_run_with_ros2_run(tmp_path):
+    from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.paths import config_dir
+
+    data = tmp_path / "data"
+    _seed_store(data, "reach-v3", episodes=4)
+    with ExperienceStore(data / "experience.sqlite3", readonly=True) as store:
+        records = len(store)
+    out = _ros2(
+        "run", "lifelong_ros", "lifelong-ros", "store", "stats", "--store", str(data / "experience.sqlite3"), "--json"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["records"] == records
+    bag = tmp_path / "bag"
+    spec = str(config_dir() / "spec_metaworld.yaml")
+    store_file = str(data / "experience.sqlite3")
+    out = _ros2(
+        "run",
+        "lifelong_ros",
+        "lifelong-ros",
+        "export-bag",
+        str(bag),
+        "--store",
+        store_file,
+        "--spec",
+        spec,
+        "--retime",
+        "50",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = _ros2("bag", "info", str(bag))
+    assert out.returncode == 0 and "/lifelong_ros/observation" in out.stdout, out.stdout + out.stderr
+    # offline_learn with no --config and no --spec: the installed defaults from the share directory
+    learned = tmp_path / "learned"
+    out = _ros2(
+        *("run", "lifelong_ros", "offline_learn", "--bag", str(bag), "--task", "reach-v3"),
+        *("--data-dir", str(learned), "--no-gate", "--steps", "5", "--quiet"),
+    )
+    assert out.returncode == 0, out.stdout[-1000:] + out.stderr[-2000:]
+    assert json.loads(out.stdout)["imported_steps"] == records
+    version = _approved_model(data)
+    out = _ros2("run", "lifelong_ros", "lifelong-ros", "registry", "list", "--data-dir", str(data))
+    assert out.returncode == 0 and version in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+def _approved_model(data: Path, task: str = "reach-v3") -> str:
+    """An approved, active model in ``data``'s registry (a freshly initialised network: serving is what is tested)."""
+    import numpy as np
+    import torch
+
+    from lifelong_ros.learning.model import PolicyConfig, PolicyNet, export_onnx
+    from lifelong_ros.safety.registry import ModelRegistry
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(obs_dim=39, act_dim=4, hidden=(64, 64), num_heads=1)
+    net = PolicyNet(cfg)
+    net.set_normalizer(np.random.default_rng(0).normal(size=(64, 39)).astype(np.float32))
+    reg = ModelRegistry(data / "registry")
+    v = reg.register(export_onnx(net.eval()), tasks=[task], method="test", config={"policy": cfg.to_dict()})
+    reg.set_decision(v, "approved", reason="test model")
+    reg.promote(v, reason="test")
+    return v
+
+
+@pytest.mark.skipif(shutil.which("ros2") is None, reason="the ros2 CLI is not on PATH")
+def test_an_observation_from_ros2_topic_pub_produces_an_action(probe, tmp_path):
+    from std_msgs.msg import Float32MultiArray
+
+    from lifelong_ros.msg import PolicyOutput
+
+    data = tmp_path / "data"
+    version = _approved_model(data)
+    actions: list = []
+    outputs: list = []
+    probe.node.create_subscription(Float32MultiArray, "/lifelong_ros/action", actions.append, 10)
+    probe.node.create_subscription(PolicyOutput, "/policy_server/output", outputs.append, 10)
+    server = _start("policy_server", data, tmp_path / "policy_server.log", "autostart:=true")
+    try:
+        st = probe.status("policy_server")
+        end = time.monotonic() + 60
+        while st.active_version != version:
+            assert time.monotonic() < end, f"model {version} not loaded: {st.message}"
+            time.sleep(0.2)
+            st = probe.status("policy_server")
+        obs = ", ".join(["0.1"] * 39)
+        pub = _ros2(
+            "topic",
+            "pub",
+            "--times",
+            "3",
+            "-w",
+            "1",
+            "/lifelong_ros/observation",
+            "std_msgs/msg/Float32MultiArray",
+            f"{{data: [{obs}]}}",
+        )
+        assert pub.returncode == 0, pub.stderr[-2000:]
+        end = time.monotonic() + 10
+        while not actions and time.monotonic() < end:
+            time.sleep(0.05)
+        assert actions, "no action on /lifelong_ros/action after `ros2 topic pub` of an observation"
+        assert len(actions[0].data) == 4 and all(abs(x) < 1e6 for x in actions[0].data)
+        assert outputs and outputs[0].model_version == version
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=15) == 0
