@@ -6,8 +6,8 @@ times SafetyGate.evaluate on the 5-task candidate vs the active one, and prints 
 The baseline, run in the same process, is plain batched inference of both models over the same
 suites (the floor of any held-out comparison); the acceptance line is 60 s without rollouts.
 
-    python bench/gate.py                         # full run (rollouts: 10 episodes per task)
-    python bench/gate.py --quick                 # fewer demos/steps, rollouts 3 per task
+    python bench/gate.py                         # full run (closed loop: at most 50 paired episodes per task)
+    python bench/gate.py --quick                 # fewer demos/steps, at most 3 pairs per task
     python bench/gate.py --rollouts 0            # offline checks only
 """
 
@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=3000, help="BC steps per model")
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     ap.add_argument("--repeats", type=int, default=5, help="gate evaluations timed (offline checks)")
-    ap.add_argument("--rollouts", type=int, default=10, help="closed-loop episodes per task and model (0 = skip)")
+    ap.add_argument(
+        "--rollouts", type=int, default=50, help="closed-loop gate: max paired episodes per task (0 = skip)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads for training")
     ap.add_argument("--quick", action="store_true", help="8 demos, 4 held-out, 1500 steps, 3 rollouts")
     args = ap.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from lifelong_ros.safety.gate import GateConfig, OnnxPolicy, RegressionSuite, SafetyGate
     from lifelong_ros.safety.registry import ModelRegistry
     from lifelong_ros.sim.metaworld import stack_episodes
-    from lifelong_ros.sim.rollout import sim_rollout_fn
+    from lifelong_ros.sim.pool import RolloutPool
 
     tasks = list(args.tasks)
     t0 = time.perf_counter()
@@ -152,26 +154,29 @@ def main(argv: list[str] | None = None) -> int:
 
         rollout = None
         if args.rollouts > 0:
-            rgate = SafetyGate(reg, GateConfig(rollout_episodes=args.rollouts))
-            t1 = time.perf_counter()
-            rrep = rgate.evaluate(c_id, suites, decide=False, rollout_fn=sim_rollout_fn(), progress=True)
-            total_r = (time.perf_counter() - t1) * 1e3
+            rgate = SafetyGate(reg, GateConfig(closed_loop_max_pairs=args.rollouts))
+            with RolloutPool() as pool:
+                for f in pool.warm(tasks):  # worker start-up is paid once per run, not per gate
+                    f.result()
+                t1 = time.perf_counter()
+                rrep = rgate.evaluate(c_id, suites, decide=False, episodes=pool, progress=True)
+                total_r = (time.perf_counter() - t1) * 1e3
+                workers = pool.workers
             rollout = {
-                "episodes_per_task_and_model": args.rollouts,
+                "max_pairs_per_task": args.rollouts,
+                "workers": workers,
                 "gate_ms_total": total_r,
                 "gate_ms": rrep.timings_ms,
                 "decision": rrep.decision,
                 "failed": rrep.failed,
                 "per_task": {
                     c.task: {
-                        "successes": c.detail["successes"],
-                        "wilson_lower": c.value,
-                        "threshold": c.threshold,
-                        "passed": c.passed,
-                        "active_successes": c.detail.get("active_successes"),
+                        key: c.detail.get(key)
+                        for key in ("pairs", "decided_by", "candidate_success", "active_success", "drop")
                     }
+                    | {"passed": c.passed, "threshold": c.threshold}
                     for c in rrep.checks
-                    if c.kind == "rollout"
+                    if c.kind in ("closed_loop", "closed_loop_success")
                 },
             }
 

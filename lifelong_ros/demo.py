@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,12 +24,12 @@ from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.metrics import plot_matrix, summarize
 from lifelong_ros.learning.worker import AdaptJob, Learner
-from lifelong_ros.orchestration import Orchestrator
+from lifelong_ros.orchestration import Orchestrator, RetryPolicy, Update
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
 from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks, collect_demonstrations
-from lifelong_ros.sim.rollout import sim_rollout_fn
+from lifelong_ros.sim.pool import RolloutPool
 
 # Variation seeds: training demonstrations, held-out demonstrations (gate), evaluation rollouts.
 # Disjoint ranges, so every number below is measured on variations the learner never saw.
@@ -51,6 +52,8 @@ _RULES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "serve_rate_hz": (float, 0, 100_000, False),  # 0 = as fast as possible; negative is an error
     "gate_enabled": (bool, None, None, False),
     "gate_rollouts": (int, 0, None, False),
+    "gate_workers": (int, 0, 256, False),
+    "retries": (int, 0, 10, False),
 }
 
 
@@ -92,15 +95,31 @@ class DemoSettings:
     learner_threads: int = 1
     serve_rate_hz: float = 100.0  # control rate of the closed loop while learning (0 = as fast as possible)
     gate_enabled: bool = True  # False only for baselines: every candidate is promoted unchecked
-    gate_rollouts: int = 0  # > 0: the gate also runs this many closed-loop episodes per task and model
+    # closed-loop gate: at most this many paired episodes (candidate and active on the same held-out
+    # variation) per task, decided by a sequential test; 0 = off (held-out BC error only)
+    gate_rollouts: int = 50
+    gate_workers: int = 0  # closed-loop episode worker processes (0 = cores - 1)
+    retries: int = 2  # a rejected adaptation is retried this many times, each with a stronger recipe
     options: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def quick(cls, base: DemoSettings) -> DemoSettings:
         """The smoke-test loop: same sequence, far fewer demonstrations, steps and episodes."""
-        caps = {"demos_per_task": 15, "heldout_demos_per_task": 3, "eval_episodes": 5, "steps": 400, "max_steps": 150}
-        return cls(**{**asdict(base), **{k: min(getattr(base, k), v) for k, v in caps.items()}})
+        caps = {
+            "demos_per_task": 15,
+            "heldout_demos_per_task": 3,
+            "eval_episodes": 5,
+            "steps": 400,
+            "max_steps": 150,
+            "gate_rollouts": 20,
+            "retries": 1,
+        }
+        quick = cls(**{**asdict(base), **{k: min(getattr(base, k), v) for k, v in caps.items()}})
+        # a smoke-test budget learns less: a lower success floor for the new task (regressions on
+        # earlier tasks are still judged against the active model with the configured tolerance)
+        quick.gate = {"closed_loop_min_success": 0.5, **base.gate}
+        return quick
 
     def validate(self, where: str = "demo settings", check_tasks: bool = True) -> None:
         """ConfigError/ValueError naming the first bad setting and what was expected; runs before any work."""
@@ -124,10 +143,11 @@ class DemoSettings:
             raise ConfigError(f"{where}: {exc}") from exc
 
     def gate_config(self) -> dict[str, Any]:
-        """The gate's settings: the ``gate`` mapping, plus the rollout episodes when rollouts are on."""
+        """The gate's settings: the ``gate`` mapping, plus the episode cap when the closed loop is on."""
         cfg = dict(self.gate)
         if self.gate_rollouts > 0:
-            cfg["rollout_episodes"] = self.gate_rollouts
+            cfg.setdefault("closed_loop_max_pairs", self.gate_rollouts)
+            cfg.setdefault("closed_loop_seed", HELDOUT_SEED0)
         return cfg
 
 
@@ -276,6 +296,61 @@ def check_out_dir(out: Path) -> None:
         )
 
 
+def _attempt_record(
+    k: int,
+    update: Update,
+    steps: int,
+    options: dict[str, Any],
+    seed: int,
+    learn_s: float,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """One adaptation attempt for results.json: its recipe, verdict and the gate's per-task evidence."""
+    closed_loop = {}
+    if update.report is not None:
+        for c in update.report.checks:
+            if c.kind in ("closed_loop", "closed_loop_success") and c.task:
+                closed_loop[c.task] = {
+                    "passed": c.passed,
+                    "value": c.value,
+                    "threshold": c.threshold,
+                    **{
+                        key: c.detail.get(key)
+                        for key in ("pairs", "decided_by", "candidate_success", "active_success", "drop")
+                    },
+                }
+    return {
+        "attempt": k + 1,
+        "version": update.version,
+        "decision": update.decision,
+        "failed_checks": update.failed_checks,
+        "steps": steps,
+        "options": options,
+        "seed": seed,
+        "learning_s": round(learn_s, 3),
+        "gate_s": round(update.timings_s["gate"], 3),
+        "closed_loop": closed_loop,
+        "final_loss": metadata.get("metrics", {}).get("final_loss"),
+    }
+
+
+def _closed_loop_lines(update: Update) -> list[str]:
+    """The gate's closed-loop evidence per task, one line each, for the console."""
+    out = []
+    for c in update.report.checks if update.report is not None else []:
+        if c.kind == "closed_loop":
+            out.append(
+                f"{'PASS' if c.passed else 'FAIL'} {c.task}: success {c.detail['candidate_success']:.2f} vs active "
+                f"{c.detail['active_success']:.2f} on {c.detail['pairs']} paired episodes ({c.detail['decided_by']})"
+            )
+        elif c.kind == "closed_loop_success":
+            out.append(
+                f"{'PASS' if c.passed else 'FAIL'} {c.task} (new): success {c.detail['candidate_success']:.2f} "
+                f"(floor {c.threshold}) on {c.detail['pairs']} episodes ({c.detail['decided_by']})"
+            )
+    return out
+
+
 def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     """Run the loop; write results.json and the success-matrix heatmap under ``out``."""
     from tqdm import tqdm
@@ -290,9 +365,11 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     (data / DEMO_MARKER).write_text("data of a `lifelong-ros demo` run; the next run with the same --out replaces it\n")
     store = ExperienceStore(paths.store_path(data), OBS_DIM, ACT_DIM)
     registry = ModelRegistry(paths.registry_dir(data))
-    rollout_fn = None
-    if settings.gate_rollouts > 0:
-        rollout_fn = sim_rollout_fn(seed_base=HELDOUT_SEED0, max_steps=settings.max_steps)
+    pool = None
+    if settings.gate_enabled and settings.gate_rollouts > 0:
+        pool = RolloutPool(settings.gate_workers or None, max_steps=settings.max_steps)
+        pool.warm(settings.tasks[:1])  # start the workers while the first demonstrations are recorded
+    retry = RetryPolicy(retries=settings.retries)
     gate = SafetyGate(registry, GateConfig.from_dict(settings.gate_config()))
     tasks = settings.tasks
     n = len(tasks)
@@ -301,75 +378,99 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     runtime: PolicyRuntime | None = None
     loop: ClosedLoop | None = None
     t_run = time.perf_counter()
-    with Learner(threads=settings.learner_threads) as learner:
+    with Learner(threads=settings.learner_threads) as learner, pool or nullcontext():
         orchestrator = Orchestrator(
             registry,
             store.path,
             learner,
             gate if settings.gate_enabled else None,
             work_dir=paths.learner_dir(data),
-            rollout_fn=rollout_fn,
+            episodes=pool,
             approve_ungated=not settings.gate_enabled,
         )
         for i, task in enumerate(tasks):
             print(f"\n[{i + 1}/{n}] new task {task}: recording {settings.demos_per_task} demonstrations")
             records = record_demonstrations(store, task, settings, progress)
             t_last_demo = time.perf_counter()
-            active = registry.active()
-            bar = tqdm(
-                total=settings.steps,
-                desc=f"learning {task} ({settings.method})",
-                unit="step",
-                disable=not progress,
-                leave=False,
-            )
-
-            def on_progress(phase: str, step: int, loss: float, _bar=bar) -> None:
-                if phase == "train":
-                    _bar.n = step
-                    _bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                    _bar.refresh()
-
-            job = orchestrator.submit(
-                task,
-                method=settings.method,
-                steps=settings.steps,
-                seed=settings.seed + i,
-                options=settings.options,
-                job_id=f"demo-{i:03d}",
-                on_progress=on_progress,
-            )
-            served_before = loop.steps if loop else 0
-            late_before = loop.late_ticks if loop else 0
-            t_learn = time.perf_counter()
-            if (
-                loop is not None and active
-            ):  # keep serving the newest task the active model knows while the learner works
-                known = registry.info(active).tasks
-                loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
-            candidate = job.result()
-            bar.close()
-            learn_s = time.perf_counter() - t_learn
-            served = (loop.steps - served_before) if loop else 0
-            late = (loop.late_ticks - late_before) if loop else 0
-
-            update = orchestrator.finish(job, runtime=runtime)  # register, gate, promote (hot-swap) if approved
-            version, passed = update.version, update.approved
-            gate_s = update.timings_s["gate"]
+            attempts: list[dict[str, Any]] = []
+            update: Update | None = None
+            learn_total = gate_total = 0.0
+            served = late = 0
             swap_ms = None
-            if update.promoted and runtime is None:  # the first approved version: start serving
-                onnx_bytes, sha = registry.load_for_serving(version)
-                runtime = PolicyRuntime(onnx_bytes, version, expected_sha256=sha)
-                loop = ClosedLoop(runtime, store, settings)
-            elif update.promoted:  # the runtime was hot-swapped (sha256-verified, atomic) while serving
-                swap_ms = round(update.timings_s["swap"] * 1e3, 2)
+            for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe
+                steps_k, options_k, seed_k = retry.attempt(
+                    k, settings.method, settings.steps, settings.options, settings.seed + i
+                )
+                active = registry.active()
+                bar = tqdm(
+                    total=steps_k,
+                    desc=f"learning {task} ({settings.method}, attempt {k + 1})",
+                    unit="step",
+                    disable=not progress,
+                    leave=False,
+                )
+
+                def on_progress(phase: str, step: int, loss: float, _bar=bar) -> None:
+                    if phase == "train":
+                        _bar.n = step
+                        _bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                        _bar.refresh()
+
+                job = orchestrator.submit(
+                    task,
+                    method=settings.method,
+                    steps=steps_k,
+                    seed=seed_k,
+                    options=options_k,
+                    job_id=f"demo-{i:03d}" + (f"-retry{k}" if k else ""),
+                    on_progress=on_progress,
+                )
+                served_before = loop.steps if loop else 0
+                late_before = loop.late_ticks if loop else 0
+                t_learn = time.perf_counter()
+                if loop is not None and active:  # keep serving the newest task the active model knows
+                    known = registry.info(active).tasks
+                    loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
+                candidate = job.result()
+                bar.close()
+                learn_s = time.perf_counter() - t_learn
+                learn_total += learn_s
+                served += (loop.steps - served_before) if loop else 0
+                late += (loop.late_ticks - late_before) if loop else 0
+
+                update = orchestrator.finish(job, runtime=runtime, progress=progress)  # register, gate, promote
+                gate_total += update.timings_s["gate"]
+                if update.promoted and runtime is None:  # the first approved version: start serving
+                    onnx_bytes, sha = registry.load_for_serving(update.version)
+                    runtime = PolicyRuntime(onnx_bytes, update.version, expected_sha256=sha)
+                    loop = ClosedLoop(runtime, store, settings)
+                elif update.promoted:  # the runtime was hot-swapped (sha256-verified, atomic) while serving
+                    swap_ms = round(update.timings_s["swap"] * 1e3, 2)
+                attempts.append(_attempt_record(k, update, steps_k, options_k, seed_k, learn_s, candidate.metadata))
+                verdict = (
+                    ("approved" if settings.gate_enabled else "disabled")
+                    if update.approved
+                    else f"rejected ({update.reason})"
+                )
+                print(
+                    f"  attempt {k + 1}: candidate {update.version} ({steps_k} steps"
+                    + (f", {options_k}" if k else "")
+                    + f"): gate {verdict} in {update.timings_s['gate']:.1f} s (learning {learn_s:.1f} s)"
+                )
+                for line in _closed_loop_lines(update):
+                    print("    " + line)
+                if update.approved:
+                    break
+            assert update is not None
+            version, passed = update.version, update.approved
             to_verdict = time.perf_counter() - t_last_demo  # last demonstration -> serving (or rejected)
             time_to_adapt = to_verdict if passed else None
-            verdict = ("approved" if settings.gate_enabled else "disabled") if passed else f"rejected ({update.reason})"
-            what = "time to adapt" if passed else "production unchanged; time to verdict"
+            what = "time to adapt" if passed else "production unchanged after all attempts; time to verdict"
+            rate = served / learn_total if learn_total else 0.0
             print(
-                f"  candidate {version}: gate {verdict} in {gate_s:.1f} s; {what} {to_verdict:.1f} s "
-                f"(learning {learn_s:.1f} s, meanwhile {served} policy steps served at {served / learn_s:.0f} Hz)"
+                f"  {task}: {'approved' if passed else 'rejected'} after {len(attempts)} attempt(s); {what} "
+                f"{to_verdict:.1f} s (learning {learn_total:.1f} s, gate {gate_total:.1f} s; meanwhile {served} "
+                f"policy steps served at {rate:.0f} Hz)"
             )
 
             active = registry.active()
@@ -388,19 +489,20 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     "parent": update.parent,
                     "method": settings.method,
                     "decision": "approved" if passed else "rejected",
-                    "gate": "on" if settings.gate_enabled else "off",
+                    "gate": ("closed-loop" if pool is not None else "offline") if settings.gate_enabled else "off",
                     "failed_checks": update.failed_checks,
+                    "attempts": attempts,
                     "demonstration_records": records,
                     "timings_s": {
                         "time_to_adapt": time_to_adapt and round(time_to_adapt, 3),
                         "time_to_verdict": round(to_verdict, 3),
-                        "learning": round(learn_s, 3),
-                        "gate": round(gate_s, 3),
+                        "learning": round(learn_total, 3),
+                        "gate": round(gate_total, 3),
                         "swap_ms": swap_ms,
                         "train": candidate.metadata["metrics"].get("train_s"),
                     },
                     "served_steps_during_learning": served,
-                    "serving_rate_hz_during_learning": round(served / learn_s, 1) if served else None,
+                    "serving_rate_hz_during_learning": round(rate, 1) if served else None,
                     "late_control_ticks_during_learning": late,
                     "final_loss": candidate.metadata["metrics"].get("final_loss"),
                 }

@@ -8,6 +8,7 @@ candidate is trained, recorded and judged the same way, on the same ground truth
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -18,13 +19,56 @@ from typing import Any
 from lifelong_ros import paths
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
 from lifelong_ros.experience.store import ExperienceStore
-from lifelong_ros.learning.jobs import AdaptRequest, Candidate, ProgressFn
+from lifelong_ros.learning.jobs import RECIPES, AdaptRequest, Candidate, ProgressFn
+from lifelong_ros.learning.strategies import STRATEGIES
 from lifelong_ros.learning.worker import AdaptJob, Learner
-from lifelong_ros.safety.gate import GateReport, RegressionSuite, RolloutFn, SafetyGate, suites_from_store
+from lifelong_ros.safety.gate import EpisodeRunner, GateReport, RegressionSuite, SafetyGate, suites_from_store
 from lifelong_ros.safety.registry import ModelRegistry, Swappable, Transition
 
 # Metadata keys of a learner candidate that the registry records in their own fields.
 _RECORDED_KEYS = ("tasks", "method", "parent", "config", "data_range", "metrics", "target_task", "onnx_sha256")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an adaptation the gate rejected is tried again: a bounded number of times, each attempt
+    with a stronger recipe than the one before.
+
+    Attempt k (0 = as requested) trains ``step_factor**k`` times the steps, with ``ewc_factor**k``
+    times the EWC penalty (recipes that have one), task-balanced replay (recipes that replay) and a
+    new seed. A regression on an earlier task calls for stronger consolidation; a target task that
+    fell short of its success floor, for more steps.
+    """
+
+    retries: int = 2
+    step_factor: float = 1.5
+    ewc_factor: float = 4.0
+    balanced_replay: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"retries={self.retries!r}: expected an integer >= 0")
+        for name in ("step_factor", "ewc_factor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1 <= v <= 100:
+                raise ValueError(f"{name}={v!r}: expected a number in [1, 100]")
+
+    def attempt(
+        self, k: int, method: str, steps: int, options: Mapping[str, Any] | None, seed: int
+    ) -> tuple[int, dict[str, Any], int]:
+        """(steps, options, seed) of attempt ``k`` of an adaptation requested with these."""
+        opts = dict(options or {})
+        if k == 0:
+            return steps, opts, seed
+        recipe = RECIPES.get(method)
+        fields = set(STRATEGIES[recipe.strategy].options.field_names()) if recipe else set()
+        if "ewc_lambda" in fields:
+            defaults = dataclasses.asdict(STRATEGIES[recipe.strategy].options()) if recipe else {}
+            base = float(opts.get("ewc_lambda", defaults.get("ewc_lambda", 1.0)))
+            opts["ewc_lambda"] = base * self.ewc_factor**k
+        if "replay_ratio" in fields and self.balanced_replay:
+            opts["replay_ratio"] = "balanced"
+        return max(1, round(steps * self.step_factor**k)), opts, seed + 1000 * k
 
 
 def new_request(
@@ -115,14 +159,17 @@ def gate_version(
     version: str,
     *,
     target_task: str | None = None,
-    rollout_fn: RolloutFn | None = None,
+    episodes: EpisodeRunner | None = None,
     sources: Sequence[str] = GROUND_TRUTH_SOURCES,
     decide: bool = True,
     progress: bool = False,
 ) -> GateReport:
-    """Run the safety gate on ``version`` against the active version; ``decide`` records the verdict."""
+    """Run the safety gate on ``version`` against the active version; ``decide`` records the verdict.
+
+    ``episodes``: a simulator's episode runner (sim.pool.RolloutPool) for the closed-loop test.
+    """
     suites = gate_suites(registry, store_path, version, sources)
-    return gate.evaluate(version, suites, target_task, rollout_fn=rollout_fn, decide=decide, progress=progress)
+    return gate.evaluate(version, suites, target_task, episodes=episodes, decide=decide, progress=progress)
 
 
 def promote(registry: ModelRegistry, version: str, runtime: Swappable | None = None, reason: str = "") -> Transition:
@@ -172,7 +219,7 @@ class Orchestrator:
         gate: SafetyGate | None,
         *,
         work_dir: str | Path,
-        rollout_fn: RolloutFn | None = None,
+        episodes: EpisodeRunner | None = None,
         sources: Sequence[str] = GROUND_TRUTH_SOURCES,
         approve_ungated: bool = False,
     ):
@@ -181,7 +228,7 @@ class Orchestrator:
         self.learner = learner
         self.gate = gate
         self.work_dir = Path(work_dir)
-        self.rollout_fn = rollout_fn
+        self.episodes = episodes
         self.sources = tuple(sources)
         self.approve_ungated = approve_ungated
 
@@ -236,7 +283,7 @@ class Orchestrator:
                 self.store_path,
                 version,
                 target_task=job.request.task,
-                rollout_fn=self.rollout_fn,
+                episodes=self.episodes,
                 sources=self.sources,
                 progress=progress,
             )

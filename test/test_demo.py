@@ -23,6 +23,8 @@ def test_demo_loop_learns_two_tasks_serves_while_learning_and_writes_results(tmp
         max_steps=120,
         options={"hidden": [64, 64], "batch_size": 128},
         gate={"latency_budget_ms": 50.0},  # a loaded CI machine; the latency check is tested in test/safety
+        gate_rollouts=0,  # the gate without a simulator (held-out BC only); the closed loop is tested below
+        retries=0,
     )
     results = run_demo(settings, tmp_path, progress=False)
 
@@ -82,3 +84,35 @@ def test_demo_refuses_a_misspelled_option_before_recording_anything(tmp_path):
     with pytest.raises(ValueError, match="ewc_lamda.*ewc_lambda"):
         run_demo(settings, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_demo_closed_loop_gate_retries_a_rejected_adaptation_and_shows_every_attempt(tmp_path, capsys):
+    """A success floor no tiny budget reaches: the closed-loop gate rejects, the adaptation is retried
+    once with a stronger recipe, and both attempts with their closed-loop evidence are reported."""
+    settings = DemoSettings(
+        tasks=["reach-v3"],
+        demos_per_task=4,
+        heldout_demos_per_task=1,
+        eval_episodes=2,
+        steps=60,
+        max_steps=60,
+        options={"hidden": [32, 32], "batch_size": 64},
+        gate={"latency_budget_ms": 50.0, "closed_loop_min_success": 0.99},
+        gate_rollouts=12,
+        gate_workers=1,
+        retries=1,
+    )
+    results = run_demo(settings, tmp_path, progress=False)
+    (update,) = results["updates"]
+    assert update["gate"] == "closed-loop" and update["decision"] == "rejected"
+    first, second = update["attempts"]
+    assert (first["attempt"], second["attempt"]) == (1, 2)
+    assert second["steps"] > first["steps"] and second["seed"] != first["seed"]
+    assert second["options"]["replay_ratio"] == "balanced" and second["options"]["ewc_lambda"] > 100
+    for a in (first, second):
+        assert a["decision"] == "rejected" and "closed_loop_success[reach-v3]" in a["failed_checks"]
+        cl = a["closed_loop"]["reach-v3"]
+        assert not cl["passed"] and 1 <= cl["pairs"] <= 12 and cl["threshold"] == 0.99
+    assert ModelRegistry(tmp_path / "data" / "registry").active() is None  # nothing unsafe was promoted
+    out = capsys.readouterr().out
+    assert "attempt 1:" in out and "attempt 2:" in out and "FAIL reach-v3 (new)" in out

@@ -147,3 +147,23 @@ def test_gate_version_records_the_verdict_and_promote_swaps(tmp_path):
         promote(reg, good, runtime, reason="test")
         assert reg.active() == good and runtime.version == good and runtime.sha256 == reg.info(good).onnx_sha256
         assert runtime.infer(np.zeros(OBS_DIM, np.float32), 2).version == good
+
+
+def test_retry_policy_strengthens_each_attempt_within_what_the_recipe_takes():
+    from lifelong_ros.learning.jobs import parse_recipe_options
+    from lifelong_ros.orchestration import RetryPolicy
+
+    policy = RetryPolicy(retries=2, step_factor=2.0, ewc_factor=4.0)
+    assert policy.attempt(0, "meta_ewc_replay", 1000, {"lr": 1e-3}, 7) == (1000, {"lr": 1e-3}, 7)
+    steps, opts, seed = policy.attempt(2, "meta_ewc_replay", 1000, {"ewc_lambda": 10.0}, 7)
+    assert steps == 4000 and seed != 7
+    assert opts == {"ewc_lambda": 160.0, "replay_ratio": "balanced"}
+    parse_recipe_options("meta_ewc_replay", opts)  # a stronger recipe is still a valid one
+    # a recipe without EWC or replay only gets more steps: never an option it does not take
+    steps, opts, _ = policy.attempt(1, "naive", 1000, {}, 0)
+    assert steps == 2000 and opts == {}
+    parse_recipe_options("naive", opts)
+    with pytest.raises(ValueError, match="retries=-1"):
+        RetryPolicy(retries=-1)
+    with pytest.raises(ValueError, match="step_factor=0.5"):
+        RetryPolicy(step_factor=0.5)

@@ -30,7 +30,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = settings_from_config(args.config)
     if args.quick:
         settings = DemoSettings.quick(settings)
-    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled", "tasks"):
+    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled", "retries", "tasks"):
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
     settings.validate("demo settings (config and flags)")
@@ -75,7 +75,14 @@ def add_cli(sub: Any) -> None:
         "--gate-rollouts",
         type=int_at_least(0),
         metavar="N",
-        help="also gate on N closed-loop episodes per task (slower, stricter; 0 = off)",
+        help="closed-loop gate: at most N paired episodes (candidate and active) per task; 0 = off, held-out "
+        "BC error only (default from config: 50)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int_at_least(0),
+        metavar="N",
+        help="retry a rejected adaptation up to N times, each with a stronger recipe (default from config: 2)",
     )
     p.add_argument("--tasks", type=task_list, help="comma-separated Meta-World task names (default from config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

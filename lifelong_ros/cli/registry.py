@@ -138,24 +138,29 @@ def cmd_gate(args: argparse.Namespace) -> int:
     reg = _open_registry(args, write=True)
     cfg = _load_gate_config(args.config)
     spath = Path(args.store) if args.store else store_path(args.data_dir)
-    rollout_fn = None
+    pool = None
     if args.rollouts:
-        from lifelong_ros.sim.rollout import sim_rollout_fn
+        from lifelong_ros.sim.pool import RolloutPool
 
-        rollout_fn = sim_rollout_fn(args.rollout_seed)
-        cfg.rollout_episodes = args.rollouts
+        pool = RolloutPool()
+        cfg.closed_loop_max_pairs = args.rollouts
+        cfg.closed_loop_seed = args.rollout_seed
         cfg.validate()
-    rep = gate_version(
-        reg,
-        SafetyGate(reg, cfg),
-        spath,
-        args.version,
-        target_task=args.target,
-        rollout_fn=rollout_fn,
-        sources=args.sources,
-        decide=not args.dry_run,
-        progress=True,
-    )
+    try:
+        rep = gate_version(
+            reg,
+            SafetyGate(reg, cfg),
+            spath,
+            args.version,
+            target_task=args.target,
+            episodes=pool,
+            sources=args.sources,
+            decide=not args.dry_run,
+            progress=True,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2, default=str))
     else:
@@ -235,8 +240,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         help="experience sources whose held-out episodes form the regression suites "
         f"(default: the ground truth, {' '.join(GROUND_TRUTH_SOURCES)})",
     )
-    g.add_argument("--rollouts", type=int, default=0, help="closed-loop episodes per task in the simulator (0 = off)")
-    g.add_argument("--rollout-seed", type=int, default=100_000, help="first variation seed for rollouts")
+    g.add_argument(
+        "--rollouts",
+        type=int,
+        default=0,
+        help="closed-loop gate: at most N paired episodes per task in the simulator (0 = off)",
+    )
+    g.add_argument("--rollout-seed", type=int, default=100_000, help="first variation seed of the closed-loop episodes")
     g.add_argument("--dry-run", action="store_true", help="run the checks without recording a decision")
     g.add_argument("--json", action="store_true")
     g.set_defaults(func=_wrap(cmd_gate))

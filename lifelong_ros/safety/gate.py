@@ -17,9 +17,10 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +28,7 @@ import onnxruntime as ort
 
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
 from lifelong_ros.safety.registry import ModelRegistry, RegistryError, VersionInfo
+from lifelong_ros.safety.sequential import PairedTest, SequentialSpec
 from lifelong_ros.serving.interface import OBS_INPUT, TASK_INPUT
 
 # the policy server's session settings, so gate latencies match production
@@ -36,8 +38,20 @@ log = logging.getLogger(__name__)
 
 _BATCH = 8192
 
-RolloutFn = Callable[[bytes, str, int], int]
-"""rollout_fn(onnx_bytes, task, n) -> number of successful closed-loop episodes out of n."""
+
+class EpisodeRunner(Protocol):
+    """Runs closed-loop episodes for the gate (lifelong_ros.sim.pool.RolloutPool is the simulator's).
+
+    ``submit(models, task, seed)``: every model (role -> ONNX bytes) runs one episode of ``task``
+    on variation ``seed``; the Future resolves to role -> success. ``cancel(future)``: drop a job
+    that has not started. ``workers``: how many episodes run at once.
+    """
+
+    workers: int
+
+    def submit(self, models: Mapping[str, bytes], task: str, seed: int) -> Future[dict[str, bool]]: ...
+
+    def cancel(self, future: Future[Any]) -> bool: ...
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -51,7 +65,7 @@ class GateConfig:
 
     # (a) an earlier task may get worse by at most rel * active_mse + abs (abs covers near-zero MSE).
     # Calibration (bench/gate.py, Meta-World 256x256 BC): replay candidates moved earlier tasks by
-    # -40 %..+13 %; poisoned or destructive updates raise them 10x and more (test_faults.py).
+    # -40 %..+13 %; poisoned or destructive updates raise them 10x and more (test_production_under_faults.py).
     regression_rel_tol: float = 0.3
     regression_abs_tol: float = 0.005
     # (b) the target task must reach <= (1 - margin) * baseline MSE
@@ -74,10 +88,22 @@ class GateConfig:
     latency_samples: int = 1000
     latency_rounds: int = 3
     intra_op_threads: int = 1
-    # (e) closed-loop rollouts (only when a rollout_fn is given): Wilson lower bound vs a floor
-    rollout_episodes: int = 20
-    rollout_confidence: float = 0.95
-    rollout_min_success: float = 0.5
+    # (e) closed loop (only with an episode runner, i.e. a simulator): paired episodes, candidate
+    # and active on the same held-out variations, per task, decided by a sequential test
+    # (safety/sequential.py). An earlier task may lose at most `closed_loop_tolerance` success; a
+    # drop <= `closed_loop_safe_drop` passes except with probability alpha (over all tasks
+    # together), a drop >= `closed_loop_regressed_drop` fails except with probability beta (per
+    # task). The target task must reach `closed_loop_min_success` (the same test against a model
+    # that always succeeds, with the same margins). At most `closed_loop_max_pairs` variations a
+    # task, from seed `closed_loop_seed` on (disjoint from training and evaluation seeds).
+    closed_loop_tolerance: float = 0.1
+    closed_loop_safe_drop: float = 0.05
+    closed_loop_regressed_drop: float = 0.2
+    closed_loop_alpha: float = 0.05
+    closed_loop_beta: float = 0.05
+    closed_loop_max_pairs: int = 50
+    closed_loop_min_success: float = 0.8
+    closed_loop_seed: int = 100_000
     # (f) shadow stage: 0 disables it; otherwise the candidate runs beside the active model
     shadow_steps: int = 0
     shadow_max_mean_divergence: float = 0.2
@@ -98,9 +124,24 @@ class GateConfig:
             "improvement_margin",
             "0 <= margin < 1",
         )
-        for name in ("max_out_of_bounds_rate", "max_out_of_bounds_rate_perturbed", "rollout_min_success"):
+        for name in ("max_out_of_bounds_rate", "max_out_of_bounds_rate_perturbed", "closed_loop_min_success"):
             need(_is_num(getattr(self, name)) and 0 <= getattr(self, name) <= 1, name, "a rate in [0, 1]")
-        need(_is_num(self.rollout_confidence) and 0 < self.rollout_confidence < 1, "rollout_confidence", "0 < c < 1")
+        for name in ("closed_loop_alpha", "closed_loop_beta"):
+            need(_is_num(getattr(self, name)) and 0 < getattr(self, name) < 1, name, "a probability in (0, 1)")
+        for name in ("closed_loop_tolerance", "closed_loop_safe_drop", "closed_loop_regressed_drop"):
+            need(_is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1, name, "a number in [0, 1)")
+        need(
+            self.closed_loop_safe_drop <= self.closed_loop_tolerance <= self.closed_loop_regressed_drop
+            and self.closed_loop_safe_drop < self.closed_loop_regressed_drop,
+            "closed_loop_tolerance",
+            f"closed_loop_safe_drop ({self.closed_loop_safe_drop}) <= tolerance <= closed_loop_regressed_drop "
+            f"({self.closed_loop_regressed_drop}), safe < regressed",
+        )
+        need(
+            1 - self.closed_loop_min_success + self.closed_loop_regressed_drop - self.closed_loop_tolerance < 1,
+            "closed_loop_min_success",
+            "min_success > regressed_drop - tolerance (a failing target must be possible)",
+        )
         need(_is_num(self.latency_budget_ms) and self.latency_budget_ms > 0, "latency_budget_ms", "a number > 0")
         need(
             _is_num(self.shadow_max_mean_divergence) and self.shadow_max_mean_divergence >= 0,
@@ -117,7 +158,8 @@ class GateConfig:
             ("latency_samples", 10),
             ("latency_rounds", 1),
             ("intra_op_threads", 1),
-            ("rollout_episodes", 1),
+            ("closed_loop_max_pairs", 1),
+            ("closed_loop_seed", 0),
             ("shadow_steps", 0),
             ("perturb_seed", 0),
         ):
@@ -628,7 +670,7 @@ class SafetyGate:
         suites: Mapping[str, RegressionSuite] | Sequence[RegressionSuite],
         target_task: str | None = None,
         *,
-        rollout_fn: RolloutFn | None = None,
+        episodes: EpisodeRunner | None = None,
         shadow_source: Iterable[tuple[npt.ArrayLike, str]] | None = None,
         decide: bool = True,
         progress: bool = False,
@@ -636,8 +678,9 @@ class SafetyGate:
         """Run every check on ``candidate`` vs the active version and (with ``decide``) persist the verdict.
 
         ``suites``: held-out regression data per task. ``target_task``: the task the update is
-        for (default: the candidate's recorded target, else its last task). ``rollout_fn``: enables
-        closed-loop checks. ``shadow_source``: (obs, task) pairs for the shadow stage when
+        for (default: the candidate's recorded target, else its last task). ``episodes``: a simulator's
+        episode runner; with it, a candidate that passes the offline checks (which may reject but
+        never approve alone then) must also pass the paired closed-loop test on every task. ``shadow_source``: (obs, task) pairs for the shadow stage when
         config.shadow_steps > 0; without it a passing candidate stays a candidate with decision
         'pending_shadow' until ``conclude_shadow``.
         """
@@ -726,12 +769,16 @@ class SafetyGate:
             checks += guarded("regression", lambda: self._regression_checks(cinfo, ainfo, suites, target, mse))
         # ---- latency
         checks += guarded("latency", lambda: [self._latency_check(cand, act, suites)])
-        # ---- closed-loop rollouts
-        if rollout_fn is not None:
-            checks += guarded(
-                "rollouts",
-                lambda: self._rollout_checks(rollout_fn, cbytes, cand, cinfo, act, ainfo, suites, target, progress),
-            )
+        # ---- closed loop: only for a candidate the cheap offline stage did not already reject
+        if episodes is not None:
+            if all(c.passed for c in checks):
+                abytes_cl = self.registry.read_onnx(ainfo.id) if ainfo is not None else None
+                checks += guarded(
+                    "closed_loop",
+                    lambda: self._closed_loop_checks(episodes, cbytes, cinfo, abytes_cl, ainfo, target, progress),
+                )
+            else:
+                timings["closed_loop"] = 0.0  # skipped: already rejected offline
 
         # ---- shadow stage
         if cfg.shadow_steps > 0 and all(c.passed for c in checks):
@@ -1108,6 +1155,20 @@ class SafetyGate:
         rows = [np.ascontiguousarray(obs[i % len(obs)][None]) for i in range(cfg.latency_samples)]
         fc = [cand.feeds(r, 0) for r in rows]
         fa = [act.feeds(r, 0) for r in rows] if act is not None else None
+        # Without an active model, a fixed computation that takes as long as the candidate's median
+        # call, interleaved with it, stands in for it: its tail is the machine's (preemption on a
+        # loaded computer, which hits calls in proportion to their duration), not a model's.
+        ref_w = np.full((obs.shape[1], 64), 0.01, np.float32)
+        reps = 1
+        if act is None:
+            t0 = time.perf_counter_ns()
+            for i in range(100):
+                cand.session.run(None, fc[i % len(fc)])
+            t_cand = (time.perf_counter_ns() - t0) / 100
+            t0 = time.perf_counter_ns()
+            for i in range(100):
+                np.dot(rows[i % len(rows)], ref_w)
+            reps = max(1, round(t_cand / max((time.perf_counter_ns() - t0) / 100, 1.0)))
         best_c, best_a, p50c = math.inf, math.inf, math.inf
         for _ in range(cfg.latency_rounds):
             lc, la = np.empty(len(rows)), np.empty(len(rows))
@@ -1115,15 +1176,17 @@ class SafetyGate:
                 t0 = time.perf_counter_ns()
                 cand.session.run(None, fc[i])
                 lc[i] = time.perf_counter_ns() - t0
+                t0 = time.perf_counter_ns()
                 if act is not None and fa is not None:
-                    t0 = time.perf_counter_ns()
                     act.session.run(None, fa[i])
-                    la[i] = time.perf_counter_ns() - t0
+                else:
+                    for _ in range(reps):
+                        np.dot(rows[i], ref_w)
+                la[i] = time.perf_counter_ns() - t0
             p99 = float(np.percentile(lc, 99)) / 1e6
             if p99 < best_c:
                 best_c, p50c = p99, float(np.percentile(lc, 50)) / 1e6
-            if fa is not None:
-                best_a = min(best_a, float(np.percentile(la, 99)) / 1e6)
+            best_a = min(best_a, float(np.percentile(la, 99)) / 1e6)
         detail: dict[str, Any] = {
             "candidate_p50_ms": p50c,
             "candidate_p99_ms": best_c,
@@ -1141,6 +1204,13 @@ class SafetyGate:
             # production then (the median must still fit the budget).
             rule = "p99 <= budget, or (p50 <= budget and p99 <= active p99 * shadow_max_latency_ratio)"
             ok = ok or (p50c <= cfg.latency_budget_ms and best_c <= best_a * cfg.shadow_max_latency_ratio)
+        else:
+            detail.update(reference_p99_ms=best_a)
+            rule = (
+                "p99 <= budget, or (p50 <= budget and p99 - reference p99 <= budget), reference: a fixed "
+                "small matmul interleaved with the candidate (the machine's tail latency)"
+            )
+            ok = ok or (p50c <= cfg.latency_budget_ms and best_c - best_a <= cfg.latency_budget_ms)
         detail["rule"] = rule
         return CheckResult(
             "latency_p99",
@@ -1151,60 +1221,109 @@ class SafetyGate:
             data="single observations drawn from the suites",
         )
 
-    def _rollout_checks(
+    def _closed_loop_checks(
         self,
-        rollout_fn: RolloutFn,
+        runner: EpisodeRunner,
         cbytes: bytes,
-        cand: OnnxPolicy,
         cinfo: VersionInfo,
-        act: OnnxPolicy | None,
+        abytes: bytes | None,
         ainfo: VersionInfo | None,
-        suites: dict[str, RegressionSuite],
         target: str,
         progress: bool,
     ) -> list[CheckResult]:
+        """One sequential test per task the candidate serves, all tasks' episodes interleaved on the
+        runner's workers. Outcomes are fed to each test in seed order (never in completion order,
+        which depends on episode length and so on the outcome), and a task stops at its decision."""
         cfg = self.config
-        n = cfg.rollout_episodes
-        tasks = [t for t in suites if cand.head(cinfo.tasks, t) is not None]
-        abytes = self.registry.read_onnx(ainfo.id) if ainfo is not None else None
-        it: Iterable[str] = tasks
+        tasks = list(cinfo.tasks)
+        compared = {t for t in tasks if t != target and ainfo is not None and abytes is not None and t in ainfo.tasks}
+        k = len(tasks)
+
+        def spec(task: str) -> SequentialSpec:
+            tol = cfg.closed_loop_tolerance if task in compared else 1.0 - cfg.closed_loop_min_success
+            return SequentialSpec(
+                tolerance=tol,
+                safe_below=tol - (cfg.closed_loop_tolerance - cfg.closed_loop_safe_drop),
+                regressed_above=tol + (cfg.closed_loop_regressed_drop - cfg.closed_loop_tolerance),
+                alpha=cfg.closed_loop_alpha / k,  # Bonferroni: any one task's false alarm rejects
+                beta=cfg.closed_loop_beta,
+                max_pairs=cfg.closed_loop_max_pairs,
+            )
+
+        tests = {t: PairedTest(spec(t)) for t in tasks}
+        models: dict[str, dict[str, bytes]] = {
+            t: {"candidate": cbytes, "active": abytes} if t in compared and abytes else {"candidate": cbytes}
+            for t in tasks
+        }
+        submitted = dict.fromkeys(tasks, 0)
+        fed = dict.fromkeys(tasks, 0)
+        futures: dict[tuple[str, int], Future[dict[str, bool]]] = {}
+        limit = runner.workers + 1  # one queued job per worker keeps it busy; more is waste at a decision
+        bar = None
         if progress:
             from tqdm import tqdm
 
-            it = tqdm(tasks, desc=f"gate rollouts {cinfo.id}", unit="task")
+            bar = tqdm(total=k, desc=f"closed-loop gate {cinfo.id}", unit="task")
+
+        finished: set[str] = set()
+
+        def drop_task(task: str) -> None:
+            for key in [key for key in futures if key[0] == task]:
+                runner.cancel(futures.pop(key))
+
+        try:
+            while any(t.decision is None for t in tests.values()):
+                # top up: the task with the fewest episodes asked for first
+                while sum(1 for f in futures.values() if not f.done()) < limit:
+                    open_tasks = [
+                        t for t in tasks if tests[t].decision is None and submitted[t] < cfg.closed_loop_max_pairs
+                    ]
+                    if not open_tasks:
+                        break
+                    task = min(open_tasks, key=submitted.__getitem__)
+                    seed = cfg.closed_loop_seed + submitted[task]
+                    futures[(task, submitted[task])] = runner.submit(models[task], task, seed)
+                    submitted[task] += 1
+                progressed = False
+                for task in tasks:
+                    test = tests[task]
+                    while test.decision is None and (task, fed[task]) in futures and futures[(task, fed[task])].done():
+                        got = futures.pop((task, fed[task])).result()
+                        fed[task] += 1
+                        progressed = True
+                        test.update(got.get("active", True), got["candidate"])
+                    if test.decision is not None and task not in finished:
+                        finished.add(task)
+                        drop_task(task)
+                        if bar is not None:
+                            bar.update(1)
+                if not progressed:
+                    pending = [f for f in futures.values() if not f.done()]
+                    if not pending:
+                        raise RuntimeError("closed-loop test stalled: no episodes pending and no decision")
+                    wait(pending, return_when=FIRST_COMPLETED)
+        finally:
+            for f in futures.values():
+                runner.cancel(f)
+            if bar is not None:
+                bar.close()
         out: list[CheckResult] = []
-        for task in it:
-            k = _count(rollout_fn(cbytes, task, n), n, "candidate", task)
-            lo, hi = wilson_interval(k, n, cfg.rollout_confidence)
-            detail: dict[str, Any] = {
-                "episodes": n,
-                "successes": k,
-                "rate": k / n,
-                "wilson": [lo, hi],
-                "confidence": cfg.rollout_confidence,
-            }
-            thr = cfg.rollout_min_success
-            if (
-                task != target
-                and act is not None
-                and ainfo is not None
-                and abytes is not None
-                and act.head(ainfo.tasks, task) is not None
-            ):
-                ka = _count(rollout_fn(abytes, task, n), n, "active", task)
-                alo, ahi = wilson_interval(ka, n, cfg.rollout_confidence)
-                detail.update(active_successes=ka, active_rate=ka / n, active_wilson=[alo, ahi])
-                thr = min(cfg.rollout_min_success, alo)
-            detail["rule"] = (
-                "candidate lower bound >= min(floor, active lower bound)"
-                if task != target
-                else "candidate lower bound >= floor"
-            )
-            out.append(
-                CheckResult(
-                    "rollout", bool(lo >= thr), lo, thr, task=task, detail=detail, data=f"{n} closed-loop episodes"
+        for task in tasks:
+            t = tests[task]
+            detail = t.to_dict()
+            detail["candidate_success"] = (t.both + t.candidate_only) / t.n if t.n else None
+            if task in compared:
+                detail["active_success"] = (t.both + t.active_only) / t.n if t.n else None
+                detail["rule"] = "drop in success (active - candidate, paired) <= tolerance: sequential test"
+                kind, value, thr = "closed_loop", t.drop, cfg.closed_loop_tolerance
+                data = (
+                    f"{t.n} paired episodes vs {ainfo.id if ainfo else None}, variation seeds {cfg.closed_loop_seed}+"
                 )
-            )
+            else:
+                detail["rule"] = "candidate success >= min_success: sequential test"
+                kind, value, thr = "closed_loop_success", 1.0 - t.drop, cfg.closed_loop_min_success
+                data = f"{t.n} candidate episodes, variation seeds {cfg.closed_loop_seed}+"
+            out.append(CheckResult(kind, t.decision == "approve", value, thr, task=task, detail=detail, data=data))
         return out
 
     # ------------------------------------------------------------------ decision
@@ -1268,12 +1387,6 @@ def _worst_episode(
     per = np.bincount(inv, weights=np.nan_to_num(err, nan=np.inf, posinf=np.inf)) / np.bincount(inv)
     i = int(np.argmax(per))
     return {"episode": _jsonable(ids[i]), "mse": float(per[i])}
-
-
-def _count(k: Any, n: int, who: str, task: str) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= int(k) <= n:
-        raise ValueError(f"rollout_fn returned {k!r} successes for the {who} on {task!r}; expected an int in [0, {n}]")
-    return int(k)
 
 
 def _utcnow() -> str:

@@ -1,13 +1,14 @@
 """Closed-loop episodes of an ONNX policy in the embedded simulator, through the serving path.
 
-The safety gate's rollout check and the benchmarks measure success the way the robot runs the
-policy: the same PolicyRuntime (validated inference) the policy server uses, on the simulator.
+The safety gate's closed-loop test (through sim.pool) and the benchmarks measure success the way
+the robot runs the policy: the same PolicyRuntime (validated, output-guarded inference) the policy
+server uses, on the simulator.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Iterable
 
 from lifelong_ros.serving.runtime import PolicyRuntime
 from lifelong_ros.sim.metaworld import MetaWorldSim
@@ -21,23 +22,7 @@ def head_for(runtime: PolicyRuntime, task: str) -> int:
     return tasks.index(task) if tasks and runtime.num_heads > 1 else 0
 
 
-def sim_rollout_fn(seed_base: int = 100_000, max_steps: int = 500) -> Callable[[bytes, str, int], int]:
-    """A gate ``rollout_fn(onnx_bytes, task, n) -> successes`` backed by the embedded Meta-World simulator.
-
-    Runs the policy closed loop on the variations ``seed_base .. seed_base + n - 1`` (far from the
-    seeds demonstrations are collected with): the same seeds for every model, so candidate and
-    active are compared on identical variations.
-    """
-    envs: dict[str, MetaWorldSim] = {}
-
-    def rollout(onnx: bytes, task: str, n: int) -> int:
-        with PolicyRuntime(onnx, version="rollout") as runtime:
-            head = head_for(runtime, task)
-            if task not in envs:
-                envs[task] = MetaWorldSim(task, steps_after_success=0, max_steps=max_steps)
-            env = envs[task]
-            return sum(
-                bool(env.run_episode(lambda o: runtime.infer(o, head).action, seed_base + k).success) for k in range(n)
-            )
-
-    return rollout
+def successes(runtime: PolicyRuntime, env: MetaWorldSim, seeds: Iterable[int]) -> list[bool]:
+    """Closed-loop success of the served model on ``env``'s task, one episode per variation seed."""
+    head = head_for(runtime, env.env_name)
+    return [bool(env.run_episode(lambda o: runtime.infer(o, head).action, int(s)).success) for s in seeds]
