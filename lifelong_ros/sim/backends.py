@@ -1,0 +1,114 @@
+"""The embedded simulators by robot name, behind one interface, so a front end can take ``--robot``.
+
+``backend("metaworld")`` is Meta-World's Sawyer arm (39 -> 4), ``backend("g1")`` the Unitree G1
+humanoid with hands at a table (47 -> 17). Both simulators have the same methods (``Simulator``):
+tasks are data (a task name plus a variation seed), ``reset``/``step``/``run_episode``/``expert``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from lifelong_ros.sim.metaworld import Episode
+
+
+class Simulator(Protocol):
+    env_name: str
+
+    def reset(self, seed: int, placement: Any = None) -> np.ndarray: ...
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict]: ...
+
+    def expert(self) -> Callable[[np.ndarray], np.ndarray]: ...
+
+    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: Any = None) -> Episode: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SimBackend:
+    name: str
+    description: str
+    obs_dim: int
+    act_dim: int
+    default_tasks: tuple[str, ...]
+    # Noise on the executed action while recording expert demonstrations (DART); 0 = clean.
+    demo_noise: float
+    available_tasks: Callable[[], list[str]]
+    _make: Callable[[str, int, int | None], Simulator]
+
+    def make(self, task: str, steps_after_success: int = 10, max_steps: int | None = None) -> Simulator:
+        """A simulator of ``task``; ``max_steps`` None = the backend's own episode length."""
+        return self._make(task, steps_after_success, max_steps)
+
+    def collect_demonstrations(
+        self, task: str, seeds: Iterable[int], sim: Simulator, progress: bool = False
+    ) -> list[Episode]:
+        """Successful expert episodes of ``task`` on ``seeds`` (with this backend's demo noise)."""
+        if self.name == "g1":
+            from lifelong_ros.sim.humanoid import env as g1
+
+            return g1.collect_demonstrations(task, seeds, sim=sim, progress=progress, noise=self.demo_noise)  # type: ignore[arg-type]
+        from lifelong_ros.sim import metaworld
+
+        return metaworld.collect_demonstrations(task, seeds, sim=sim, progress=progress)  # type: ignore[arg-type]
+
+
+def _metaworld_sim(task: str, steps_after_success: int, max_steps: int | None) -> Simulator:
+    from lifelong_ros.sim.metaworld import MetaWorldSim
+
+    return MetaWorldSim(task, steps_after_success, 500 if max_steps is None else max_steps)
+
+
+def _metaworld_tasks() -> list[str]:
+    from lifelong_ros.sim.metaworld import available_tasks
+
+    return available_tasks()
+
+
+def _g1_sim(task: str, steps_after_success: int, max_steps: int | None) -> Simulator:
+    from lifelong_ros.sim.humanoid.env import G1Sim
+
+    return G1Sim(task, steps_after_success, max_steps)
+
+
+def _g1_tasks() -> list[str]:
+    from lifelong_ros.sim.humanoid.tasks import available_tasks
+
+    return available_tasks()
+
+
+BACKENDS: dict[str, SimBackend] = {
+    "metaworld": SimBackend(
+        "metaworld",
+        "Meta-World's Sawyer arm (MuJoCo), 39-d observation, 4-d action",
+        39,
+        4,
+        ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"),
+        0.0,
+        _metaworld_tasks,
+        _metaworld_sim,
+    ),
+    "g1": SimBackend(
+        "g1",
+        "Unitree G1 with hands at a table (MuJoCo Menagerie), 47-d observation, 17 joint position targets",
+        47,
+        17,
+        ("g1-reach", "g1-lift", "g1-place", "g1-push", "g1-button"),
+        0.015,
+        _g1_tasks,
+        _g1_sim,
+    ),
+}
+
+
+def backend(name: str) -> SimBackend:
+    """The simulator backend called ``name``; ValueError naming the choices otherwise."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown robot {name!r}; expected one of {sorted(BACKENDS)}")
+    return BACKENDS[name]
