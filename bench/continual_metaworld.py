@@ -29,7 +29,8 @@ from lifelong_ros.learning import metrics
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
 from lifelong_ros.learning.strategies import StrategyOptions
 from lifelong_ros.learning.trainer import Experience, TrainOptions
-from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations, evaluate, stack_episodes
+from lifelong_ros.sim.episodes import stack_episodes
+from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations, evaluate
 
 DEFAULT_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3")
 QUICK_TASKS = ("reach-v3", "button-press-topdown-v3", "drawer-open-v3")

@@ -33,7 +33,8 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lifelong_ros.learning.meta import MetaConfig, MetaLearner
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
-from lifelong_ros.sim.metaworld import MetaWorldSim, stack_episodes
+from lifelong_ros.sim.episodes import stack_episodes
+from lifelong_ros.sim.metaworld import MetaWorldSim
 
 TASK = "pick-place-v3"
 METHODS = ("scratch", "pretrained", "meta")

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from lifelong_ros.learning.model import PolicyConfig, PolicyNet, export_onnx
     from lifelong_ros.safety.gate import GateConfig, OnnxPolicy, RegressionSuite, SafetyGate
     from lifelong_ros.safety.registry import ModelRegistry
-    from lifelong_ros.sim.metaworld import stack_episodes
+    from lifelong_ros.sim.episodes import stack_episodes
     from lifelong_ros.sim.pool import RolloutPool
 
     tasks = list(args.tasks)

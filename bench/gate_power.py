@@ -42,6 +42,7 @@ def log(msg: str) -> None:
 def demonstrations(work: Path, tasks: list[str], n_train: int, n_heldout: int, max_steps: int) -> dict:
     """Expert demonstrations per task, train and held-out, cached as npz."""
     from lifelong_ros.sim import metaworld as sim
+    from lifelong_ros.sim.episodes import stack_episodes
 
     out = {}
     for t in tasks:
@@ -51,8 +52,8 @@ def demonstrations(work: Path, tasks: list[str], n_train: int, n_heldout: int, m
             env = sim.MetaWorldSim(t, steps_after_success=10, max_steps=max_steps)
             tr = sim.collect_demonstrations(t, range(TRAIN_SEED0, TRAIN_SEED0 + n_train), sim=env)
             ho = sim.collect_demonstrations(t, range(HELDOUT_SEED0, HELDOUT_SEED0 + n_heldout), sim=env)
-            to, ta = sim.stack_episodes(tr)
-            hos, has = sim.stack_episodes(ho)
+            to, ta = stack_episodes(tr)
+            hos, has = stack_episodes(ho)
             hep = np.concatenate([np.full(len(e.obs), k) for k, e in enumerate(ho)])
             np.savez(f, train_obs=to, train_act=ta, held_obs=hos, held_act=has, held_ep=hep)
         d = np.load(f)

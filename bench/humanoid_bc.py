@@ -23,8 +23,8 @@ import torch
 
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
 from lifelong_ros.learning.trainer import ContinualTrainer, Experience, TrainOptions
+from lifelong_ros.sim.episodes import stack_episodes
 from lifelong_ros.sim.humanoid.env import ACT_DIM, OBS_DIM, G1Sim, available_tasks, collect_demonstrations, evaluate
-from lifelong_ros.sim.metaworld import stack_episodes
 
 EVAL_SEED0 = 200_000
 HIDDEN = (256, 256)

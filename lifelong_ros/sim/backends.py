@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lifelong_ros.sim.metaworld import Episode
+from lifelong_ros.sim.episodes import Episode
 
 
 class Simulator(Protocol):

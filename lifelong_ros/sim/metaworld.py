@@ -11,9 +11,10 @@ import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
+
+from lifelong_ros.sim.episodes import Episode, expert_episodes, record_episode, success_rate
 
 OBS_DIM = 39
 ACT_DIM = 4
@@ -38,24 +39,6 @@ def _metaworld():
 
 def available_tasks() -> list[str]:
     return sorted(_metaworld().env_dict.ALL_V3_ENVIRONMENTS)
-
-
-@dataclass(frozen=True)
-class SimTask:
-    """One task variation: a Meta-World environment name and the seed that places objects/goal."""
-
-    env_name: str
-    seed: int
-
-
-@dataclass
-class Episode:
-    obs: np.ndarray  # [T, 39] float32, the observation each action was taken from
-    action: np.ndarray  # [T, 4] float32
-    reward: np.ndarray  # [T] float32
-    done: np.ndarray  # [T] bool, True on the last step
-    success: bool
-    task: SimTask
 
 
 class MetaWorldSim:
@@ -176,26 +159,7 @@ class MetaWorldSim:
     def run_episode(
         self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: np.ndarray | None = None
     ) -> Episode:
-        obs = self.reset(seed, placement)
-        rows_obs, rows_act, rewards = [], [], []
-        done, info = False, {"success": False}
-        while not done:
-            act = np.asarray(policy(obs), dtype=np.float32).reshape(ACT_DIM)
-            rows_obs.append(obs)
-            rows_act.append(act)
-            obs, reward, done, info = self.step(act)
-            rewards.append(reward)
-        n = len(rows_obs)
-        done_flags = np.zeros(n, dtype=bool)
-        done_flags[-1] = True
-        return Episode(
-            obs=np.stack(rows_obs),
-            action=np.clip(np.stack(rows_act), ACTION_LOW, ACTION_HIGH),
-            reward=np.asarray(rewards, dtype=np.float32),
-            done=done_flags,
-            success=bool(info["success"]),
-            task=SimTask(self.env_name, int(seed)),
-        )
+        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement)
 
     def close(self) -> None:
         self._env.close()
@@ -212,15 +176,7 @@ def collect_demonstrations(
 ) -> list[Episode]:
     """Expert episodes for each seed (failed expert episodes dropped unless ``only_successful`` is False)."""
     sim = sim or MetaWorldSim(env_name, steps_after_success, max_steps)
-    expert = sim.expert()
-    seeds = list(seeds)
-    iterator: Iterable[int] = seeds
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(seeds, desc=f"demos {env_name}", unit="ep", leave=False)
-    episodes = [sim.run_episode(expert, s) for s in iterator]
-    return [e for e in episodes if e.success or not only_successful]
+    return expert_episodes(sim, seeds, only_successful, progress)
 
 
 def evaluate(
@@ -234,12 +190,4 @@ def evaluate(
     """Closed-loop success rate of ``policy`` over the variations ``seeds``."""
     if len(seeds) == 0:
         raise ValueError("evaluate needs at least one seed")
-    sim = sim or MetaWorldSim(env_name, steps_after_success, max_steps)
-    return float(np.mean([sim.run_episode(policy, s).success for s in seeds]))
-
-
-def stack_episodes(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate episodes into (obs [N, 39], action [N, 4]) training arrays."""
-    if not episodes:
-        raise ValueError("no episodes to stack")
-    return np.concatenate([e.obs for e in episodes]), np.concatenate([e.action for e in episodes])
+    return success_rate(sim or MetaWorldSim(env_name, steps_after_success, max_steps), policy, seeds)

@@ -12,6 +12,7 @@ from lifelong_ros.learning.model import PolicyConfig, PolicyNet
 from lifelong_ros.safety.gate import RegressionSuite, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.sim import metaworld as sim
+from lifelong_ros.sim.episodes import stack_episodes
 from lifelong_ros.sim.pool import RolloutPool
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # Meta-World's scripted experts are chatty
@@ -36,9 +37,9 @@ def world(tmp_path_factory):
     for head, task in enumerate(TASKS):
         env = sim.MetaWorldSim(task, steps_after_success=5, max_steps=MAX_STEPS)
         eps = sim.collect_demonstrations(task, range(12), sim=env)
-        obs, act = sim.stack_episodes(eps[:9])
+        obs, act = stack_episodes(eps[:9])
         data.append((obs, act, head))
-        hobs, hact = sim.stack_episodes(eps[9:])
+        hobs, hact = stack_episodes(eps[9:])
         suites.append(RegressionSuite(task, hobs, hact))
     torch.manual_seed(0)
     model = PolicyNet(PolicyConfig(obs_dim=39, act_dim=4, hidden=(64, 64), num_heads=2))

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations, evaluate, stack_episodes
+from lifelong_ros.sim.episodes import stack_episodes
+from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, collect_demonstrations, evaluate
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 import mujoco
 import numpy as np
 
+from lifelong_ros.sim.episodes import Episode, expert_episodes, record_episode, success_rate
 from lifelong_ros.sim.humanoid import tasks as T
 from lifelong_ros.sim.humanoid.scene import (
     BUTTON_TYPES,
@@ -39,7 +40,6 @@ from lifelong_ros.sim.humanoid.scene import (
     g1_model,
     home_pose,
 )
-from lifelong_ros.sim.metaworld import Episode, SimTask
 
 N_JOINTS = len(COMMANDED_JOINTS)
 OBS_DIM = 2 * N_JOINTS + 3 + 4 + 3 + 3
@@ -218,31 +218,7 @@ class G1Sim:
         """One episode of variation ``seed``. ``noise`` > 0: Gaussian noise of that standard deviation
         is added to every action before it is executed, and the policy's own (noise-free) action is
         recorded (DART: demonstrations that show how the expert recovers from small deviations)."""
-        if not noise >= 0:
-            raise ValueError(f"noise={noise}: expected a standard deviation >= 0")
-        rng = np.random.default_rng([int(seed), 7]) if noise > 0 else None
-        obs = self.reset(seed, placement)
-        rows_obs, rows_act, rewards = [], [], []
-        done, info = False, {"success": False}
-        while not done:
-            act = np.asarray(policy(obs), dtype=np.float32).reshape(ACT_DIM)
-            rows_obs.append(obs)
-            rows_act.append(act)
-            if rng is not None:
-                act = np.clip(act + rng.normal(0.0, noise, ACT_DIM), ACTION_LOW, ACTION_HIGH).astype(np.float32)
-            obs, reward, done, info = self.step(act)
-            rewards.append(reward)
-        n = len(rows_obs)
-        done_flags = np.zeros(n, dtype=bool)
-        done_flags[-1] = True
-        return Episode(
-            obs=np.stack(rows_obs),
-            action=np.clip(np.stack(rows_act), ACTION_LOW, ACTION_HIGH),
-            reward=np.asarray(rewards, dtype=np.float32),
-            done=done_flags,
-            success=bool(info["success"]),
-            task=SimTask(self.env_name, int(seed)),
-        )
+        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement, noise)
 
     def close(self) -> None:
         """Nothing to release (the compiled model is shared); for parity with MetaWorldSim."""
@@ -260,16 +236,9 @@ def collect_demonstrations(
 ) -> list[Episode]:
     """Expert episodes for each seed (failed expert episodes dropped unless ``only_successful`` is False);
     ``noise``: see ``G1Sim.run_episode``."""
-    sim = sim or G1Sim(task, steps_after_success, max_steps)
-    expert = sim.expert()
-    seeds = list(seeds)
-    iterator: Iterable[int] = seeds
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(seeds, desc=f"demos {task}", unit="ep", leave=False)
-    episodes = [sim.run_episode(expert, s, noise=noise) for s in iterator]
-    return [e for e in episodes if e.success or not only_successful]
+    return expert_episodes(
+        sim or G1Sim(task, steps_after_success, max_steps), seeds, only_successful, progress, noise=noise
+    )
 
 
 def evaluate(
@@ -281,7 +250,4 @@ def evaluate(
     sim: G1Sim | None = None,
 ) -> float:
     """Closed-loop success rate of ``policy`` over the variations ``seeds``."""
-    if len(seeds) == 0:
-        raise ValueError("evaluate needs at least one seed")
-    sim = sim or G1Sim(task, steps_after_success, max_steps)
-    return float(np.mean([sim.run_episode(policy, s).success for s in seeds]))
+    return success_rate(sim or G1Sim(task, steps_after_success, max_steps), policy, seeds)

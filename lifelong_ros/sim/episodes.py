@@ -1,0 +1,109 @@
+"""What every simulator behind our interface shares: task variations, recorded episodes, and the
+loops that run a policy or a scripted expert through one (Meta-World's arm, the G1 humanoid).
+
+A simulator needs ``env_name``, ``reset(seed, placement) -> obs``, ``step(action) -> (obs, reward,
+done, info)`` with ``info["success"]``, and ``expert()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SimTask:
+    """One task variation: an environment (task) name and the seed that places objects/goal."""
+
+    env_name: str
+    seed: int
+
+
+@dataclass
+class Episode:
+    obs: np.ndarray  # [T, obs_dim] float32, the observation each action was taken from
+    action: np.ndarray  # [T, act_dim] float32, what the policy commanded (clipped to the action range)
+    reward: np.ndarray  # [T] float32
+    done: np.ndarray  # [T] bool, True on the last step
+    success: bool
+    task: SimTask
+
+
+class Simulator(Protocol):
+    env_name: str
+
+    def reset(self, seed: int, placement: Any = None) -> np.ndarray: ...
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict[str, Any]]: ...
+
+    def expert(self) -> Callable[[np.ndarray], np.ndarray]: ...
+
+
+def record_episode(
+    sim: Simulator,
+    policy: Callable[[np.ndarray], np.ndarray],
+    seed: int,
+    action_range: tuple[float, float, int],
+    placement: Any = None,
+    noise: float = 0.0,
+) -> Episode:
+    """One episode of variation ``seed``; ``action_range`` = (low, high, act_dim). ``noise`` > 0 adds
+    Gaussian noise of that standard deviation to every executed action while the policy's own action
+    is recorded (DART: demonstrations that show how the expert recovers from small deviations)."""
+    if not noise >= 0:
+        raise ValueError(f"noise={noise}: expected a standard deviation >= 0")
+    low, high, act_dim = action_range
+    rng = np.random.default_rng([int(seed), 7]) if noise > 0 else None
+    obs = sim.reset(seed, placement)
+    rows_obs, rows_act, rewards = [], [], []
+    done, info = False, {"success": False}
+    while not done:
+        act = np.asarray(policy(obs), dtype=np.float32).reshape(act_dim)
+        rows_obs.append(obs)
+        rows_act.append(act)
+        if rng is not None:
+            act = np.clip(act + rng.normal(0.0, noise, act_dim), low, high).astype(np.float32)
+        obs, reward, done, info = sim.step(act)
+        rewards.append(reward)
+    done_flags = np.zeros(len(rows_obs), dtype=bool)
+    done_flags[-1] = True
+    return Episode(
+        obs=np.stack(rows_obs),
+        action=np.clip(np.stack(rows_act), low, high),
+        reward=np.asarray(rewards, dtype=np.float32),
+        done=done_flags,
+        success=bool(info["success"]),
+        task=SimTask(sim.env_name, int(seed)),
+    )
+
+
+def expert_episodes(
+    sim: Any, seeds: Iterable[int], only_successful: bool = True, progress: bool = False, **episode_kw: Any
+) -> list[Episode]:
+    """The scripted expert's episodes for each seed (failed ones dropped unless ``only_successful`` is False)."""
+    expert = sim.expert()
+    seeds = list(seeds)
+    iterator: Iterable[int] = seeds
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(seeds, desc=f"demos {sim.env_name}", unit="ep", leave=False)
+    episodes = [sim.run_episode(expert, s, **episode_kw) for s in iterator]
+    return [e for e in episodes if e.success or not only_successful]
+
+
+def success_rate(sim: Any, policy: Callable[[np.ndarray], np.ndarray], seeds: Sequence[int]) -> float:
+    """Closed-loop success rate of ``policy`` over the variations ``seeds``."""
+    if len(seeds) == 0:
+        raise ValueError("evaluate needs at least one seed")
+    return float(np.mean([sim.run_episode(policy, s).success for s in seeds]))
+
+
+def stack_episodes(episodes: Sequence[Episode]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate episodes into (obs [N, obs_dim], action [N, act_dim]) training arrays."""
+    if not episodes:
+        raise ValueError("no episodes to stack")
+    return np.concatenate([e.obs for e in episodes]), np.concatenate([e.action for e in episodes])
