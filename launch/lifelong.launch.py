@@ -2,6 +2,7 @@
 
   ros2 launch lifelong_ros lifelong.launch.py [config:=FILE] [namespace:=NS] [sim:=embedded|gazebo|none]
       [use_sim_time:=true|false|auto] [data_dir:=DIR] [log_level:=info] [autostart:=true|false]
+      [closed_loop_sim:=auto|metaworld|none]
 
 policy_server is a managed (lifecycle) node: with autostart:=true (the default) the launch file
 configures it and, once configured, activates it; `ros2 lifecycle set /policy_server deactivate`
@@ -31,6 +32,7 @@ from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
 from launch import LaunchDescription
+from lifelong_ros.params import check_params_file
 
 try:  # Jazzy and later spell it PushROSNamespace (the old name is a deprecated alias); Humble has only the old one
     from launch_ros.actions import PushROSNamespace as PushRosNamespace
@@ -62,6 +64,7 @@ def _nodes(context, *args, **kwargs):
     config = os.path.abspath(os.path.expanduser(config))
     if not os.path.isfile(config):
         raise FileNotFoundError(f"launch argument config:={config}: no such params file")
+    check_params_file(config)  # an unknown key, a misspelled section, a bad value: refused before any node starts
     ust = LaunchConfiguration("use_sim_time").perform(context)
     use_sim_time = (sim == "gazebo") if ust == "auto" else _bool("use_sim_time", ust)
     data_dir = LaunchConfiguration("data_dir").perform(context)
@@ -78,6 +81,13 @@ def _nodes(context, *args, **kwargs):
         emulate_tty=True,
         ros_arguments=["--log-level", log_level],
     )
+
+    # The gate's closed-loop stage needs a simulator of the robot: the embedded one when there is one.
+    closed_loop = LaunchConfiguration("closed_loop_sim").perform(context)
+    if closed_loop == "auto":
+        monitor_params = params + ([{"closed_loop_sim": "metaworld"}] if sim == "embedded" else [])
+    else:
+        monitor_params = [*params, {"closed_loop_sim": closed_loop}]
 
     policy_remaps = [("active_version", "safety_monitor/active")]
     if sim == "embedded":
@@ -109,7 +119,7 @@ def _nodes(context, *args, **kwargs):
                 ("experience", "policy_server/experience"),
                 ("episode_result", "sim_bridge/episode_result"),
             ],
-            **common,
+            **{**common, "parameters": monitor_params},
         ),
         policy_server,
         Node(executable="experience_buffer", name="experience_buffer", **common),
@@ -166,6 +176,12 @@ def generate_launch_description() -> LaunchDescription:
                 description="ros_gz_bridge YAML for sim:=gazebo ('' = config/gazebo_humanoid_bridge.yaml)",
             ),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
+            DeclareLaunchArgument(
+                "closed_loop_sim",
+                default_value="auto",
+                description="Simulator of the gate's closed-loop stage: auto (metaworld for sim:=embedded, else the "
+                "config's safety_monitor.closed_loop_sim), metaworld or none",
+            ),
             DeclareLaunchArgument(
                 "autostart",
                 default_value="true",

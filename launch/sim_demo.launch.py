@@ -1,7 +1,7 @@
 """The whole loop without a robot: lifelong.launch.py (sim:=embedded) plus the embedded simulator.
 
   ros2 launch lifelong_ros sim_demo.launch.py [task:=reach-v3] [controller:=policy|expert]
-      [config:=FILE] [namespace:=NS] [data_dir:=DIR] [rate_hz:=50.0] [log_level:=info]
+      [config:=FILE] [namespace:=NS] [data_dir:=DIR] [rate_hz:=50.0] [log_level:=info] [closed_loop_sim:=auto|none]
 
 sim_bridge runs Meta-World at a fixed rate, publishes observations on sim_bridge/joint_states and
 applies the actions the policy server publishes on sim_bridge/command. With controller:=expert the
@@ -66,7 +66,7 @@ def _sim_bridge(context, *args, **kwargs):
 
 
 def generate_launch_description() -> LaunchDescription:
-    passed = ("config", "namespace", "data_dir", "log_level", "autostart")
+    passed = ("config", "namespace", "data_dir", "log_level", "autostart", "closed_loop_sim")
     return LaunchDescription(
         [
             DeclareLaunchArgument(
@@ -89,6 +89,11 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
             DeclareLaunchArgument(
                 "autostart", default_value="true", description="Bring the managed policy_server to active"
+            ),
+            DeclareLaunchArgument(
+                "closed_loop_sim",
+                default_value="auto",
+                description="Simulator of the gate's closed-loop stage: auto (= metaworld here), metaworld or none",
             ),
             IncludeLaunchDescription(
                 PythonLaunchDescriptionSource(

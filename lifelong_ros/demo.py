@@ -18,13 +18,14 @@ from typing import Any, Literal
 import numpy as np
 
 from lifelong_ros import paths
-from lifelong_ros.config import ConfigError, check_known_keys, check_value, did_you_mean, load_sections
+from lifelong_ros.config import ConfigError, check_known_keys, check_value, did_you_mean
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.metrics import plot_matrix, summarize
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.orchestration import Orchestrator, RetryPolicy, Update
+from lifelong_ros.params import check_params_file
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
@@ -156,7 +157,7 @@ def settings_from_config(path: str | None) -> DemoSettings:
     an unknown key, a wrong type or an unknown task is a ConfigError naming the file and the key."""
     try:
         file = str(path or paths.default_config_path())
-        sections = load_sections(file)
+        sections = check_params_file(file)  # the whole file against the one schema, not only [demo]
     except FileNotFoundError:
         if path:
             raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,13 +163,17 @@ def gate_version(
     sources: Sequence[str] = GROUND_TRUTH_SOURCES,
     decide: bool = True,
     progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GateReport:
     """Run the safety gate on ``version`` against the active version; ``decide`` records the verdict.
 
     ``episodes``: a simulator's episode runner (sim.pool.RolloutPool) for the closed-loop test.
+    ``should_stop``: polled during the evaluation; True stops it (GateCancelled, nothing recorded).
     """
     suites = gate_suites(registry, store_path, version, sources)
-    return gate.evaluate(version, suites, target_task, episodes=episodes, decide=decide, progress=progress)
+    return gate.evaluate(
+        version, suites, target_task, episodes=episodes, decide=decide, progress=progress, should_stop=should_stop
+    )
 
 
 def promote(registry: ModelRegistry, version: str, runtime: Swappable | None = None, reason: str = "") -> Transition:

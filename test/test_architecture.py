@@ -30,13 +30,14 @@ ALLOWED: dict[str, set[str]] = {
     "safety": {"serving", "experience", "paths", "fsutil", "config"},
     "sim": {"serving"},
     "learning": {"experience", "serving", "paths", "fsutil"},
+    "params": {"config", "experience", "safety", "paths"},  # the parameter schema of every node
 }
 CORE = set(ALLOWED)
 APPS = {"orchestration", "demo", "offline"}  # the loop over the core, used by both front ends
 ALLOWED["app"] = CORE | {"app"}
 ALLOWED["cli"] = CORE | {"app"}  # front end 1: the standalone command line
 ALLOWED["nodes"] = CORE | {"app", "interfaces"}  # front end 2: the ROS nodes (and generated messages)
-TORCH_FREE = {"paths", "fsutil", "config", "experience", "serving", "ros_io", "safety"}
+TORCH_FREE = {"paths", "fsutil", "config", "experience", "serving", "ros_io", "safety", "params"}
 GENERATED = {"msg", "srv", "action"}  # rosidl output, present only in a colcon install
 
 

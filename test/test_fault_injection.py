@@ -199,12 +199,78 @@ CASES: list[Case] = [
         ],
         "latency_budgt_ms",
     ),
+    # ---- the whole params file against the one schema (lifelong_ros/params.py), whoever reads it
+    (
+        "offline-config-unknown-learner-key",
+        lambda t: _offline(t, nodes="/**/learner:\n  ros__parameters:\n    default_step: 300\n"),
+        "'default_step' (did you mean 'default_steps'?)",
+    ),
+    (
+        "offline-config-misspelled-node-section",
+        lambda t: _offline(t, nodes="/**/lerner:\n  ros__parameters:\n    default_steps: 300\n"),
+        "'lerner' names no lifelong_ros node (did you mean 'learner'?)",
+    ),
+    (
+        "offline-config-unknown-shared-key",
+        lambda t: _offline(t, shared="    data_dri: /tmp/x\n"),
+        "'data_dri' is a parameter of no lifelong_ros node (did you mean 'data_dir'?)",
+    ),
+    (
+        "offline-config-bad-choice",
+        lambda t: _offline(t, nodes="/**/experience_buffer:\n  ros__parameters:\n    durability: disk\n"),
+        "durability='disk'",
+    ),
+    (
+        "offline-config-wrong-type-other-node",
+        lambda t: _offline(t, nodes="/**/policy_server:\n  ros__parameters:\n    control_rate_hz: fast\n"),
+        "control_rate_hz='fast'",
+    ),
+    (
+        "offline-config-out-of-range-other-node",
+        lambda t: _offline(t, nodes="/**/sim_bridge:\n  ros__parameters:\n    rate_hz: 0.0\n"),
+        "rate_hz=0.0",
+    ),
+    (
+        "offline-config-bad-list-item",
+        lambda t: _offline(t, nodes="/**/policy_server:\n  ros__parameters:\n    action_low: [-1.0, low]\n"),
+        "action_low='low'",
+    ),
+    (
+        "offline-config-bad-watchdog-key",
+        lambda t: _offline(
+            t, nodes="/**/safety_monitor:\n  ros__parameters:\n    watchdog:\n      max_failur_rate: 0.5\n"
+        ),
+        "max_failur_rate",
+    ),
+    (
+        "demo-config-unknown-node-key",
+        lambda t: ["demo", "--config", params(t, nodes="/**/policy_server:\n  ros__parameters:\n    tsak: push-v3\n")],
+        "'tsak' (did you mean 'task'?)",
+    ),
+    (
+        "check-config-unknown-key",
+        lambda t: ["check-config", params(t, nodes="/**/learner:\n  ros__parameters:\n    nicee: 3\n")],
+        "'nicee' (did you mean 'nice'?)",
+    ),
     (
         "offline-config-missing",
         lambda t: ["offline-learn", "--bag", str(t), "--task", "reach-v3", "--config", str(t / "gone.yaml")],
         "gone.yaml",
     ),
 ]
+
+
+def _offline(tmp: Path, shared: str = "", nodes: str = "") -> list[str]:
+    """offline-learn with a params file holding the given blocks (the bag is never reached)."""
+    return [
+        "offline-learn",
+        "--bag",
+        str(tmp),
+        "--task",
+        "reach-v3",
+        "--config",
+        params(tmp, shared=shared, nodes=nodes),
+    ]
 
 
 def _write(tmp: Path, text: str, name: str = "params.yaml") -> str:

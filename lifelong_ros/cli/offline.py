@@ -16,6 +16,7 @@ from lifelong_ros.config import check_value, load_params
 from lifelong_ros.experience.sources import TEACHER_SOURCES
 from lifelong_ros.learning.jobs import AdaptCancelled
 from lifelong_ros.offline import DEFAULT_SPEC, offline_learn
+from lifelong_ros.params import check_params_file
 from lifelong_ros.paths import default_config_path
 from lifelong_ros.safety.gate import GateConfig
 
@@ -30,7 +31,8 @@ def _defaults_from_config(path: str | None) -> dict[str, Any]:
         return {}
     if not path and not cfg.exists():
         return {}
-    params = load_params(cfg)  # a missing --config file, invalid YAML, a malformed section: one clear error
+    check_params_file(cfg)  # a missing file, invalid YAML, an unknown key or bad value anywhere in it: one clear error
+    params = load_params(cfg)
 
     def node(name: str) -> tuple[dict[str, Any], str]:  # sections may be keyed `name`, `/name`, `/**/name`
         return params.get(name) or params["/**"], f"{cfg} [{name}]"

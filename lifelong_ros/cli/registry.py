@@ -25,9 +25,11 @@ def _load_gate_config(path: str | None):
     if path is None:
         try:
             from lifelong_ros.config import node_params
+            from lifelong_ros.params import check_params_file
 
+            check_params_file()
             params = node_params("safety_monitor")
-        except (FileNotFoundError, ImportError):
+        except FileNotFoundError:
             return GateConfig()
         return GateConfig.from_dict({k: v for k, v in params.items() if k.startswith("gate.")})
     return GateConfig.from_yaml(path)

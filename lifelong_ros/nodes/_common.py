@@ -9,17 +9,22 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
+from lifelong_ros import params as P
+from lifelong_ros.config import ConfigError
+from lifelong_ros.params import Param
+
 from . import messages as m
-from .params import Param
 
 KIT = m.RclpyKit()
 
@@ -95,7 +100,7 @@ def ignore_signals() -> None:
 
 
 # ---------------------------------------------------------------------------- executors
-EXECUTORS = ("events", "single", "multi")
+EXECUTORS = P.EXECUTORS
 
 
 def make_executor(kind: str, threads: int = 2) -> Executor:
@@ -114,8 +119,18 @@ def make_executor(kind: str, threads: int = 2) -> Executor:
 
 
 # ---------------------------------------------------------------------------- parameters
+# Parameters rclpy itself declares on every node (Jazzy); its qos_overrides.* names are skipped too.
+RCLPY_PARAMS = {"use_sim_time", "start_type_description_service"}
+
+
 def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:
-    """Declare ``params`` (nodes/params.py) with descriptors, in order, and return their values."""
+    """Declare ``params`` (a node's list in lifelong_ros/params.py) with descriptors, in order, and
+    return their values. First refuses what the node was given (--params-file, -p) that its schema
+    does not declare: rclpy would ignore a misspelled parameter silently."""
+    schema = next((n for n, ps in P.NODES.items() if ps is params), None)
+    if schema is not None:
+        given = getattr(node, "_parameter_overrides", {})  # rclpy keeps --params-file / -p values here
+        P.check_overrides(schema, [k for k in given if k not in RCLPY_PARAMS and not k.startswith("qos_overrides.")])
     values: dict[str, Any] = {}
     for p in params:
         desc = ParameterDescriptor(description=p.description, read_only=p.read_only)
@@ -137,10 +152,13 @@ def declare(node: Node, params: Sequence[Param]) -> dict[str, Any]:
                         step=1,
                     )
                 ]
-        value = node.declare_parameter(p.name, default, desc).value
+        try:
+            value = node.declare_parameter(p.name, default, desc).value
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            raise ConfigError(f"{node.get_name()}: {exc}") from None
         if p.default is None and value is None:
             value = []
-        values[p.name] = value
+        values[p.name] = p.check(value, node.get_name())
     return values
 
 
@@ -161,6 +179,20 @@ def declare_section(node: Node, section: str, config_cls: type) -> dict[str, Any
         )
         values[f.name] = node.declare_parameter(f"{section}.{f.name}", f.default, desc).value
     return values
+
+
+NodeT = TypeVar("NodeT", bound=Node)
+
+
+def construct(make: Callable[[], NodeT], name: str) -> NodeT:
+    """Build a node; bad parameters or files (ConfigError, SpecError, a bad task name: the ValueErrors
+    of the node's own checks) end it with one fatal log line and exit code 2, no traceback."""
+    try:
+        return make()
+    except ValueError as exc:
+        rclpy.logging.get_logger(name).fatal(f"cannot start: {exc}")
+        rclpy.try_shutdown()
+        raise SystemExit(2) from None
 
 
 # ---------------------------------------------------------------------------- health

@@ -28,6 +28,7 @@ from rclpy.node import Node
 from rclpy.subscription import Subscription
 from std_msgs.msg import String
 
+from lifelong_ros import params as P
 from lifelong_ros import paths
 from lifelong_ros.experience.sources import TEACHER_SOURCES
 from lifelong_ros.experience.store import ExperienceStore, InvalidRecord, StoreError
@@ -38,7 +39,6 @@ from lifelong_ros.srv import SetRecording
 
 from . import _common as c
 from . import messages as m
-from . import params as P
 
 NODE_NAME = "experience_buffer"
 RAW_SOURCES = TEACHER_SOURCES  # what raw-topic recording may be tagged as
@@ -49,11 +49,7 @@ class ExperienceBuffer(Node):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.EXPERIENCE_BUFFER)
         self._p = p
-        if p["executor"] not in c.EXECUTORS:
-            raise ValueError(f"parameter executor={p['executor']!r}: expected one of {', '.join(c.EXECUTORS)}")
         self.executor_kind = p["executor"]
-        if p["raw_source"] not in RAW_SOURCES:
-            raise ValueError(f"raw_source {p['raw_source']!r}: expected one of {RAW_SOURCES}")
         self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
         path = paths.store_path(p["data_dir"])
         # The single writer; a second writer gets StoreLockedError naming the holder's pid.
@@ -423,7 +419,7 @@ def main(args: list[str] | None = None) -> None:
     c.sigterm_like_sigint()
     node = None
     try:
-        node = ExperienceBuffer()
+        node = c.construct(ExperienceBuffer, NODE_NAME)
         rclpy.spin(node, executor=c.make_executor(node.executor_kind))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

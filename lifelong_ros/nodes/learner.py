@@ -25,17 +25,17 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
+from lifelong_ros import params as P
 from lifelong_ros import paths
 from lifelong_ros.action import Adapt, Gate
 from lifelong_ros.learning.jobs import AdaptCancelled, AdaptError
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.msg import ModelVersion
-from lifelong_ros.orchestration import new_request, register_candidate
+from lifelong_ros.orchestration import RetryPolicy, new_request, register_candidate
 from lifelong_ros.safety.registry import ModelRegistry
 
 from . import _common as c
 from . import messages as m
-from . import params as P
 
 NODE_NAME = "learner"
 STATUS_CANCELED = 5  # action_msgs/msg/GoalStatus.STATUS_CANCELED
@@ -123,22 +123,60 @@ class LearnerNode(Node):
         return result
 
     def _run(self, goal_handle: Any, goal: Any, t0: float) -> Any:
+        """Adapt, register, gate; a candidate the gate rejects is retried with a stronger recipe
+        (orchestration.RetryPolicy), at most ``retries`` times. Every attempt is in the result."""
         feedback = _Feedback(goal_handle, t0, self._p["feedback_period_s"])
+        retry = RetryPolicy(retries=self._p["retries"])
+        method = goal.method or self._p["default_method"]
+        attempts: list[str] = []
+        result: Any = None
+        for k in range(retry.retries + 1):
+            steps, options, seed = retry.attempt(
+                k, method, int(goal.max_steps or self._p["default_steps"]), None, int(self._p["seed"])
+            )
+            result, rejected = self._attempt(goal_handle, goal, t0, feedback, method, steps, options, seed, k)
+            recipe = f"{steps} steps" + (f", {options}" if options else "")
+            attempts.append(f"attempt {k + 1} ({recipe}): {result.candidate_version or '-'} {result.message}")
+            if not rejected or goal_handle.is_cancel_requested or time.monotonic() - t0 > self._budget(goal):
+                break
+            self.get_logger().info(f"Adapt {goal.task!r}: {attempts[-1]}; retrying with a stronger recipe")
+        if len(attempts) > 1:
+            result.message = f"{result.message} (after {len(attempts)} attempts)"
+        result.attempts = attempts
+        return result
+
+    @staticmethod
+    def _budget(goal: Any) -> float:
+        return float(goal.max_seconds) if goal.max_seconds > 0 else math.inf
+
+    def _attempt(
+        self,
+        goal_handle: Any,
+        goal: Any,
+        t0: float,
+        feedback: Any,
+        method: str,
+        steps: int,
+        options: dict[str, Any],
+        seed: int,
+        k: int,
+    ) -> tuple[Any, bool]:
+        """One adapt -> register -> gate pass: (Adapt result, True when the gate rejected the candidate)."""
         feedback("loading", 0, 0, math.nan, force=True)
         active = self.registry.active()
-        steps = int(goal.max_steps or self._p["default_steps"])
         request = new_request(
             self.registry,
             goal.task,
             store_path=self._store_path,
             work_dir=self._work_dir,
-            method=goal.method or self._p["default_method"],
+            method=method,
             steps=steps,
             shots=int(goal.shots),
-            seed=int(self._p["seed"]),
+            seed=seed,
+            options=options,
         )
         self._job = job = self.learner.submit(request, on_progress=lambda ph, st, loss: feedback(ph, st, steps, loss))
-        deadline = t0 + goal.max_seconds if goal.max_seconds > 0 else math.inf
+        deadline = t0 + self._budget(goal)
         while True:
             if goal_handle.is_cancel_requested or time.monotonic() > deadline:
                 job.cancel()
@@ -153,42 +191,25 @@ class LearnerNode(Node):
                     if goal_handle.is_cancel_requested
                     else f"time budget of {goal.max_seconds:g} s exceeded"
                 )
-                return m.adapt_result(
-                    c.KIT,
-                    success=False,
-                    message=f"adaptation {why}; nothing was registered",
-                    active_version=self.registry.active() or "",
-                )
+                return self._failed(f"adaptation {why}; nothing was registered"), False
             except AdaptError as exc:
                 lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
                 self.get_logger().error(str(exc))  # the worker's full traceback
-                return m.adapt_result(
-                    c.KIT,
-                    success=False,
-                    message=f"adaptation failed: {lines[-1][:500]}",
-                    active_version=self.registry.active() or "",
-                )
+                return self._failed(f"adaptation failed: {lines[-1][:500]}"), False
 
         feedback("registering", steps, steps, math.nan, force=True)
         version = register_candidate(self.registry, candidate, parent=active)
         info = self.registry.info(version)
         self._candidate_pub.publish(m.model_version_msg(c.KIT, info, c.now_ns(self)))
-        metrics = dict(info.metrics, goal_seconds=time.monotonic() - t0)
+        metrics = dict(info.metrics, goal_seconds=time.monotonic() - t0, attempt=k + 1)
 
         feedback("gating", 0, 0, math.nan, force=True)
         response, why = self._call_gate(goal_handle, version, activate=not goal.dry_run)
         if response is None:
-            return m.adapt_result(
-                c.KIT,
-                success=False,
-                message=f"candidate {version} registered, but {why}",
-                candidate_version=version,
-                active_version=self.registry.active() or "",
-                metrics=metrics,
-            )
+            return self._failed(f"candidate {version} registered, but {why}", version, metrics), False
         approved = bool(response.report.approved)
         self._counts["approved"] += approved
-        return m.adapt_result(
+        result = m.adapt_result(
             c.KIT,
             success=bool(response.success),
             message=response.message,
@@ -196,6 +217,19 @@ class LearnerNode(Node):
             approved=approved,
             gate_report=response.report,
             active_version=response.active_version,
+            metrics=metrics,
+        )
+        # a verdict with a reason: rejected (an approval, or a shadow stage still pending, has none)
+        rejected = bool(response.success) and not approved and bool(response.report.reason)
+        return result, rejected
+
+    def _failed(self, message: str, version: str = "", metrics: dict[str, Any] | None = None) -> Any:
+        return m.adapt_result(
+            c.KIT,
+            success=False,
+            message=message,
+            candidate_version=version,
+            active_version=self.registry.active() or "",
             metrics=metrics,
         )
 
@@ -282,7 +316,7 @@ def main(args: list[str] | None = None) -> None:
     c.sigterm_like_sigint()
     node = None
     try:
-        node = LearnerNode()
+        node = c.construct(LearnerNode, NODE_NAME)
         rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -528,10 +528,12 @@ def adapt_result(
     gate_report: Any = None,
     active_version: str = "",
     metrics: Mapping[str, Any] | None = None,
+    attempts: Sequence[str] = (),
 ) -> Any:
     return build(
         kit,
         f"{PACKAGE}/action/Adapt_Result",
+        attempts=[str(a) for a in attempts],
         success=bool(success),
         message=message,
         candidate_version=candidate_version or "",

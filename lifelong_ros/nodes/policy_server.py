@@ -43,6 +43,7 @@ from rclpy.publisher import Publisher
 from rclpy.subscription import Subscription
 from std_msgs.msg import String
 
+from lifelong_ros import params as P
 from lifelong_ros import paths
 from lifelong_ros.msg import ExperienceRecord, ModelVersion, PolicyOutput
 from lifelong_ros.ros_io.spec import SpecError, StreamAligner, header_stamp_ns, load_spec, ros_classes
@@ -51,7 +52,6 @@ from lifelong_ros.serving.runtime import InvalidObservation, ModelLoadError, Out
 
 from . import _common as c
 from . import messages as m
-from . import params as P
 
 NODE_NAME = "policy_server"
 
@@ -64,8 +64,6 @@ class PolicyServer(LifecycleNode):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.POLICY_SERVER)
         self._p = p
-        if p["executor"] not in c.EXECUTORS:
-            raise ValueError(f"parameter executor={p['executor']!r}: expected one of {', '.join(c.EXECUTORS)}")
         self.executor_kind = p["executor"]
         self.autostart = bool(p["autostart"])
         self._classes = ros_classes()
@@ -440,7 +438,7 @@ def main(args: list[str] | None = None) -> None:
     c.sigterm_like_sigint()
     node = None
     try:
-        node = PolicyServer()
+        node = c.construct(PolicyServer, NODE_NAME)
         if node.autostart:  # standalone use; launch files drive the transitions instead
             node.trigger_configure()
             if node.configured:

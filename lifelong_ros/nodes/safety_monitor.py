@@ -5,7 +5,7 @@ one node that moves the active pointer; every move is announced on ~/active (rel
 transient-local) so the policy server, and any node that starts later, switch to it.
 
 Interfaces:
-  action    ~/gate (Gate: feedback while queued/evaluating; cancel while queued)
+  action    ~/gate (Gate: feedback while queued/evaluating; cancel until the verdict is recorded)
   services  ~/gate (GateCandidate, the same synchronously), ~/rollback (Rollback), ~/list_versions (ListVersions),
             ~/get_status (GetStatus)
   publishes ~/active (ModelVersion, latched), ~/gate_report (GateReport, latched), /diagnostics
@@ -25,19 +25,20 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
+from lifelong_ros import params as P
 from lifelong_ros import paths
 from lifelong_ros.action import Gate
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, GateReport, ModelVersion, PolicyOutput
 from lifelong_ros.orchestration import gate_version, promote
-from lifelong_ros.safety.gate import GateConfig, SafetyGate
+from lifelong_ros.safety.gate import GateCancelled, GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry, RegistryError, check_version_id
 from lifelong_ros.safety.watchdog import Watchdog, WatchdogConfig, WatchdogEvent
+from lifelong_ros.sim.pool import RolloutPool
 from lifelong_ros.srv import GateCandidate, ListVersions, Rollback
 
 from . import _common as c
 from . import messages as m
-from . import params as P
 
 NODE_NAME = "safety_monitor"
 
@@ -57,6 +58,11 @@ class SafetyMonitor(Node):
             Watchdog(self.registry, None, wd_cfg, on_event=self._on_watchdog_event) if p["watchdog_enabled"] else None
         )
 
+        # The closed-loop stage: paired episodes in niced worker processes (a simulator on this machine).
+        self._episodes: RolloutPool | None = None
+        if p["closed_loop_sim"] != "none":
+            self._episodes = RolloutPool(p["closed_loop_workers"] or None)
+            self._episodes.warm()  # spawn the workers now, not in the first gate
         self._gate_lock = threading.Lock()  # one evaluation at a time; they are CPU-bound anyway
         self._shadow: dict[str, Any] | None = None  # {"version", "runner", "activate"} while a shadow runs
         self._announced: str | None = None
@@ -68,7 +74,6 @@ class SafetyMonitor(Node):
         self._active_pub = self.create_publisher(ModelVersion, "~/active", c.LATCHED_QOS)
         self._report_pub = self.create_publisher(GateReport, "~/gate_report", c.LATCHED_QOS)
         self.create_service(GateCandidate, "~/gate", self._on_gate, callback_group=slow)
-        self._evaluating: set[bytes] = set()  # ids of Gate goals whose evaluation runs (cancel refused)
         self._gate_server = ActionServer(
             self,
             Gate,
@@ -133,11 +138,19 @@ class SafetyMonitor(Node):
             return None, f"{version} was already decided ({info.decision!r}); only candidates are gated"
         return info, ""
 
-    def _decide(self, info: Any, activate_requested: bool, on_phase: Any = None) -> dict[str, Any]:
-        """Evaluate ``info`` (the caller holds the gate lock), publish the report, promote if approved and asked."""
+    def _decide(
+        self, info: Any, activate_requested: bool, on_phase: Any = None, should_stop: Any = None
+    ) -> dict[str, Any]:
+        """Evaluate ``info`` (the caller holds the gate lock), publish the report, promote if approved and asked.
+
+        ``should_stop``: polled during the evaluation; True stops it with nothing recorded ("cancelled")."""
         t0 = time.perf_counter()
         try:
-            report = self._evaluate(info)
+            report = self._evaluate(info, should_stop)
+        except GateCancelled as exc:
+            message = f"cancelled after {time.perf_counter() - t0:.1f} s: {exc}; {info.id} stays a candidate"
+            self.get_logger().info(message)
+            return {"success": False, "cancelled": True, "message": message}
         except Exception as exc:  # noqa: BLE001 - answer the caller with the reason, keep serving
             message = f"gate could not evaluate {info.id}: {type(exc).__name__}: {exc}"
             self.get_logger().warning(message)
@@ -181,13 +194,10 @@ class SafetyMonitor(Node):
         return GoalResponse.ACCEPT
 
     def _on_gate_cancel(self, goal_handle: Any) -> CancelResponse:
-        if bytes(goal_handle.goal_id.uuid) in self._evaluating:
-            self.get_logger().warning("Gate cancel refused: the evaluation is running and will record its verdict")
-            return CancelResponse.REJECT
-        return CancelResponse.ACCEPT
+        return CancelResponse.ACCEPT  # the evaluation stops at its next stop point; a recorded verdict stands
 
     def _execute_gate(self, goal_handle: Any) -> Any:
-        goal, key, t0 = goal_handle.request, bytes(goal_handle.goal_id.uuid), time.monotonic()
+        goal, t0 = goal_handle.request, time.monotonic()
         phase = ["queued"]
 
         def feedback(now: str | None = None) -> None:
@@ -212,19 +222,22 @@ class SafetyMonitor(Node):
             if info is None:
                 goal_handle.abort()
                 return result(success=False, message=why)
-            self._evaluating.add(key)
             stop = threading.Event()
             ticker = threading.Thread(target=self._tick, args=(stop, feedback), daemon=True)
             feedback("evaluating")
             ticker.start()
             try:
-                out = self._decide(info, bool(goal.activate), on_phase=feedback)
+                out = self._decide(
+                    info, bool(goal.activate), on_phase=feedback, should_stop=lambda: goal_handle.is_cancel_requested
+                )
             finally:
                 stop.set()
                 ticker.join()
-                self._evaluating.discard(key)
         finally:
             self._gate_lock.release()
+        if out.pop("cancelled", False):
+            goal_handle.canceled()
+            return result(success=False, message=out["message"])
         if out["success"]:
             goal_handle.succeed()
         else:
@@ -235,10 +248,19 @@ class SafetyMonitor(Node):
         while not stop.wait(self._p["gate_feedback_period_s"]):
             feedback()
 
-    def _evaluate(self, info: Any) -> Any:
-        """The gate on the store's held-out ground truth (read-only: the experience_buffer is the writer)."""
+    def _evaluate(self, info: Any, should_stop: Any = None) -> Any:
+        """The gate on the store's held-out ground truth (read-only: the experience_buffer is the
+        writer), closed loop too when a simulator is configured."""
         sources = self._p["suite_sources"] or GROUND_TRUTH_SOURCES
-        return gate_version(self.registry, self.gate, self._store_path, info.id, sources=sources)
+        return gate_version(
+            self.registry,
+            self.gate,
+            self._store_path,
+            info.id,
+            sources=sources,
+            episodes=self._episodes,
+            should_stop=should_stop,
+        )
 
     def _report_msg(self, report: Any, duration_s: float) -> Any:
         reports = self.registry.reports(report.candidate)
@@ -336,6 +358,11 @@ class SafetyMonitor(Node):
         )
         self._announce_active("watchdog rollback")
 
+    def destroy_node(self) -> None:
+        if self._episodes is not None:
+            self._episodes.close()  # an evaluation in progress was stopped by shutdown; its workers exit here
+        super().destroy_node()
+
     # ------------------------------------------------------------------ health
     def _status(self) -> m.Status:
         active = self.registry.active() or ""
@@ -357,7 +384,7 @@ def main(args: list[str] | None = None) -> None:
     c.sigterm_like_sigint()
     node = None
     try:
-        node = SafetyMonitor()
+        node = c.construct(SafetyMonitor, NODE_NAME)
         rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))  # a long gate goal holds one thread
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

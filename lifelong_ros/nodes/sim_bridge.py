@@ -28,6 +28,7 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from std_msgs.msg import String
 
+from lifelong_ros import params as P
 from lifelong_ros import paths
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
 from lifelong_ros.ros_io.spec import SpecError, load_spec, ros_classes
@@ -35,7 +36,6 @@ from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available
 
 from . import _common as c
 from . import messages as m
-from . import params as P
 
 NODE_NAME = "sim_bridge"
 CONTROLLERS = ("policy", "expert")
@@ -262,7 +262,7 @@ def main(args: list[str] | None = None) -> None:
     c.sigterm_like_sigint()
     node = None
     try:
-        node = SimBridge()
+        node = c.construct(SimBridge, NODE_NAME)
         rclpy.spin(node, executor=SingleThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

@@ -36,6 +36,12 @@ from lifelong_ros.serving.runtime import session_options
 
 log = logging.getLogger(__name__)
 
+
+class GateCancelled(Exception):
+    """The caller stopped an evaluation (``should_stop``) before its verdict: nothing was recorded,
+    the version stays a candidate and can be gated again."""
+
+
 _BATCH = 8192
 
 
@@ -674,6 +680,7 @@ class SafetyGate:
         shadow_source: Iterable[tuple[npt.ArrayLike, str]] | None = None,
         decide: bool = True,
         progress: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> GateReport:
         """Run every check on ``candidate`` vs the active version and (with ``decide``) persist the verdict.
 
@@ -682,9 +689,16 @@ class SafetyGate:
         episode runner; with it, a candidate that passes the offline checks (which may reject but
         never approve alone then) must also pass the paired closed-loop test on every task. ``shadow_source``: (obs, task) pairs for the shadow stage when
         config.shadow_steps > 0; without it a passing candidate stays a candidate with decision
-        'pending_shadow' until ``conclude_shadow``.
+        'pending_shadow' until ``conclude_shadow``. ``should_stop``: polled between stages and
+        between closed-loop episodes; when it returns True, GateCancelled is raised and nothing is
+        recorded.
         """
         t_start = time.perf_counter()
+
+        def stop_point(stage: str) -> None:
+            if should_stop is not None and should_stop():
+                raise GateCancelled(f"evaluation of {candidate} stopped before {stage}; nothing recorded")
+
         started = _utcnow()
         cfg = self.config
         timings: dict[str, float] = {}
@@ -738,9 +752,12 @@ class SafetyGate:
         def guarded(kind: str, fn: Callable[[], list[CheckResult]]) -> list[CheckResult]:
             """Fail closed: a check that cannot run (the candidate errors in onnxruntime, the
             simulator breaks) is a failed check carrying the error, never a crash or a pass."""
+            stop_point(kind)
             with timed(kind):
                 try:
                     return fn()
+                except GateCancelled:
+                    raise
                 except Exception as exc:  # noqa: BLE001
                     log.warning("gate %s: %s check raised %s", candidate, kind, exc)
                     return [
@@ -775,7 +792,9 @@ class SafetyGate:
                 abytes_cl = self.registry.read_onnx(ainfo.id) if ainfo is not None else None
                 checks += guarded(
                     "closed_loop",
-                    lambda: self._closed_loop_checks(episodes, cbytes, cinfo, abytes_cl, ainfo, target, progress),
+                    lambda: self._closed_loop_checks(
+                        episodes, cbytes, cinfo, abytes_cl, ainfo, target, progress, stop_point
+                    ),
                 )
             else:
                 timings["closed_loop"] = 0.0  # skipped: already rejected offline
@@ -1230,6 +1249,7 @@ class SafetyGate:
         ainfo: VersionInfo | None,
         target: str,
         progress: bool,
+        stop_point: Callable[[str], None] = lambda stage: None,
     ) -> list[CheckResult]:
         """One sequential test per task the candidate serves, all tasks' episodes interleaved on the
         runner's workers. Outcomes are fed to each test in seed order (never in completion order,
@@ -1301,7 +1321,8 @@ class SafetyGate:
                     pending = [f for f in futures.values() if not f.done()]
                     if not pending:
                         raise RuntimeError("closed-loop test stalled: no episodes pending and no decision")
-                    wait(pending, return_when=FIRST_COMPLETED)
+                    wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                stop_point(f"closed-loop episode {sum(fed.values()) + 1}")
         finally:
             for f in futures.values():
                 runner.cancel(f)

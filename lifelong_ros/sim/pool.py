@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import signal
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -38,6 +39,9 @@ _MODELS_KEPT = 4
 
 
 def _init_worker(niceness: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the owner decides when workers stop
+    # (close()), a worker must not die mid-episode with a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
     if niceness > 0 and hasattr(os, "nice"):

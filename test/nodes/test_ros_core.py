@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lifelong_ros.nodes import params as P
+from lifelong_ros import params as P
 
 ROOT = Path(__file__).resolve().parents[2]
 NODES_DIR = ROOT / "lifelong_ros" / "nodes"
@@ -66,7 +66,7 @@ def _run(code: str, tmp_path: Path) -> dict:
 
 @pytest.mark.parametrize("node", TORCH_FREE)
 def test_serving_nodes_core_never_imports_torch(node, tmp_path):
-    mods = sorted(_core_imports(node) | {"lifelong_ros.nodes.messages", "lifelong_ros.nodes.params"})
+    mods = sorted(_core_imports(node) | {"lifelong_ros.nodes.messages", "lifelong_ros.params"})
     assert "lifelong_ros.serving.runtime" in mods or node != "policy_server"
     code = (
         "import json, sys\n"
@@ -127,43 +127,10 @@ def _sections(path: Path) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
-def test_every_config_key_is_a_parameter_its_node_declares(config):
-    sections = _sections(ROOT / "config" / config)
-    declared_anywhere = set().union(*(P.declared_names(n) for n in P.NODES))
-    for key, values in sections.items():
-        if key == "/**":
-            unknown = set(values) - declared_anywhere - P.CLI_ONLY
-            assert not unknown, f"{config}: shared key(s) {sorted(unknown)} are declared by no node"
-            continue
-        node = re.sub(r"^/(\*\*/)?", "", key)
-        if node in P.CLI_SECTIONS:
-            continue
-        assert node in P.NODES, f"{config}: section {key!r} names no lifelong_ros node; nodes: {sorted(P.NODES)}"
-        unknown = set(values) - P.declared_names(node)
-        assert not unknown, f"{config}: {node} does not declare {sorted(unknown)} (ROS would ignore them silently)"
-
-
-@pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
-def test_config_values_have_the_declared_types_and_valid_sections(config):
-    from lifelong_ros.safety.gate import GateConfig
-    from lifelong_ros.safety.watchdog import WatchdogConfig
-
-    sections = _sections(ROOT / "config" / config)
-    shared = sections.get("/**", {})
-    by_name = {p.name: p for n in P.NODES for p in P.NODES[n]}
-    for key, values in sections.items():
-        for name, value in values.items():
-            p = by_name.get(name)
-            if p is None or p.default is None:
-                continue
-            want = type(p.default)
-            ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
-            assert ok, f"{config}: {key} {name}={value!r} is {type(value).__name__}; the node declares {want.__name__}"
-            if p.min is not None:
-                assert p.min <= value <= p.max, f"{config}: {name}={value} outside [{p.min}, {p.max}]"
-    monitor = {**shared, **sections.get("/**/safety_monitor", {})}
-    GateConfig.from_dict({k[5:]: v for k, v in monitor.items() if k.startswith("gate.")})
-    WatchdogConfig.from_dict({k[9:]: v for k, v in monitor.items() if k.startswith("watchdog.")})
+def test_every_shipped_params_file_passes_the_one_schema(config):
+    sections = P.check_params_file(ROOT / "config" / config)  # what the CLI, launch files and nodes run
+    nodes = {k.rsplit("/", 1)[-1] for k in _sections(ROOT / "config" / config) if k != "/**"} - P.CLI_SECTIONS
+    assert nodes <= set(P.NODES) and nodes <= set(sections)
 
 
 @pytest.mark.parametrize("config, dims", [("lifelong.yaml", (39, 4)), ("gazebo_humanoid.yaml", (49, 21))])

@@ -97,7 +97,7 @@ def test_time_critical_messages_carry_a_header(kit):
 def test_adapt_action_has_the_goal_feedback_result_the_issue_asks_for(kit):
     assert {"task", "method", "shots", "max_steps"} <= fields(kit, "lifelong_ros/action/Adapt_Goal")
     assert {"phase", "step", "loss"} <= fields(kit, "lifelong_ros/action/Adapt_Feedback")
-    assert {"candidate_version", "approved", "gate_report", "metrics"} <= fields(
+    assert {"candidate_version", "approved", "gate_report", "metrics", "attempts"} <= fields(
         kit, "lifelong_ros/action/Adapt_Result"
     )
 
@@ -338,10 +338,12 @@ def test_policy_output_episode_result_and_adapt_parts_round_trip(kit):
             candidate_version="v0002",
             approved=True,
             metrics={"final_loss": 0.01, "train_s": 3.0, "note": "skipped", "flag": True},
+            attempts=["attempt 1 (1500 steps): v0002 rejected: closed_loop[reach-v3]", "attempt 2 (2250 steps): ok"],
         ),
         "lifelong_ros/action/Adapt_Result",
     )
     assert {x.name: (x.value, x.unit) for x in res.metrics} == {"final_loss": (0.01, "mse"), "train_s": (3.0, "s")}
+    assert len(res.attempts) == 2 and res.attempts[0].startswith("attempt 1 (1500 steps): v0002 rejected")
 
 
 def test_gate_action_result_and_feedback_build_with_every_field(kit):
@@ -393,7 +395,9 @@ READS = {
     ("learner", "_on_goal", "goal"): "lifelong_ros/action/Adapt_Goal",
     ("learner", "_run", "goal"): "lifelong_ros/action/Adapt_Goal",
     ("learner", "_execute", "goal"): "lifelong_ros/action/Adapt_Goal",
-    ("learner", "_run", "response"): "lifelong_ros/action/Gate_Result",
+    ("learner", "_attempt", "goal"): "lifelong_ros/action/Adapt_Goal",
+    ("learner", "_budget", "goal"): "lifelong_ros/action/Adapt_Goal",
+    ("learner", "_attempt", "response"): "lifelong_ros/action/Gate_Result",
     ("safety_monitor", "_on_gate_goal", "goal"): "lifelong_ros/action/Gate_Goal",
     ("safety_monitor", "_execute_gate", "goal"): "lifelong_ros/action/Gate_Goal",
     ("experience_buffer", "_on_set_recording", "request"): "lifelong_ros/srv/SetRecording_Request",

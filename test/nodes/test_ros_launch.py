@@ -114,10 +114,14 @@ def world(tmp_path_factory) -> dict:
     share = Path(get_package_share_directory("lifelong_ros"))
     params = yaml.safe_load((share / "config" / "lifelong.yaml").read_text())
     params["/**"]["ros__parameters"].update(spec=str(share / "config" / "spec_metaworld.yaml"), data_dir=str(data))
-    params["/**/learner"]["ros__parameters"]["default_steps"] = STEPS
+    params["/**/learner"]["ros__parameters"].update(default_steps=STEPS, retries=1)
     monitor = params["/**/safety_monitor"]["ros__parameters"]
     monitor["watchdog_enabled"] = False  # a young model failing episodes must not roll back mid-test
     monitor["gate"]["latency_budget_ms"] = 50.0  # a loaded test machine is no latency benchmark
+    # sim_demo.launch.py turns the closed-loop stage on (the embedded Meta-World); a short test of it:
+    # at most 10 paired episodes a task, and a target-task floor a 1000-step model can meet.
+    monitor["gate"].update(closed_loop_max_pairs=10, closed_loop_min_success=0.2)
+    monitor["closed_loop_workers"] = 1
     params["/**/sim_bridge"]["ros__parameters"].update(max_steps=60, task=FIRST)
     config = data / "test_params.yaml"
     config.write_text(yaml.safe_dump(params))
@@ -270,6 +274,15 @@ def test_adapt_goal_streams_feedback_and_an_approved_candidate_is_served(world, 
     assert result.candidate_version and result.candidate_version != world["first"]
     assert result.gate_report.candidate_version == result.candidate_version and len(result.gate_report.checks) > 0
     assert {m.name for m in result.metrics} >= {"final_loss"}
+    # every attempt is reported; a second one only after the gate rejected the first
+    assert 1 <= len(result.attempts) <= 2, result.attempts
+    assert all(a.startswith(f"attempt {k + 1} (") for k, a in enumerate(result.attempts)), result.attempts
+    if len(result.attempts) == 2:
+        assert "rejected" in result.attempts[0] and "after 2 attempts" in result.message, result.attempts
+    names = {c.name for c in result.gate_report.checks}
+    if all(c.passed for c in result.gate_report.checks if not c.name.startswith("closed_loop")):
+        # the offline stage passed, so the safety monitor ran paired episodes in the embedded simulator
+        assert {f"closed_loop[{FIRST}]", f"closed_loop_success[{NEW}]"} <= names, sorted(names)
     world["candidate"], world["approved"] = result.candidate_version, result.approved
     t0 = time.monotonic()
     if result.approved:
@@ -290,6 +303,41 @@ def test_gate_action_refuses_unknown_and_already_decided_versions(world, probe):
         assert not handle.accepted, f"a Gate goal for {version} was accepted"
     st = probe.call(GetStatus, "/policy_server/get_status", GetStatus.Request())
     assert st.active_version == (world["candidate"] if world.get("approved") else world["first"])
+
+
+@pytest.mark.launch(fixture=sim_demo)
+def test_gate_goal_cancelled_during_evaluation_records_nothing(world, probe):
+    """Cancel while the gate evaluates: the goal ends CANCELED, no verdict or report is recorded and
+    the version stays a candidate (it can be gated again); production is untouched."""
+    from action_msgs.msg import GoalStatus
+
+    from lifelong_ros.safety.registry import ModelRegistry
+
+    registry = ModelRegistry(world["data"] / "registry")
+    active = registry.active()
+    version = registry.register(
+        registry.read_onnx(world["first"]), tasks=list(registry.info(world["first"]).tasks), method="copy"
+    )
+    client = ActionClient(probe.node, Gate, "/safety_monitor/gate")
+    assert client.wait_for_server(timeout_sec=30.0)
+    evaluating = threading.Event()
+
+    def on_feedback(fb) -> None:
+        if fb.feedback.phase == "evaluating":
+            evaluating.set()
+
+    handle = wait(
+        client.send_goal_async(Gate.Goal(version=version, activate=True), feedback_callback=on_feedback), 30, "goal"
+    )
+    assert handle.accepted
+    assert evaluating.wait(60), "no 'evaluating' feedback"
+    assert wait(handle.cancel_goal_async(), 30, "cancel").return_code == 0  # ERROR_NONE: accepted
+    done = wait(handle.get_result_async(), 120, "Gate result")
+    assert done.status == GoalStatus.STATUS_CANCELED, (done.status, done.result.message)
+    assert "stays a candidate" in done.result.message, done.result.message
+    info = ModelRegistry(world["data"] / "registry").info(version)
+    assert info.decision == "candidate" and registry.reports(version) == []
+    assert registry.active() == active
 
 
 @pytest.mark.launch(fixture=sim_demo)

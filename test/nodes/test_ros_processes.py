@@ -1,6 +1,7 @@
 """Every node as its own process on a real ROS 2 graph: clean exit on SIGINT and SIGTERM (exit code 0,
 no traceback, the learner's worker process gone too), and a learner whose worker is killed mid-goal
-aborts the goal with the reason and registers nothing.
+aborts the goal with the reason and registers nothing; a misspelled or invalid parameter stops a
+node before it does anything, with one line and exit code 2.
 
 Needs a sourced ROS 2 Jazzy workspace with lifelong_ros built (`colcon test` registers this file),
 plus the pip packages of the core. Without ROS the whole module is skipped, with the reason.
@@ -134,6 +135,34 @@ def test_every_node_exits_cleanly_on_a_signal(sig, probe, tmp_path):
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.parametrize(
+    "node, param, offending",
+    [
+        ("learner", "default_step:=300", "'default_step' is declared by no lifelong_ros node (did you mean"),
+        ("safety_monitor", "gate.regresion_rel_tol:=0.2", "'gate.regresion_rel_tol'"),
+        ("experience_buffer", "durability:=disk", "durability='disk'"),
+        ("sim_bridge", "rate_hz:=0.0", "rate_hz"),
+    ],
+    ids=["unknown", "unknown-section-key", "bad-choice", "out-of-range"],
+)
+def test_a_node_refuses_a_bad_parameter_with_one_line_and_exit_2(node, param, offending, tmp_path):
+    """rclpy ignores parameters nobody declares; a lifelong_ros node refuses them (and bad values)
+    before it does anything: one fatal log line naming the parameter, exit code 2, no traceback."""
+    log = tmp_path / "node.log"
+    proc = _start(node, tmp_path / "data", log, param)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    fatal = [line for line in text.splitlines() if "FATAL" in line]
+    assert code == 2, text[-2000:]
+    assert len(fatal) == 1 and offending in fatal[0], text[-2000:]
+    assert "Traceback" not in text, text[-2000:]
+    assert not (tmp_path / "data" / "experience.sqlite3").exists()  # refused before the store was opened
 
 
 def _seed_store(data: Path, task: str, episodes: int = 20) -> None:

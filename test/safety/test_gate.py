@@ -13,6 +13,7 @@ import torch
 from policies import base_and_candidate, export, new_model, register, suites, train, train_data
 
 from lifelong_ros.safety.gate import (
+    GateCancelled,
     GateConfig,
     GateReport,
     RegressionSuite,
@@ -361,6 +362,10 @@ def test_gate_cli_gates_a_candidate_with_the_stores_suites(tmp_path, trained, ca
     assert "REJECTED" in capsys.readouterr().out and reg.info(bad).state == "rejected"
 
 
+# The closed-loop tests are about the episodes, not timing: a loaded machine must not fail latency.
+NOT_TIMING = {"latency_budget_ms": 100.0}
+
+
 class ScriptedRunner:
     """An EpisodeRunner whose episodes succeed with a fixed probability per (role, task), drawn per
     seed so the same seed gives the same outcome; records every job it was given."""
@@ -395,7 +400,9 @@ def test_closed_loop_pairs_candidate_and_active_on_the_same_seeds_and_stops_earl
         {("candidate", "reach"): 1.0, ("active", "reach"): 1.0, ("candidate", "push"): 1.0, ("active", "push"): 1.0}
         | {("candidate", "pick"): 1.0}
     )
-    rep = SafetyGate(reg, {"closed_loop_max_pairs": 50}).evaluate(v2, suites(tasks), episodes=runner, decide=False)
+    rep = SafetyGate(reg, {"closed_loop_max_pairs": 50, **NOT_TIMING}).evaluate(
+        v2, suites(tasks), episodes=runner, decide=False
+    )
     assert rep.decision == "approved", rep.summary()
     for task in ("reach", "push"):
         c = rep.check(f"closed_loop[{task}]")
@@ -412,7 +419,7 @@ def test_closed_loop_rejects_a_regression_on_one_earlier_task(setup):
     reg, _v1, v2, tasks = setup
     success = {("candidate", t): 1.0 for t in tasks} | {("active", t): 1.0 for t in tasks}
     success[("candidate", "push")] = 0.6  # push drops by 0.4; reach and pick are fine
-    rep = SafetyGate(reg).evaluate(v2, suites(tasks), episodes=ScriptedRunner(success), decide=True)
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(v2, suites(tasks), episodes=ScriptedRunner(success), decide=True)
     assert rep.decision == "rejected" and rep.failed == ["closed_loop[push]"], rep.summary()
     c = rep.check("closed_loop[push]")
     assert c.value >= 0.2 and c.detail["decided_by"] == "sequential" and c.detail["active_only"] > 0
@@ -422,7 +429,7 @@ def test_closed_loop_rejects_a_regression_on_one_earlier_task(setup):
 def test_closed_loop_target_must_reach_the_floor(setup):
     reg, _v1, v2, tasks = setup
     success = {(r, t): 1.0 for r in ("candidate", "active") for t in tasks} | {("candidate", "pick"): 0.3}
-    rep = SafetyGate(reg).evaluate(v2, suites(tasks), episodes=ScriptedRunner(success), decide=False)
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(v2, suites(tasks), episodes=ScriptedRunner(success), decide=False)
     assert rep.failed == ["closed_loop_success[pick]"] and rep.check("closed_loop_success[pick]").value < 0.8
 
 
@@ -430,7 +437,7 @@ def test_offline_stage_rejects_alone_and_skips_the_closed_loop(setup):
     reg, v1, _v2, tasks = setup
     bad = register(reg, new_model(3, seed=3), tasks, parent=v1)
     runner = ScriptedRunner({(r, t): 1.0 for r in ("candidate", "active") for t in tasks})
-    rep = SafetyGate(reg).evaluate(bad, suites(tasks), episodes=runner, decide=False)
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(bad, suites(tasks), episodes=runner, decide=False)
     assert rep.decision == "rejected" and runner.jobs == []
     assert not any(c.kind.startswith("closed_loop") for c in rep.checks)
 
@@ -438,9 +445,32 @@ def test_offline_stage_rejects_alone_and_skips_the_closed_loop(setup):
 def test_a_broken_episode_runner_fails_closed(setup):
     reg, _v1, v2, tasks = setup
     runner = ScriptedRunner({}, fail_with=RuntimeError("simulator crashed"))
-    rep = SafetyGate(reg).evaluate(v2, suites(tasks), episodes=runner)
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(v2, suites(tasks), episodes=runner)
     assert rep.decision == "rejected" and rep.failed == ["closed_loop"]
     assert "simulator crashed" in rep.check("closed_loop").value
+
+
+@pytest.mark.parametrize("stop_after_jobs", [0, 7], ids=["before-any-stage", "mid-closed-loop"])
+def test_a_stopped_evaluation_records_nothing_and_can_run_again(setup, stop_after_jobs):
+    """should_stop (a cancelled Gate goal) ends the evaluation at its next stop point: GateCancelled,
+    no verdict, no report, the version still a candidate, no episode submitted after the stop."""
+    reg, _v1, v2, tasks = setup
+    runner = ScriptedRunner({(r, t): 0.9 for r in ("candidate", "active") for t in tasks})
+    stopped_at: list[int] = []
+
+    def should_stop() -> bool:
+        if len(runner.jobs) >= stop_after_jobs and not stopped_at:
+            stopped_at.append(len(runner.jobs))
+        return bool(stopped_at)
+
+    with pytest.raises(GateCancelled, match=f"{v2} stopped before"):
+        SafetyGate(reg, {"closed_loop_max_pairs": 50, **NOT_TIMING}).evaluate(
+            v2, suites(tasks), episodes=runner, should_stop=should_stop
+        )
+    assert len(runner.jobs) <= stopped_at[0] + runner.workers + 1  # at most the episodes already in flight
+    assert reg.info(v2).decision == "candidate" and reg.reports(v2) == []
+    rep = SafetyGate(reg, {"closed_loop_max_pairs": 50, **NOT_TIMING}).evaluate(v2, suites(tasks), episodes=runner)
+    assert rep.decision in ("approved", "rejected") and reg.info(v2).decision == rep.decision
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,25 @@
-"""Every parameter each lifelong_ros node declares: name, default, description, range.
+"""The one schema of lifelong_ros parameters: every parameter each node declares (name, default,
+description, range, choices), and the check of a whole params file against it.
 
-ROS-free on purpose: the nodes declare these with descriptors (nodes/_common.py), and plain tests
-check that config/*.yaml names only parameters a node really declares (ROS ignores unknown ones
-silently). Shared keys live in the `/**: ros__parameters:` block, which the standalone CLI reads too.
+ROS-free on purpose: the nodes declare these with descriptors (nodes/_common.py); `check_sections`
+refuses a params file that names a parameter no node declares (ROS itself would ignore it
+silently), a misspelled node section, a wrong type, a value out of range, before any work starts:
+the CLI checks the file it reads, the launch files check theirs before starting a node, and each
+node refuses undeclared overrides at start-up. Shared keys live in the `/**: ros__parameters:`
+block, which the standalone CLI reads too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
+from lifelong_ros.config import ConfigError, check_value, did_you_mean, load_sections
+from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES, TEACHER_SOURCES
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,31 @@ class Param:
     read_only: bool = True
     min: float | None = None
     max: float | None = None
+    choices: tuple[str, ...] | None = None
 
+    def check(self, value: Any, where: str) -> Any:
+        """``value`` if it fits this parameter (type of the default, range, choices), else ConfigError
+        naming it and what was expected. Ints are accepted for float parameters (YAML ``1``)."""
+        default = self.default
+        if default is None or isinstance(default, list):
+            if not isinstance(value, list):
+                raise ConfigError(f"{where}: {self.name}={value!r}: expected a list")
+            kind = type(default[0]) if default else str
+            for item in value:
+                if kind is float and isinstance(item, float) and math.isinf(item):
+                    continue  # -.inf / .inf: unbounded
+                check_value(self.name, item, kind, where=where)
+            return value
+        value = check_value(self.name, value, type(default), min=self.min, max=self.max, where=where)
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(
+                f"{where}: {self.name}={value!r}{did_you_mean(value, self.choices)}: "
+                f"expected one of {', '.join(self.choices)}"
+            )
+        return value
+
+
+EXECUTORS = ("events", "single", "multi")
 
 DEFAULT_TASKS = ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"]
 
@@ -104,6 +137,7 @@ POLICY_SERVER = [
         "events",
         "Executor the node spins in: events (rclpy.experimental.EventsExecutor, lowest latency; "
         "bench/ros_latency.py), single (SingleThreadedExecutor) or multi (MultiThreadedExecutor, 2 threads)",
+        choices=EXECUTORS,
     ),
     # The output guard (serving/runtime.py OutputGuard): an action that is NaN/Inf or beyond these
     # bounds (+ slack) is never published; the safe action is, and the guarded output is counted.
@@ -129,6 +163,7 @@ POLICY_SERVER = [
         "hold",
         "Published instead of a refused action: hold (the last good action for the task; zero before "
         "the first) or zero (zeros, clipped into the bounds)",
+        choices=("hold", "zero"),
     ),
 ]
 
@@ -149,7 +184,12 @@ EXPERIENCE_BUFFER = [
         "Also record the specs' raw observation/action topics from start-up (teleop streams, `ros2 bag play`)",
     ),
     Param("raw_task", "reach-v3", "Task tag of raw-topic records"),
-    Param("raw_source", "correction", "Source tag of raw-topic records: demonstration, correction or bag"),
+    Param(
+        "raw_source",
+        "correction",
+        "Source tag of raw-topic records: demonstration, correction or bag",
+        choices=TEACHER_SOURCES,
+    ),
     Param(
         "episode_gap_s",
         2.0,
@@ -165,10 +205,15 @@ EXPERIENCE_BUFFER = [
         min=0.0001,
         max=60.0,
     ),
-    Param("executor", "events", "Executor the node spins in: events, single or multi (2 threads)"),
+    Param("executor", "events", "Executor the node spins in: events, single or multi (2 threads)", choices=EXECUTORS),
     Param("batch_size", 256, "Records per store transaction", min=1, max=1_000_000),
     Param("flush_period_s", 0.2, "Longest time a received record waits before it is written (s)", min=0.001, max=60.0),
-    Param("durability", "process", "Store durability: 'process' (survives kill -9) or 'power' (fsync per commit)"),
+    Param(
+        "durability",
+        "process",
+        "Store durability: 'process' (survives kill -9) or 'power' (fsync per commit)",
+        choices=("process", "power"),
+    ),
 ]
 
 LEARNER = [
@@ -181,6 +226,14 @@ LEARNER = [
     Param("nice", 5, "Scheduling niceness added to the worker process", min=0, max=19),
     Param("gate_timeout_s", 300.0, "How long to wait for the safety monitor's verdict (s)", min=1.0, max=86400.0),
     Param("feedback_period_s", 0.2, "Minimum time between two Adapt feedback messages (s)", min=0.0, max=10.0),
+    Param(
+        "retries",
+        2,
+        "Retry an adaptation the gate rejected this many times, each with a stronger recipe (more steps, "
+        "stronger EWC, task-balanced replay: orchestration.RetryPolicy); every attempt is in the Adapt result",
+        min=0,
+        max=10,
+    ),
 ]
 
 SAFETY_MONITOR = [
@@ -208,6 +261,21 @@ SAFETY_MONITOR = [
         max=60.0,
     ),
     Param("gate_feedback_period_s", 0.5, "Period of the Gate action's feedback (s)", min=0.05, max=10.0),
+    Param(
+        "closed_loop_sim",
+        "none",
+        "Simulator of the gate's closed-loop stage (paired candidate/active episodes, gate.closed_loop_*): "
+        "metaworld = the embedded Meta-World (sim_demo.launch.py sets it); none = no simulator (a real "
+        "robot: held-out BC error, output sanity, the shadow stage and the watchdog gate instead)",
+        choices=("none", "metaworld"),
+    ),
+    Param(
+        "closed_loop_workers",
+        0,
+        "Worker processes of the closed-loop stage, niced (0 = cores - 1: one core stays with serving)",
+        min=0,
+        max=256,
+    ),
 ]
 # Sections declared field by field from a core config dataclass: `gate.<field>`, `watchdog.<field>`.
 SAFETY_MONITOR_SECTIONS = {
@@ -228,6 +296,7 @@ SIM_BRIDGE = [
         "'policy': apply actions from the command topic; 'expert': Meta-World's "
         "scripted expert acts and each step is published on ~/demonstrations",
         read_only=False,
+        choices=("policy", "expert"),
     ),
     Param("paused", False, "Stop stepping (observations stop too) until set back to false", read_only=False),
     Param("rate_hz", 50.0, "Simulation steps per second", min=0.1, max=2000.0),
@@ -256,11 +325,97 @@ SECTIONS = {"safety_monitor": SAFETY_MONITOR_SECTIONS}
 def declared_names(node: str) -> set[str]:
     """Every parameter name ``node`` declares (sections expanded from their dataclass fields), plus
     use_sim_time, which rclpy declares on every node."""
-    import dataclasses
-    import importlib
-
     names = {p.name for p in NODES[node]} | {"use_sim_time"}
     for section, (module, cls) in SECTIONS.get(node, {}).items():
         config_cls = getattr(importlib.import_module(module), cls)
         names |= {f"{section}.{f.name}" for f in dataclasses.fields(config_cls)}
     return names
+
+
+def known_names() -> set[str]:
+    """Every parameter name some lifelong_ros node declares, and the shared keys only the CLI reads."""
+    return set().union(*(declared_names(n) for n in NODES)) | CLI_ONLY
+
+
+def _param(node: str, name: str) -> Param | None:
+    for p in NODES.get(node, SHARED):
+        if p.name == name:
+            return p
+    return None
+
+
+def _node_of(section: str, where: str) -> str | None:
+    """The lifelong_ros node a params-file section configures; None for another package's node (one
+    file may configure a whole robot), ConfigError for a name that looks like a misspelled one of ours."""
+    if section in NODES:
+        return section
+    hint = did_you_mean(section, list(NODES) + sorted(CLI_SECTIONS))
+    if hint:
+        raise ConfigError(f"{where}: section {section!r} names no lifelong_ros node{hint}; nodes: {', '.join(NODES)}")
+    return None
+
+
+def check_sections(sections: dict[str, dict[str, Any]], where: str) -> None:
+    """Check the sections of a params file (config.load_sections) against the schema: ConfigError
+    naming the first unknown key (with a did-you-mean), wrong type, out-of-range value or invalid
+    gate.*/watchdog.* section. CLI-only sections (``demo``) are checked by their own reader."""
+    known = known_names()
+    for section, values in sections.items():
+        if section == "/**":
+            for key, value in values.items():
+                if key not in known:
+                    raise ConfigError(
+                        f"{where}: shared key {key!r} is a parameter of no lifelong_ros node{did_you_mean(key, known)}"
+                    )
+                for owner in ["/**", *NODES]:
+                    p = _param(owner, key)
+                    if p is not None:
+                        p.check(value, f"{where} [/**]")
+                        break
+            continue
+        if section in CLI_SECTIONS:
+            continue
+        found = _node_of(section, where)
+        if found is None:
+            continue
+        node = found
+        declared = declared_names(node)
+        for key, value in values.items():
+            if key not in declared:
+                raise ConfigError(
+                    f"{where} [{section}]: {node} declares no parameter {key!r}{did_you_mean(key, declared)}"
+                )
+            p = _param(node, key)
+            if p is not None:
+                p.check(value, f"{where} [{section}]")
+    shared = sections.get("/**", {})
+    for node, nested in SECTIONS.items():  # gate.*, watchdog.*: from /** and the node's own section
+        merged = {**shared, **sections.get(node, {})}
+        for prefix, (module, cls) in nested.items():
+            config_cls = getattr(importlib.import_module(module), cls)
+            sub = {k[len(prefix) + 1 :]: v for k, v in merged.items() if k.startswith(prefix + ".")}
+            try:
+                config_cls.from_dict(sub)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"{where} [{node}] {prefix}.*: {exc}") from None
+
+
+def check_params_file(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Load a params file (default: the package's config/lifelong.yaml) and check it against the
+    schema; return its sections (config.load_sections). One ConfigError line for anything wrong."""
+    sections = load_sections(path)
+    check_sections(sections, str(path) if path else "config/lifelong.yaml")
+    return sections
+
+
+def check_overrides(node: str, overrides: Any) -> None:
+    """ConfigError for a parameter given to a running ``node`` (``--params-file``, ``-p``) that no
+    lifelong_ros node declares: rclpy would ignore it silently. Keys of the shared ``/**`` block reach
+    every node, so a key another node declares is allowed here; the file-level check is exact."""
+    known = known_names() | declared_names(node)
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(
+                f"{node}: parameter {key!r} is declared by no lifelong_ros node"
+                f"{did_you_mean(key, declared_names(node))}; `ros2 param list /{node}` shows what it declares"
+            )
