@@ -216,6 +216,54 @@ def test_worker_killed_mid_goal_aborts_with_the_reason_and_registers_nothing(pro
                 p.wait()
 
 
+def test_learner_node_killed_mid_goal_leaves_no_orphan_and_registers_nothing(probe, tmp_path):
+    """kill -9 of the learner node itself (no cleanup runs): its worker notices the lost parent and
+    exits, nothing is registered, and a restarted learner serves goals again on the same data."""
+    from lifelong_ros.safety.registry import ModelRegistry
+
+    data = tmp_path / "data"
+    _seed_store(data, "reach-v3")
+    learner = _start("learner", data, tmp_path / "learner.log")
+    restarted = None
+    try:
+        worker = int({kv.key: kv.value for kv in probe.status("learner").values}["worker_pid"])
+        client = ActionClient(probe.node, Adapt, "/learner/adapt")
+        assert client.wait_for_server(timeout_sec=30.0)
+        feedback: list = []
+        goal = Adapt.Goal(task="reach-v3", method="ewc_replay", shots=0, max_steps=100_000, max_seconds=0.0)
+        handle = probe.wait(
+            client.send_goal_async(goal, feedback_callback=lambda fb: feedback.append(fb.feedback)), 30, "goal"
+        )
+        assert handle.accepted
+        end = time.monotonic() + 120
+        while not any(f.step > 0 for f in feedback):
+            assert time.monotonic() < end, f"no training progress within 120 s: {[f.phase for f in feedback]}"
+            time.sleep(0.1)
+        learner.kill()  # SIGKILL: no destroy_node, no cancel, no close
+        learner.wait(timeout=15)
+        end = time.monotonic() + 30
+        while _running(worker) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert not _running(worker), f"learner worker pid {worker} outlived its killed node"
+        assert ModelRegistry(data / "registry").list() == [], "a version was registered from a killed learner"
+        restarted = _start("learner", data, tmp_path / "learner2.log")
+        end = time.monotonic() + 90  # the killed node's service may still be discovered: ask once the new one is up
+        while "learner worker pid" not in (tmp_path / "learner2.log").read_text():
+            assert restarted.poll() is None and time.monotonic() < end, (tmp_path / "learner2.log").read_text()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        st = probe.status("learner")
+        assert st.message == "idle", st.message
+    finally:
+        for p in (learner, restarted):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGINT)
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
 def _ros2(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     return subprocess.run(["ros2", *args], capture_output=True, text=True, timeout=timeout, check=False)
 
