@@ -94,11 +94,16 @@ def test_each_robot_has_its_own_task_sequence_and_block_of_settings(tmp_path):
     assert (mw.robot, mw.tasks, mw.steps) == ("metaworld", ["reach-v3"], 700)
     assert (g1.robot, g1.tasks, g1.steps) == ("g1", ["g1-button", "g1-reach"], 900)
     assert g1.gate == {"latency_budget_ms": 2.0, "improvement_margin": 0.1}  # the block adds to the shared
-    # the shipped config: the G1's five tasks; --quick keeps the first two on a smaller budget
+    # the shipped config: the G1's five tasks; --quick keeps reach and button on a smaller budget
     shipped = settings_from_config(None, robot="g1")
     assert shipped.tasks == ["g1-reach", "g1-lift", "g1-place", "g1-push", "g1-button"]
     quick = DemoSettings.quick(shipped)
-    assert quick.tasks == shipped.tasks[:2] and quick.steps < shipped.steps
+    assert quick.tasks == ["g1-reach", "g1-button"] and quick.steps < shipped.steps
+    assert DemoSettings.quick(g1).tasks == ["g1-button", "g1-reach"]  # the configured order
+    assert DemoSettings.quick(DemoSettings.for_robot("g1", tasks=["g1-lift", "g1-push", "g1-place"])).tasks == [
+        "g1-lift",
+        "g1-push",
+    ]
     # a Meta-World task is not a G1 task, and the message says which robot's tasks were expected
     with pytest.raises(ConfigError, match="unknown G1 task 'reach-v3'"):
         DemoSettings.for_robot("g1", tasks=["reach-v3"]).validate()
