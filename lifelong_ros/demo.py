@@ -131,9 +131,7 @@ class DemoSettings:
     (and its block named after the robot, e.g. ``demo.g1``)."""
 
     robot: str = DEFAULT_ROBOT  # the simulator (sim.backends): metaworld | g1
-    tasks: list[str] = field(
-        default_factory=lambda: ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"]
-    )
+    tasks: list[str] = field(default_factory=lambda: list(backend(DEFAULT_ROBOT).default_tasks))
     demos_per_task: int = 50
     heldout_demos_per_task: int = 10
     eval_episodes: int = 20
