@@ -86,7 +86,7 @@ QUICK: dict[str, tuple[dict[str, int], tuple[str, ...] | None]] = {
             "steps": 1000,
             "max_steps": 150,
             "gate_rollouts": 10,
-            "retries": 1,
+            "retries": 0,  # a retry costs 1.5x the learning: a rejection is shown, not retried
         },
         ("g1-reach", "g1-button"),
     ),

@@ -109,3 +109,12 @@ def test_each_robot_has_its_own_task_sequence_and_block_of_settings(tmp_path):
         DemoSettings.for_robot("g1", tasks=["reach-v3"]).validate()
     with pytest.raises(ConfigError, match="unknown robot 'h1'"):
         settings_from_config(str(cfg), robot="h1")
+
+
+def test_the_robot_of_a_versions_tasks_is_found_for_the_gates_rollouts():
+    from lifelong_ros.sim.backends import robot_for_tasks
+
+    assert robot_for_tasks(["g1-reach", "g1-button"]) == "g1"
+    assert robot_for_tasks(["reach-v3", "drawer-open-v3"]) == "metaworld"
+    with pytest.raises(ValueError, match="no simulated robot has all of the tasks"):
+        robot_for_tasks(["g1-reach", "reach-v3"])

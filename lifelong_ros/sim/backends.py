@@ -97,3 +97,13 @@ def backend(name: str) -> SimBackend:
     if name not in BACKENDS:
         raise ValueError(f"unknown robot {name!r}; expected one of {sorted(BACKENDS)}")
     return BACKENDS[name]
+
+
+def robot_for_tasks(tasks: Iterable[str]) -> str:
+    """The robot whose simulator has every one of ``tasks`` (a registry version's heads, say);
+    ValueError when none has them all."""
+    tasks = list(tasks)
+    for name in sorted(BACKENDS, key=lambda n: n != "g1"):  # the G1's task list is the cheaper import
+        if tasks and set(tasks) <= set(BACKENDS[name].available_tasks()):
+            return name
+    raise ValueError(f"no simulated robot has all of the tasks {tasks}; robots: {sorted(BACKENDS)}")
