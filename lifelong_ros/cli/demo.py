@@ -85,7 +85,7 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="shortened loop for smoke tests (metaworld < 2 min; g1: its first two tasks, < 3 min)",
+        help="shortened loop for smoke tests (metaworld < 2 min; g1: reach then button, ~2 min)",
     )
     p.add_argument("--config", help="ROS 2 params file to read (default: config/lifelong.yaml)")
     p.add_argument("--method", help="adaptation recipe (default from config: meta_ewc_replay)")
