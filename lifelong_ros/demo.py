@@ -1,6 +1,8 @@
-"""The demo: the whole lifelong-adaptation loop, standalone, against the embedded simulator.
+"""The demo: the whole lifelong-adaptation loop, standalone, against an embedded simulator.
 
-For each task of the sequence: record expert demonstrations into the experience store, adapt in
+The robot is a name (``sim.backends``): Meta-World's Sawyer arm (``metaworld``, the default) or the
+Unitree G1 humanoid with hands at a table (``g1``); the loop below is the same for both. For each
+task of the sequence: record expert demonstrations into the experience store, adapt in
 the learner's worker process while the current policy keeps serving in closed loop, gate the
 candidate on held-out data, hot-swap it in, and evaluate every task learned so far. The result is
 a success matrix R[i][j] (after learning task i, success on task j) and the time to adapt.
@@ -29,7 +31,8 @@ from lifelong_ros.params import check_params_file
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
-from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks, collect_demonstrations
+from lifelong_ros.sim.backends import BACKENDS, SimBackend, backend
+from lifelong_ros.sim.episodes import Simulator
 from lifelong_ros.sim.pool import RolloutPool
 
 # Variation seeds: training demonstrations, held-out demonstrations (gate), evaluation rollouts.
@@ -57,13 +60,58 @@ _RULES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "retries": (int, 0, 10, False),
 }
 
+DEFAULT_ROBOT = "metaworld"
 
-def check_task_names(names: Any, where: str = "tasks") -> list[str]:
+# --quick: caps on the budget (never raises a setting) per robot, and which tasks of the sequence it
+# keeps (None = all; else the sequence's tasks among these, or its first two if it has none of them).
+# The G1's episodes cost several times Meta-World's (IK experts, 17 joints, longer tasks): its quick
+# loop teaches the two tasks a small budget learns (reach, then button), with more demonstrations.
+QUICK: dict[str, tuple[dict[str, int], tuple[str, ...] | None]] = {
+    "metaworld": (
+        {
+            "demos_per_task": 15,
+            "heldout_demos_per_task": 3,
+            "eval_episodes": 5,
+            "steps": 400,
+            "max_steps": 150,
+            "gate_rollouts": 20,
+            "retries": 1,
+        },
+        None,
+    ),
+    "g1": (
+        {
+            "demos_per_task": 30,
+            "heldout_demos_per_task": 4,
+            "eval_episodes": 10,
+            "steps": 1000,
+            "max_steps": 150,
+            "gate_rollouts": 10,
+            "retries": 0,  # a retry costs 1.5x the learning: a rejection is shown, not retried
+        },
+        ("g1-reach", "g1-button"),
+    ),
+}
+
+
+def check_robot(name: Any, where: str = "robot") -> SimBackend:
+    """The simulator backend called ``name``, or ConfigError naming it with a did-you-mean."""
+    if not isinstance(name, str) or name not in BACKENDS:
+        hint = did_you_mean(str(name), BACKENDS)
+        prefix = f"{where}: " if where else ""
+        raise ConfigError(f"{prefix}unknown robot {name!r}{hint}; expected one of {', '.join(sorted(BACKENDS))}")
+    return backend(name)
+
+
+def check_task_names(names: Any, where: str = "tasks", robot: str = DEFAULT_ROBOT) -> list[str]:
     """The task list, or ConfigError naming the first bad entry: not a non-empty list of distinct,
-    non-empty strings, or a name that is not a Meta-World task (with a did-you-mean)."""
+    non-empty strings, or a name that is not a task of ``robot``'s simulator (with a did-you-mean)."""
+    sim = check_robot(robot)
     if isinstance(names, str) or not isinstance(names, (list, tuple)) or not names:
-        raise ConfigError(f"{where}={names!r}: expected a non-empty list of Meta-World task names, e.g. [reach-v3]")
-    known = available_tasks()
+        raise ConfigError(
+            f"{where}={names!r}: expected a non-empty list of {sim.label} task names, e.g. [{sim.default_tasks[0]}]"
+        )
+    known = sim.available_tasks()
     seen: set[str] = set()
     for name in names:
         if not isinstance(name, str) or not name.strip():
@@ -71,7 +119,7 @@ def check_task_names(names: Any, where: str = "tasks") -> list[str]:
         if name not in known:
             hint = did_you_mean(name, known)
             choices = "" if hint else f"; expected one of {', '.join(known)}"
-            raise ConfigError(f"{where}: unknown Meta-World task {name!r}{hint}{choices}")
+            raise ConfigError(f"{where}: unknown {sim.label} task {name!r}{hint}{choices}")
         if name in seen:
             raise ConfigError(f"{where}: task {name!r} appears twice in {list(names)!r}; expected each task once")
         seen.add(name)
@@ -80,11 +128,11 @@ def check_task_names(names: Any, where: str = "tasks") -> list[str]:
 
 @dataclass
 class DemoSettings:
-    """Everything the demo loop does; defaults come from config/lifelong.yaml's ``demo`` section."""
+    """Everything the demo loop does; defaults come from config/lifelong.yaml's ``demo`` section
+    (and its block named after the robot, e.g. ``demo.g1``)."""
 
-    tasks: list[str] = field(
-        default_factory=lambda: ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"]
-    )
+    robot: str = DEFAULT_ROBOT  # the simulator (sim.backends): metaworld | g1
+    tasks: list[str] = field(default_factory=lambda: list(backend(DEFAULT_ROBOT).default_tasks))
     demos_per_task: int = 50
     heldout_demos_per_task: int = 10
     eval_episodes: int = 20
@@ -105,18 +153,23 @@ class DemoSettings:
     gate: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
+    def for_robot(cls, robot: str, **settings: Any) -> DemoSettings:
+        """Settings for ``robot`` with its default task sequence unless ``tasks`` is given."""
+        settings.setdefault("tasks", list(check_robot(robot).default_tasks))
+        return cls(robot=robot, **settings)
+
+    @property
+    def sim(self) -> SimBackend:
+        return check_robot(self.robot)
+
+    @classmethod
     def quick(cls, base: DemoSettings) -> DemoSettings:
-        """The smoke-test loop: same sequence, far fewer demonstrations, steps and episodes."""
-        caps = {
-            "demos_per_task": 15,
-            "heldout_demos_per_task": 3,
-            "eval_episodes": 5,
-            "steps": 400,
-            "max_steps": 150,
-            "gate_rollouts": 20,
-            "retries": 1,
-        }
+        """The smoke-test loop: the robot's sequence (or its first few tasks), far fewer
+        demonstrations, steps and episodes (``QUICK``)."""
+        caps, keep = QUICK[check_robot(base.robot).name]
         quick = cls(**{**asdict(base), **{k: min(getattr(base, k), v) for k, v in caps.items()}})
+        if keep is not None:
+            quick.tasks = [t for t in base.tasks if t in keep] or list(base.tasks[:2])
         # a smoke-test budget learns less: a lower success floor for the new task (regressions on
         # earlier tasks are still judged against the active model with the configured tolerance)
         quick.gate = {"closed_loop_min_success": 0.5, **base.gate}
@@ -124,8 +177,9 @@ class DemoSettings:
 
     def validate(self, where: str = "demo settings", check_tasks: bool = True) -> None:
         """ConfigError/ValueError naming the first bad setting and what was expected; runs before any work."""
+        check_robot(self.robot, f"{where}: robot")
         if check_tasks:
-            self.tasks = check_task_names(self.tasks, f"{where}: tasks")
+            self.tasks = check_task_names(self.tasks, f"{where}: tasks", self.robot)
         for name, (kind, lo, hi, exclusive) in _RULES.items():
             setattr(
                 self,
@@ -152,22 +206,11 @@ class DemoSettings:
         return cfg
 
 
-def settings_from_config(path: str | None) -> DemoSettings:
-    """The ``demo`` section (and the shared ``tasks``) of a params file, checked against DemoSettings:
-    an unknown key, a wrong type or an unknown task is a ConfigError naming the file and the key."""
-    try:
-        file = str(path or paths.default_config_path())
-        sections = check_params_file(file)  # the whole file against the one schema, not only [demo]
-    except FileNotFoundError:
-        if path:
-            raise
-        file, sections = "built-in defaults", {"/**": {}}
-    where = f"{file} [demo]"
-    own = sections.get("demo", {})
-    defaults = asdict(DemoSettings())
+def _parse_section(own: dict[str, Any], known: list[str], where: str) -> dict[str, Any]:
+    """One flattened block of demo settings -> DemoSettings keyword arguments (``gate.x`` -> gate={x})."""
     nested = ("options", "gate")
     plain = [k for k in own if k.partition(".")[0] not in nested or "." not in k]
-    check_known_keys(plain, [k for k in defaults if k not in nested] + list(nested), where)
+    check_known_keys(plain, known, where)
     out: dict[str, Any] = {}
     for key, value in own.items():
         head, _, rest = key.partition(".")
@@ -177,10 +220,59 @@ def settings_from_config(path: str | None) -> DemoSettings:
             raise ConfigError(f"{where}: {head}={value!r}: expected a mapping of {head} names to values")
         else:
             out[head] = value
-    if "tasks" not in out and "tasks" in sections["/**"]:
+    return out
+
+
+def settings_from_config(path: str | None, robot: str | None = None) -> DemoSettings:
+    """The ``demo`` section (and the shared ``tasks``) of a params file, checked against DemoSettings:
+    an unknown key, a wrong type or an unknown task is a ConfigError naming the file and the key.
+
+    ``robot`` (default: the section's ``robot``, else metaworld) picks the simulator; the section's
+    block named after it (``demo.g1.*``) overrides the shared settings for that robot. Its tasks come
+    from that block, else (Meta-World only, whose tasks the nodes share) ``demo.tasks`` or the
+    ``/**`` block's ``tasks``, else the robot's default sequence (``sim.backends``)."""
+    try:
+        file = str(path or paths.default_config_path())
+        sections = check_params_file(file)  # the whole file against the one schema, not only [demo]
+    except FileNotFoundError:
+        if path:
+            raise
+        file, sections = "built-in defaults", {"/**": {}}
+    where = f"{file} [demo]"
+    own = sections.get("demo", {})
+    known = [k for k in asdict(DemoSettings()) if k not in ("options", "gate")] + ["options", "gate"]
+    shared = {k: v for k, v in own.items() if k.partition(".")[0] not in BACKENDS}
+    for key in shared:  # a block of a misspelled robot: name the robot, not "unknown key 'g2.steps'"
+        head, dot, _ = key.partition(".")
+        if dot and head not in ("options", "gate") and head not in known:
+            check_robot(head, f"{where}: block {head!r}")
+    out = _parse_section(shared, known, where)
+    robot = robot if robot is not None else out.get("robot", DEFAULT_ROBOT)
+    sim = check_robot(robot, f"{where}: robot" if "robot" in out else "robot")
+    out["robot"] = sim.name
+    blocks: dict[str, dict[str, Any]] = {}
+    for key, value in own.items():
+        head, _, rest = key.partition(".")
+        if head in BACKENDS:
+            blocks.setdefault(head, {})[rest] = value
+    per_robot: dict[str, Any] = {}
+    for name, block in blocks.items():  # every robot's block is checked, the chosen one applies
+        parsed = _parse_section(block, [k for k in known if k != "robot"], f"{file} [demo.{name}]")
+        if "tasks" in parsed:
+            check_task_names(parsed["tasks"], f"{file} [demo.{name}]: tasks", name)
+        if name == sim.name:
+            per_robot = parsed
+    for name in ("options", "gate"):
+        if name in per_robot:
+            per_robot[name] = {**out.get(name, {}), **per_robot[name]}
+    if "tasks" in per_robot:
+        where = f"{file} [demo.{sim.name}]"
+    elif sim.name != DEFAULT_ROBOT:
+        out.pop("tasks", None)  # demo.tasks and /** tasks are Meta-World's
+    elif "tasks" not in out and "tasks" in sections["/**"]:
         out["tasks"] = sections["/**"]["tasks"]
         check_task_names(out["tasks"], f"{file} [/**]: tasks")
-    settings = DemoSettings(**{**defaults, **out})
+    settings = DemoSettings(**{**asdict(DemoSettings()), "tasks": list(sim.default_tasks), **out, **per_robot})
     settings.validate(where)
     return settings
 
@@ -192,16 +284,16 @@ class ClosedLoop:
         self.runtime = runtime
         self.store = store
         self.settings = settings
-        self.sims: dict[str, MetaWorldSim] = {}
+        self.sims: dict[str, Simulator] = {}
         self.latencies_us: list[float] = []
         self.steps = 0
         self.late_ticks = 0  # control ticks that started late (the loop could not keep the rate)
         self.episodes = 0
         self.versions_seen: set[str] = set()
 
-    def sim(self, task: str) -> MetaWorldSim:
+    def sim(self, task: str) -> Simulator:
         if task not in self.sims:
-            self.sims[task] = MetaWorldSim(task, 0, self.settings.max_steps)
+            self.sims[task] = self.settings.sim.make(task, 0, self.settings.max_steps)
         return self.sims[task]
 
     def run_until(self, job: AdaptJob, task: str, head: int, seed: int) -> None:
@@ -256,14 +348,15 @@ class ClosedLoop:
 
 def record_demonstrations(store: ExperienceStore, task: str, settings: DemoSettings, progress: bool = True) -> int:
     """Expert demonstrations into the store: a training split and a held-out split for the gate."""
-    sim = MetaWorldSim(task, settings.steps_after_success, settings.max_steps)
+    robot = settings.sim
+    sim = robot.make(task, settings.steps_after_success, settings.max_steps)
     n = 0
     splits: tuple[tuple[Literal["train", "heldout"], int, int], ...] = (
         ("train", TRAIN_SEED0, settings.demos_per_task),
         ("heldout", HELDOUT_SEED0, settings.heldout_demos_per_task),
     )
     for split, seed0, count in splits:
-        episodes = collect_demonstrations(task, range(seed0, seed0 + count), sim=sim, progress=progress)
+        episodes = robot.collect_demonstrations(task, range(seed0, seed0 + count), sim=sim, progress=progress)
         for ep in episodes:
             store.append_episode(
                 task,
@@ -364,11 +457,11 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
         shutil.rmtree(data)  # a previous demo run's data (check_out_dir): a demo run starts from an empty robot
     data.mkdir(parents=True)
     (data / DEMO_MARKER).write_text("data of a `lifelong-ros demo` run; the next run with the same --out replaces it\n")
-    store = ExperienceStore(paths.store_path(data), OBS_DIM, ACT_DIM)
+    store = ExperienceStore(paths.store_path(data), settings.sim.obs_dim, settings.sim.act_dim)
     registry = ModelRegistry(paths.registry_dir(data))
     pool = None
     if settings.gate_enabled and settings.gate_rollouts > 0:
-        pool = RolloutPool(settings.gate_workers or None, max_steps=settings.max_steps)
+        pool = RolloutPool(settings.gate_workers or None, max_steps=settings.max_steps, robot=settings.robot)
         pool.warm(settings.tasks[:1])  # start the workers while the first demonstrations are recorded
     retry = RetryPolicy(retries=settings.retries)
     gate = SafetyGate(registry, GateConfig.from_dict(settings.gate_config()))
@@ -510,6 +603,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             )
     lat = np.asarray(loop.latencies_us) if loop and loop.latencies_us else np.zeros(0)
     results: dict[str, Any] = {
+        "robot": settings.robot,
         "tasks": tasks,
         "success_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
         "metrics": {k: v for k, v in summarize(matrix).items() if k != "matrix"},

@@ -265,9 +265,10 @@ SAFETY_MONITOR = [
         "closed_loop_sim",
         "none",
         "Simulator of the gate's closed-loop stage (paired candidate/active episodes, gate.closed_loop_*): "
-        "metaworld = the embedded Meta-World (sim_demo.launch.py sets it); none = no simulator (a real "
-        "robot: held-out BC error, output sanity, the shadow stage and the watchdog gate instead)",
-        choices=("none", "metaworld"),
+        "metaworld or g1 = the embedded Meta-World arm or Unitree G1 (the launch files set it with the embedded "
+        "simulator); none = no simulator (a real robot: held-out BC error, output sanity, the shadow stage "
+        "and the watchdog gate instead)",
+        choices=("none", "metaworld", "g1"),
     ),
     Param(
         "closed_loop_workers",

@@ -118,6 +118,35 @@ CASES: list[Case] = [
         "latency_budget_ms=-1.0",
     ),
     ("config-method-unknown", lambda t: ["demo", "--config", params(t, demo="    method: magic\n")], "'magic'"),
+    # ---- demo: the robot (one schema for every robot's block)
+    ("demo-robot-unknown", lambda t: ["demo", "--robot", "metawrld"], "'metawrld' (did you mean 'metaworld'?)"),
+    ("demo-robot-task-of-another-robot", lambda t: ["demo", "--robot", "g1", "--tasks", "reach-v3"], "'reach-v3'"),
+    ("demo-robot-task-misspelled", lambda t: ["demo", "--robot", "g1", "--tasks", "g1-rech"], "'g1-rech'"),
+    (
+        "config-robot-unknown",
+        lambda t: ["demo", "--config", params(t, demo="    robot: metaworl\n")],
+        "'metaworl' (did you mean 'metaworld'?)",
+    ),
+    (
+        "config-robot-block-unknown",
+        lambda t: ["demo", "--config", params(t, demo="    g2:\n      steps: 5\n")],
+        "'g2'",
+    ),
+    (
+        "config-robot-block-unknown-key",
+        lambda t: ["demo", "--config", params(t, demo="    g1:\n      stpes: 5\n")],
+        "'stpes' (did you mean 'steps'?)",
+    ),
+    (
+        "config-robot-block-bad-value",
+        lambda t: ["demo", "--robot", "g1", "--config", params(t, demo="    g1:\n      serve_rate_hz: -50\n")],
+        "serve_rate_hz=-50",
+    ),
+    (
+        "config-robot-block-task-unknown",
+        lambda t: ["demo", "--config", params(t, demo="    g1:\n      tasks: [g1-lfit]\n")],
+        "'g1-lfit' (did you mean 'g1-lift'?)",
+    ),
     # ---- demo: the output directory
     ("demo-out-user-data", lambda t: ["demo", "--tasks", "reach-v3", "--out", str(user_data(t))], "out/data"),
     (

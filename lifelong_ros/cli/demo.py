@@ -10,24 +10,41 @@ from typing import Any
 from lifelong_ros import paths
 from lifelong_ros.cli.errors import int_at_least
 from lifelong_ros.config import ConfigError
-from lifelong_ros.demo import DemoSettings, check_out_dir, check_task_names, run_demo, settings_from_config
+from lifelong_ros.demo import (
+    DEFAULT_ROBOT,
+    DemoSettings,
+    check_out_dir,
+    check_robot,
+    check_task_names,
+    run_demo,
+    settings_from_config,
+)
+from lifelong_ros.sim.backends import BACKENDS
 
 
 def task_list(text: str) -> list[str]:
-    """argparse type for --tasks: comma-separated, non-empty, known Meta-World task names."""
+    """argparse type for --tasks: comma-separated, non-empty task names (checked against the robot's
+    tasks once --robot is known, before any work)."""
     names = [t.strip() for t in text.split(",")]
     if any(not t for t in names):
         raise argparse.ArgumentTypeError(
-            f"{text!r} has an empty task name; expected comma-separated Meta-World task names, e.g. reach-v3,push-v3"
+            f"{text!r} has an empty task name; expected comma-separated task names, e.g. reach-v3,push-v3"
         )
+    return names
+
+
+def robot_name(text: str) -> str:
+    """argparse type for --robot: a simulator of sim.backends, with a did-you-mean."""
     try:
-        return check_task_names(names, "task list")
+        return check_robot(text, "").name
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    settings = settings_from_config(args.config)
+    settings = settings_from_config(args.config, robot=args.robot)
+    if args.tasks is not None:
+        args.tasks = check_task_names(args.tasks, "--tasks", settings.robot)
     if args.quick:
         settings = DemoSettings.quick(settings)
     for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled", "retries", "tasks"):
@@ -41,7 +58,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     check_out_dir(out)  # before anything is written or deleted; run_demo checks again
     results = run_demo(settings, out, progress=not args.no_progress)
-    print("\nsuccess matrix R[i][j] (row: after learning task i; column: task j)")
+    print(f"\n{results['robot']}: success matrix R[i][j] (row: after learning task i; column: task j)")
     for name, row in zip(results["tasks"], results["success_matrix"]):
         print(f"  {name:>26s} " + " ".join("  -  " if v is None else f"{v:5.2f}" for v in row))
     m = results["metrics"]
@@ -59,7 +76,17 @@ def add_cli(sub: Any) -> None:
     p.add_argument(
         "--out", help="directory for results.json, the heatmap and the run's data (default: under the data dir)"
     )
-    p.add_argument("--quick", action="store_true", help="shortened loop for smoke tests (< 2 min)")
+    p.add_argument(
+        "--robot",
+        type=robot_name,
+        help=f"the simulated robot: {', '.join(sorted(BACKENDS))} (default from config: {DEFAULT_ROBOT}); "
+        "g1 = the Unitree G1 humanoid with hands at a table",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="shortened loop for smoke tests (metaworld < 2 min; g1: reach then button, ~2 min)",
+    )
     p.add_argument("--config", help="ROS 2 params file to read (default: config/lifelong.yaml)")
     p.add_argument("--method", help="adaptation recipe (default from config: meta_ewc_replay)")
     p.add_argument("--steps", type=int_at_least(1), help="optimiser steps per adaptation")
@@ -84,6 +111,6 @@ def add_cli(sub: Any) -> None:
         metavar="N",
         help="retry a rejected adaptation up to N times, each with a stronger recipe (default from config: 2)",
     )
-    p.add_argument("--tasks", type=task_list, help="comma-separated Meta-World task names (default from config)")
+    p.add_argument("--tasks", type=task_list, help="comma-separated task names of the robot (default from config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

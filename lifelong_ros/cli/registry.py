@@ -142,9 +142,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
     spath = Path(args.store) if args.store else store_path(args.data_dir)
     pool = None
     if args.rollouts:
+        from lifelong_ros.sim.backends import robot_for_tasks
         from lifelong_ros.sim.pool import RolloutPool
 
-        pool = RolloutPool()
+        active = reg.active()
+        tasks = list(reg.info(args.version).tasks) + (list(reg.info(active).tasks) if active else [])
+        pool = RolloutPool(robot=robot_for_tasks(tasks))  # the simulator that has the version's tasks
         cfg.closed_loop_max_pairs = args.rollouts
         cfg.closed_loop_seed = args.rollout_seed
         cfg.validate()

@@ -61,7 +61,7 @@ class SafetyMonitor(Node):
         # The closed-loop stage: paired episodes in niced worker processes (a simulator on this machine).
         self._episodes: RolloutPool | None = None
         if p["closed_loop_sim"] != "none":
-            self._episodes = RolloutPool(p["closed_loop_workers"] or None)
+            self._episodes = RolloutPool(p["closed_loop_workers"] or None, robot=p["closed_loop_sim"])
             self._episodes.warm()  # spawn the workers now, not in the first gate
         self._gate_lock = threading.Lock()  # one evaluation at a time; they are CPU-bound anyway
         self._shadow: dict[str, Any] | None = None  # {"version", "runner", "activate"} while a shadow runs

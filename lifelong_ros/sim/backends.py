@@ -9,30 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
-import numpy as np
-
-from lifelong_ros.sim.episodes import Episode
-
-
-class Simulator(Protocol):
-    env_name: str
-
-    def reset(self, seed: int, placement: Any = None) -> np.ndarray: ...
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict]: ...
-
-    def expert(self) -> Callable[[np.ndarray], np.ndarray]: ...
-
-    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: Any = None) -> Episode: ...
-
-    def close(self) -> None: ...
+from lifelong_ros.sim.episodes import Episode, Simulator, expert_episodes
 
 
 @dataclass(frozen=True)
 class SimBackend:
     name: str
+    label: str  # what messages call its tasks: "unknown G1 task 'g1-rech'"
     description: str
     obs_dim: int
     act_dim: int
@@ -43,20 +27,17 @@ class SimBackend:
     _make: Callable[[str, int, int | None], Simulator]
 
     def make(self, task: str, steps_after_success: int = 10, max_steps: int | None = None) -> Simulator:
-        """A simulator of ``task``; ``max_steps`` None = the backend's own episode length."""
+        """A simulator of ``task``; ``max_steps`` caps the task's own episode length (None = no cap)."""
         return self._make(task, steps_after_success, max_steps)
 
     def collect_demonstrations(
         self, task: str, seeds: Iterable[int], sim: Simulator, progress: bool = False
     ) -> list[Episode]:
-        """Successful expert episodes of ``task`` on ``seeds`` (with this backend's demo noise)."""
-        if self.name == "g1":
-            from lifelong_ros.sim.humanoid import env as g1
-
-            return g1.collect_demonstrations(task, seeds, sim=sim, progress=progress, noise=self.demo_noise)  # type: ignore[arg-type]
-        from lifelong_ros.sim import metaworld
-
-        return metaworld.collect_demonstrations(task, seeds, sim=sim, progress=progress)  # type: ignore[arg-type]
+        """Successful expert episodes of ``sim``'s task on ``seeds`` (with this backend's demo noise)."""
+        if sim.env_name != task:
+            raise ValueError(f"collect_demonstrations({task!r}) with a simulator of {sim.env_name!r}")
+        noise = {"noise": self.demo_noise} if self.demo_noise > 0 else {}
+        return expert_episodes(sim, seeds, only_successful=True, progress=progress, **noise)
 
 
 def _metaworld_sim(task: str, steps_after_success: int, max_steps: int | None) -> Simulator:
@@ -73,8 +54,10 @@ def _metaworld_tasks() -> list[str]:
 
 def _g1_sim(task: str, steps_after_success: int, max_steps: int | None) -> Simulator:
     from lifelong_ros.sim.humanoid.env import G1Sim
+    from lifelong_ros.sim.humanoid.tasks import check_task
 
-    return G1Sim(task, steps_after_success, max_steps)
+    own = check_task(task).max_steps  # each G1 task has its own episode length; max_steps only caps it
+    return G1Sim(task, steps_after_success, own if max_steps is None else min(own, max_steps))
 
 
 def _g1_tasks() -> list[str]:
@@ -86,6 +69,7 @@ def _g1_tasks() -> list[str]:
 BACKENDS: dict[str, SimBackend] = {
     "metaworld": SimBackend(
         "metaworld",
+        "Meta-World",
         "Meta-World's Sawyer arm (MuJoCo), 39-d observation, 4-d action",
         39,
         4,
@@ -96,6 +80,7 @@ BACKENDS: dict[str, SimBackend] = {
     ),
     "g1": SimBackend(
         "g1",
+        "G1",
         "Unitree G1 with hands at a table (MuJoCo Menagerie), 47-d observation, 17 joint position targets",
         47,
         17,
@@ -112,3 +97,13 @@ def backend(name: str) -> SimBackend:
     if name not in BACKENDS:
         raise ValueError(f"unknown robot {name!r}; expected one of {sorted(BACKENDS)}")
     return BACKENDS[name]
+
+
+def robot_for_tasks(tasks: Iterable[str]) -> str:
+    """The robot whose simulator has every one of ``tasks`` (a registry version's heads, say);
+    ValueError when none has them all."""
+    tasks = list(tasks)
+    for name in sorted(BACKENDS, key=lambda n: n != "g1"):  # the G1's task list is the cheaper import
+        if tasks and set(tasks) <= set(BACKENDS[name].available_tasks()):
+            return name
+    raise ValueError(f"no simulated robot has all of the tasks {tasks}; robots: {sorted(BACKENDS)}")

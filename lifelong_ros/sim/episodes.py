@@ -33,6 +33,8 @@ class Episode:
 
 
 class Simulator(Protocol):
+    """What every embedded simulator offers (``MetaWorldSim``, ``G1Sim``; by robot name: ``sim.backends``)."""
+
     env_name: str
 
     def reset(self, seed: int, placement: Any = None) -> np.ndarray: ...
@@ -40,6 +42,10 @@ class Simulator(Protocol):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, dict[str, Any]]: ...
 
     def expert(self) -> Callable[[np.ndarray], np.ndarray]: ...
+
+    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: Any = None) -> Episode: ...
+
+    def close(self) -> None: ...
 
 
 def record_episode(

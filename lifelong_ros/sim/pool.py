@@ -3,7 +3,8 @@
 The safety gate's paired regression test needs many short episodes, fast, without taking the CPU
 the policy server needs to keep its control rate: at most ``cores - 1`` workers (one core stays
 with serving), each at a lower CPU priority, each running the policy through PolicyRuntime (the
-same validated, output-guarded inference the robot uses) in the embedded Meta-World simulator.
+same validated, output-guarded inference the robot uses) in the embedded simulator of the pool's
+robot (``sim.backends``: Meta-World's arm or the G1 humanoid).
 Outcomes are deterministic per (model sha256, task, variation seed, max_steps), so they are cached:
 the active model's episodes, measured when it was itself a candidate, are not run again.
 """
@@ -33,7 +34,7 @@ def default_workers() -> int:
 
 
 # ------------------------------------------------------------------ worker process side
-_ENVS: dict[tuple[str, int], Any] = {}
+_ENVS: dict[tuple[str, str, int], Any] = {}
 _RUNTIMES: OrderedDict[str, Any] = OrderedDict()
 _MODELS_KEPT = 4
 
@@ -63,26 +64,37 @@ def _runtime(sha: str, onnx: bytes) -> Any:
     return rt
 
 
-def _run_episodes(models: dict[str, tuple[str, bytes]], task: str, seed: int, max_steps: int) -> dict[str, bool]:
+def _env(robot: str, task: str, max_steps: int) -> Any:
+    """This worker's simulator of ``task`` (built once per robot, task and episode cap)."""
+    from lifelong_ros.sim.backends import backend
+
+    key = (robot, task, max_steps)
+    if key not in _ENVS:
+        _ENVS[key] = backend(robot).make(task, steps_after_success=0, max_steps=max_steps)
+    return _ENVS[key]
+
+
+def _run_episodes(
+    models: dict[str, tuple[str, bytes]], robot: str, task: str, seed: int, max_steps: int
+) -> dict[str, bool]:
     """In a worker: each model (role -> (sha256, onnx)) runs one episode of ``task`` variation ``seed``."""
-    from lifelong_ros.sim.metaworld import MetaWorldSim
     from lifelong_ros.sim.rollout import successes
 
-    env = _ENVS.get((task, max_steps))
-    if env is None:
-        env = _ENVS[(task, max_steps)] = MetaWorldSim(task, steps_after_success=0, max_steps=max_steps)
+    env = _env(robot, task, max_steps)
     out: dict[str, bool] = {}
     for role, (sha, onnx) in models.items():
         out[role] = successes(_runtime(sha, onnx), env, [seed])[0]
     return out
 
 
-def _warm(task: str | None, max_steps: int) -> int:
+def _warm(robot: str, task: str | None, max_steps: int) -> int:
     """Import the simulator (and build ``task``'s environment) in a worker before the first gate."""
-    from lifelong_ros.sim.metaworld import MetaWorldSim
+    from lifelong_ros.sim.backends import backend
 
-    if task is not None and (task, max_steps) not in _ENVS:
-        _ENVS[(task, max_steps)] = MetaWorldSim(task, steps_after_success=0, max_steps=max_steps)
+    if task is not None:
+        _env(robot, task, max_steps)
+    else:
+        backend(robot).available_tasks()  # imports the simulator
     return os.getpid()
 
 
@@ -92,10 +104,21 @@ class RolloutPool:
     returns a Future of ``{"candidate": success, "active": success}``.
 
     ``workers``: default ``default_workers()``; ``niceness``: added to each worker's nice value;
-    ``max_steps``: episode length cap (an episode ends at the first success).
+    ``max_steps``: episode length cap (an episode ends at the first success; the G1's tasks have
+    shorter episodes of their own); ``robot``: the simulator (``sim.backends.BACKENDS``).
     """
 
-    def __init__(self, workers: int | None = None, *, max_steps: int = 500, niceness: int = DEFAULT_NICENESS):
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        max_steps: int = 500,
+        niceness: int = DEFAULT_NICENESS,
+        robot: str = "metaworld",
+    ):
+        from lifelong_ros.sim.backends import backend
+
+        backend(robot)  # ValueError naming the robots for an unknown one, before any worker starts
         if workers is None:
             workers = default_workers()
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -107,6 +130,7 @@ class RolloutPool:
         self.workers = workers
         self.max_steps = max_steps
         self.niceness = niceness
+        self.robot = robot
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str, int], bool] = {}
@@ -129,7 +153,10 @@ class RolloutPool:
         """Start the workers (and build environments for ``tasks``) now, so the first gate does not wait."""
         pool = self._pool()
         names: list[str | None] = [*tasks] if tasks else [None]
-        return [pool.submit(_warm, names[i % len(names)], self.max_steps) for i in range(max(self.workers, len(names)))]
+        return [
+            pool.submit(_warm, self.robot, names[i % len(names)], self.max_steps)
+            for i in range(max(self.workers, len(names)))
+        ]
 
     def submit(self, models: Mapping[str, bytes], task: str, seed: int) -> Future[dict[str, bool]]:
         shas = {role: hashlib.sha256(bytes(onnx)).hexdigest() for role, onnx in models.items()}
@@ -140,7 +167,7 @@ class RolloutPool:
         if not todo:
             result.set_result(known)
             return result
-        inner = self._pool().submit(_run_episodes, todo, task, int(seed), self.max_steps)
+        inner = self._pool().submit(_run_episodes, todo, self.robot, task, int(seed), self.max_steps)
 
         def done(f: Future[dict[str, bool]]) -> None:
             if f.cancelled():

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable
 
 from lifelong_ros.serving.runtime import PolicyRuntime
-from lifelong_ros.sim.metaworld import MetaWorldSim
+from lifelong_ros.sim.episodes import Simulator
 
 
 def head_for(runtime: PolicyRuntime, task: str) -> int:
@@ -22,7 +22,7 @@ def head_for(runtime: PolicyRuntime, task: str) -> int:
     return tasks.index(task) if tasks and runtime.num_heads > 1 else 0
 
 
-def successes(runtime: PolicyRuntime, env: MetaWorldSim, seeds: Iterable[int]) -> list[bool]:
+def successes(runtime: PolicyRuntime, env: Simulator, seeds: Iterable[int]) -> list[bool]:
     """Closed-loop success of the served model on ``env``'s task, one episode per variation seed."""
     head = head_for(runtime, env.env_name)
     return [bool(env.run_episode(lambda o: runtime.infer(o, head).action, int(s)).success) for s in seeds]
