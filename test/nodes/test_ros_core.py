@@ -126,7 +126,7 @@ def _sections(path: Path) -> dict[str, dict]:
     return {key: flatten(body["ros__parameters"]) for key, body in raw.items()}
 
 
-@pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
+@pytest.mark.parametrize("config", ["lifelong.yaml", "g1.yaml"])
 def test_every_config_key_is_a_parameter_its_node_declares(config):
     sections = _sections(ROOT / "config" / config)
     declared_anywhere = set().union(*(P.declared_names(n) for n in P.NODES))
@@ -143,7 +143,7 @@ def test_every_config_key_is_a_parameter_its_node_declares(config):
         assert not unknown, f"{config}: {node} does not declare {sorted(unknown)} (ROS would ignore them silently)"
 
 
-@pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
+@pytest.mark.parametrize("config", ["lifelong.yaml", "g1.yaml"])
 def test_config_values_have_the_declared_types_and_valid_sections(config):
     from lifelong_ros.safety.gate import GateConfig
     from lifelong_ros.safety.watchdog import WatchdogConfig
@@ -166,7 +166,7 @@ def test_config_values_have_the_declared_types_and_valid_sections(config):
     WatchdogConfig.from_dict({k[9:]: v for k, v in monitor.items() if k.startswith("watchdog.")})
 
 
-@pytest.mark.parametrize("config, dims", [("lifelong.yaml", (39, 4)), ("gazebo_humanoid.yaml", (49, 21))])
+@pytest.mark.parametrize("config, dims", [("lifelong.yaml", (39, 4)), ("g1.yaml", (47, 17))])
 def test_spec_named_in_each_config_loads(config, dims):
     from lifelong_ros.ros_io import spec as spec_mod
 
