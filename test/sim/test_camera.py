@@ -1,12 +1,18 @@
 """The G1's head camera: real offscreen frames (OSMesa), what they show, and a control loop it never holds up.
 
 Skipped, with the reason, where no offscreen OpenGL is available (Debian/Ubuntu: apt-get install libosmesa6).
+PyOpenGL binds a process to one platform: when an earlier test bound this one to EGL (importing
+Meta-World sets MUJOCO_GL=egl), the tests run again in a fresh interpreter instead.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +20,39 @@ import pytest
 from lifelong_ros.sim.humanoid.env import G1Sim
 
 
+def _bound_elsewhere() -> str:
+    """The OpenGL platform this process is bound to, when it is not OSMesa ('' otherwise)."""
+    platform = os.environ.get("PYOPENGL_PLATFORM", "")
+    return platform if platform and platform != "osmesa" and "OpenGL" in sys.modules else ""
+
+
+def test_camera_tests_in_a_fresh_process_when_this_one_is_bound_to_another_platform():
+    bound = _bound_elsewhere()
+    if not bound:
+        pytest.skip("this process can use OSMesa: the tests below run here")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYOPENGL_PLATFORM", "MUJOCO_GL")}
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [*(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"), "-k", "not fresh_process", __file__],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=600,
+        check=False,
+    )
+    if "no offscreen OpenGL (OSMesa) here" in out.stdout:
+        pytest.skip(out.stdout.strip().splitlines()[-1])
+    assert out.returncode == 0 and " passed" in out.stdout and "skipped" not in out.stdout, (
+        out.stdout[-3000:] + out.stderr[-2000:]
+    )
+
+
 def _camera_or_skip():
     from lifelong_ros.sim.humanoid.camera import CameraSettings, HeadCamera
+
+    if _bound_elsewhere():
+        pytest.skip(f"this process's OpenGL is bound to {_bound_elsewhere()}: the fresh-process test runs these")
 
     try:
         return HeadCamera(CameraSettings(gl="osmesa"))
@@ -85,8 +122,10 @@ def test_camera_thread_keeps_its_rate_and_never_holds_up_the_loop(sim):
     finally:
         cam.stop()
     assert not cam._thread.is_alive()
-    assert 8 <= len(frames) <= 22, len(frames)  # 10 frames/s for 2 s, give or take start-up
-    assert max(offer_s) < 0.005  # a copy under a lock, nothing rendered on the loop's thread
+    assert 5 <= len(frames) <= 22, len(frames)  # 10 frames/s for 2 s, give or take start-up and load
+    # a copy under a lock, nothing rendered on the loop's thread (a frame takes ~10 ms, 100+ with meshes);
+    # the worst case is a GIL hand-over on a loaded machine
+    assert np.median(offer_s) < 0.001 and max(offer_s) < 0.1, (np.median(offer_s), max(offer_s))
     stamps = [t for _, t in frames]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert threading.active_count() >= 1
