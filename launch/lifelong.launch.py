@@ -1,18 +1,22 @@
 """Bring up lifelong_ros: policy_server, experience_buffer, learner and safety_monitor.
 
-  ros2 launch lifelong_ros lifelong.launch.py [config:=FILE] [namespace:=NS] [sim:=embedded|gazebo|none]
-      [use_sim_time:=true|false|auto] [data_dir:=DIR] [log_level:=info] [autostart:=true|false]
-      [closed_loop_sim:=auto|metaworld|none]
+  ros2 launch lifelong_ros lifelong.launch.py [robot:=metaworld|g1] [config:=FILE] [namespace:=NS]
+      [sim:=embedded|gazebo|none] [use_sim_time:=true|false|auto] [data_dir:=DIR] [log_level:=info]
+      [autostart:=true|false] [closed_loop_sim:=auto|metaworld|g1|none]
 
 policy_server is a managed (lifecycle) node: with autostart:=true (the default) the launch file
 configures it and, once configured, activates it; `ros2 lifecycle set /policy_server deactivate`
 stops actuation at once.
 
+robot:=g1      the Unitree G1 with hands (config defaults to config/g1.yaml: spec_g1.yaml's ros2_control
+               topics); robot:=metaworld (the default) Meta-World's arm (config/lifelong.yaml)
 sim:=embedded  wire the nodes to the embedded simulator's topics (sim_demo.launch.py also starts
                sim_bridge; or `ros2 run lifelong_ros sim_bridge` yourself)
-sim:=gazebo    a Gazebo humanoid: starts ros_gz_bridge with gz_bridge_config, config defaults to
-               config/gazebo_humanoid.yaml and use_sim_time to true
+sim:=gazebo    the G1 in Gazebo: starts ros_gz_bridge with gz_bridge_config (config/g1_gz_bridge.yaml),
+               config defaults to config/g1.yaml and use_sim_time to true
 sim:=none      a real robot: topics exactly as named in the config's observation/action specs
+The G1's topics are the same in all three, so moving from the embedded G1 to Gazebo or the robot
+changes only sim:=.
 
 Every node reads the same params file (ROS 2 format; the standalone CLI reads it too). Relative
 spec paths in it are resolved against the config file's folder.
@@ -40,7 +44,15 @@ except ImportError:
     from launch_ros.actions import PushRosNamespace
 
 SIM_MODES = ("embedded", "gazebo", "none")
-DEFAULT_CONFIG = {"embedded": "lifelong.yaml", "gazebo": "gazebo_humanoid.yaml", "none": "lifelong.yaml"}
+ROBOTS = ("metaworld", "g1")
+DEFAULT_CONFIG = {"metaworld": "lifelong.yaml", "g1": "g1.yaml"}  # per robot; sim:=gazebo is the G1
+
+
+def default_config(robot: str, sim: str) -> str:
+    """The params file (in config/) a launch uses when config:= is not given."""
+    if robot not in ROBOTS:
+        raise ValueError(f"launch argument robot:={robot!r}: expected one of {', '.join(ROBOTS)}")
+    return DEFAULT_CONFIG["g1" if sim == "gazebo" else robot]
 
 
 def _share(*parts: str) -> str:
@@ -60,7 +72,8 @@ def _nodes(context, *args, **kwargs):
     sim = LaunchConfiguration("sim").perform(context)
     if sim not in SIM_MODES:
         raise ValueError(f"launch argument sim:={sim!r}: expected one of {', '.join(SIM_MODES)}")
-    config = LaunchConfiguration("config").perform(context) or _share("config", DEFAULT_CONFIG[sim])
+    robot = LaunchConfiguration("robot").perform(context)
+    config = LaunchConfiguration("config").perform(context) or _share("config", default_config(robot, sim))
     config = os.path.abspath(os.path.expanduser(config))
     if not os.path.isfile(config):
         raise FileNotFoundError(f"launch argument config:={config}: no such params file")
@@ -85,7 +98,7 @@ def _nodes(context, *args, **kwargs):
     # The gate's closed-loop stage needs a simulator of the robot: the embedded one when there is one.
     closed_loop = LaunchConfiguration("closed_loop_sim").perform(context)
     if closed_loop == "auto":
-        monitor_params = params + ([{"closed_loop_sim": "metaworld"}] if sim == "embedded" else [])
+        monitor_params = params + ([{"closed_loop_sim": robot}] if sim == "embedded" else [])
     else:
         monitor_params = [*params, {"closed_loop_sim": closed_loop}]
 
@@ -127,7 +140,7 @@ def _nodes(context, *args, **kwargs):
     ]
     if sim == "gazebo":
         bridge_config = LaunchConfiguration("gz_bridge_config").perform(context) or _share(
-            "config", "gazebo_humanoid_bridge.yaml"
+            "config", "g1_gz_bridge.yaml"
         )
         actions.append(
             Node(
@@ -153,14 +166,20 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "config",
                 default_value="",
-                description="ROS 2 params file; '' = config/lifelong.yaml (gazebo_humanoid.yaml for sim:=gazebo)",
+                description="ROS 2 params file; '' = config/lifelong.yaml (g1.yaml for robot:=g1 or sim:=gazebo)",
+            ),
+            DeclareLaunchArgument(
+                "robot",
+                default_value="metaworld",
+                choices=list(ROBOTS),
+                description="metaworld: Meta-World's arm; g1: the Unitree G1 (config/g1.yaml, spec_g1.yaml)",
             ),
             DeclareLaunchArgument("namespace", default_value="", description="Namespace for every node ('' = none)"),
             DeclareLaunchArgument(
                 "sim",
                 default_value="embedded",
                 choices=list(SIM_MODES),
-                description="embedded: Meta-World sim_bridge topics; gazebo: ros_gz_bridge; none: hardware",
+                description="embedded: sim_bridge's topics; gazebo: the G1 in gz sim via ros_gz_bridge; none: hardware",
             ),
             DeclareLaunchArgument(
                 "use_sim_time", default_value="auto", description="true/false; auto = true for sim:=gazebo, else false"
@@ -173,14 +192,14 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument(
                 "gz_bridge_config",
                 default_value="",
-                description="ros_gz_bridge YAML for sim:=gazebo ('' = config/gazebo_humanoid_bridge.yaml)",
+                description="ros_gz_bridge YAML for sim:=gazebo ('' = config/g1_gz_bridge.yaml)",
             ),
             DeclareLaunchArgument("log_level", default_value="info", description="ROS log level of every node"),
             DeclareLaunchArgument(
                 "closed_loop_sim",
                 default_value="auto",
-                description="Simulator of the gate's closed-loop stage: auto (metaworld for sim:=embedded, else the "
-                "config's safety_monitor.closed_loop_sim), metaworld or none",
+                description="Simulator of the gate's closed-loop stage: auto (the robot's own for sim:=embedded, "
+                "else the config's safety_monitor.closed_loop_sim), metaworld, g1 or none",
             ),
             DeclareLaunchArgument(
                 "autostart",

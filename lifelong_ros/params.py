@@ -289,20 +289,37 @@ SIM_BRIDGE = [
     SPEC,
     DIAGNOSTICS_PERIOD,
     Param(
-        "task", "reach-v3", "Meta-World task to simulate; a change takes effect at the next episode", read_only=False
+        "robot",
+        "metaworld",
+        "Embedded simulator (sim/backends.py): 'metaworld' (Sawyer arm, spec_metaworld.yaml) or 'g1' "
+        "(Unitree G1 with hands, spec_g1.yaml)",
+    ),
+    Param(
+        "task",
+        "reach-v3",
+        "Task to simulate (of the robot's); a change takes effect at the next episode",
+        read_only=False,
     ),
     Param(
         "controller",
         "policy",
-        "'policy': apply actions from the command topic; 'expert': Meta-World's "
+        "'policy': apply actions from the command topic; 'expert': the robot's "
         "scripted expert acts and each step is published on ~/demonstrations",
         read_only=False,
         choices=("policy", "expert"),
     ),
+    Param(
+        "publish_expert_commands",
+        False,
+        "With controller 'expert', also publish the expert's actions on the spec's action topics, as a "
+        "teleoperator's commands to the controller would appear (for recording bags; deactivate the "
+        "policy server, which publishes there too)",
+        read_only=False,
+    ),
     Param("paused", False, "Stop stepping (observations stop too) until set back to false", read_only=False),
     Param("rate_hz", 50.0, "Simulation steps per second", min=0.1, max=2000.0),
     Param("seed", 0, "Variation seed of the first episode; episode k uses seed + k", min=0, max=2**31 - 1),
-    Param("max_steps", 200, "Steps after which an episode ends", min=1, max=500),
+    Param("max_steps", 200, "Steps after which an episode ends (0 = the task's own length)", min=0, max=500),
     Param("steps_after_success", 10, "Steps an episode continues after the first success", min=0, max=500),
     Param(
         "command_timeout_s",
@@ -311,6 +328,25 @@ SIM_BRIDGE = [
         min=0.01,
         max=60.0,
     ),
+    Param(
+        "camera_rate_hz",
+        0.0,
+        "G1 head camera frames per second on camera_topic (0 = off); rendered on a thread of its own, "
+        "never on the control loop (sim/humanoid/camera.py)",
+        min=0.0,
+        max=120.0,
+    ),
+    Param("camera_topic", "/head_camera/image_raw", "sensor_msgs/Image topic of the head camera (rgb8)"),
+    Param("camera_width", 128, "Head camera image width (pixels)", min=1, max=4096),
+    Param("camera_height", 96, "Head camera image height (pixels)", min=1, max=4096),
+    Param(
+        "camera_geom_groups",
+        [0, 5],
+        "MuJoCo geom groups the camera draws: 0 table, objects, floor; 5 low-poly proxies of the arms "
+        "and hands (fast); 2 the robot's visual meshes (~10x slower on a CPU)",
+    ),
+    Param("camera_shadows", False, "Draw shadows (slow on a CPU renderer)"),
+    Param("camera_gl", "", "OpenGL backend: osmesa | egl | glfw ('' = $MUJOCO_GL, else osmesa)"),
 ]
 
 NODES = {

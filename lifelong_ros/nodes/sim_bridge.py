@@ -1,17 +1,25 @@
-"""ROS 2 node `sim_bridge`: the embedded Meta-World simulator as a robot on the ROS graph.
+"""ROS 2 node `sim_bridge`: an embedded simulator (Meta-World's arm or the G1 humanoid) as a robot on the ROS graph.
 
 So the whole loop runs without Gazebo or hardware: at a fixed rate it publishes the observation on
 the spec's observation topics and applies the action received on the spec's action topics (one
 step per action; the observation is republished if no action arrives). With controller:=expert
-Meta-World's scripted expert acts instead and every step is published as a demonstration, which
-the experience buffer records — how a new task is taught in the demo. A thin shell over sim.py.
+the robot's scripted expert acts instead and every step is published as a demonstration, which
+the experience buffer records — how a new task is taught in the demo. A thin shell over sim/.
+
+robot:=g1 serves the G1 with the interfaces of a ros2_control robot (config/spec_g1.yaml):
+JointState on /joint_states, the object pose and the task's target as PoseStamped, commands as
+Float64MultiArray (radians) on /forward_position_controller/commands; Gazebo or the real robot serve
+the same topics. With camera_rate_hz > 0 it also publishes the head camera (sensor_msgs/Image),
+rendered on a thread of its own from a snapshot of each step (sim/humanoid/camera.py).
 
 Interfaces:
   publishes the spec's observation topics, ~/episode_result (EpisodeResult), ~/demonstrations
-            (ExperienceRecord, expert only), ~/task (std_msgs/String, latched), /diagnostics
+            (ExperienceRecord, expert only), ~/task (std_msgs/String, latched), /diagnostics,
+            camera_topic (G1, camera_rate_hz > 0), the spec's action topics (expert with
+            publish_expert_commands only)
   subscribes the spec's action topics, policy_output (PolicyOutput; the version that acted)
   services  ~/get_status (GetStatus)
-  parameters task, controller and paused can be changed at run time (`ros2 param set`)
+  parameters task, controller, publish_expert_commands and paused can be changed at run time
 """
 
 from __future__ import annotations
@@ -31,14 +39,16 @@ from std_msgs.msg import String
 from lifelong_ros import params as P
 from lifelong_ros import paths
 from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
-from lifelong_ros.ros_io.spec import SpecError, load_spec, ros_classes
-from lifelong_ros.sim.metaworld import ACT_DIM, OBS_DIM, MetaWorldSim, available_tasks
+from lifelong_ros.ros_io.codecs import IMAGE
+from lifelong_ros.ros_io.spec import ImageStream, SpecError, load_spec, ros_classes
+from lifelong_ros.sim.backends import Simulator, backend
 
 from . import _common as c
 from . import messages as m
 
 NODE_NAME = "sim_bridge"
 CONTROLLERS = ("policy", "expert")
+SPECS = {"metaworld": "spec_metaworld.yaml", "g1": "spec_g1.yaml"}  # each robot's spec in config/
 
 
 class SimBridge(Node):
@@ -46,17 +56,19 @@ class SimBridge(Node):
         super().__init__(NODE_NAME)
         p = c.declare(self, P.SIM_BRIDGE)
         self._p = p
+        self.robot = backend(p["robot"])
         self.spec = load_spec(paths.resolve_config_file(p["spec"], p["config_dir"] or None))
-        if (self.spec.obs_dim, self.spec.act_dim) != (OBS_DIM, ACT_DIM):
+        if (self.spec.obs_dim, self.spec.act_dim) != (self.robot.obs_dim, self.robot.act_dim):
             raise ValueError(
-                f"spec {p['spec']!r} maps {self.spec.obs_dim} -> {self.spec.act_dim} values; the "
-                f"Meta-World simulator needs {OBS_DIM} -> {ACT_DIM} (use config/spec_metaworld.yaml)"
+                f"spec {p['spec']!r} maps {self.spec.obs_dim} -> {self.spec.act_dim} values; the {self.robot.name} "
+                f"simulator needs {self.robot.obs_dim} -> {self.robot.act_dim} (use config/{SPECS[self.robot.name]})"
             )
         self._check_task(p["task"])
         self._check_controller(p["controller"])
         self._task, self._controller, self._paused = p["task"], p["controller"], p["paused"]
+        self._p_expert_commands = bool(p["publish_expert_commands"])
         self._classes = ros_classes()
-        self._sim: MetaWorldSim | None = None
+        self._sim: Simulator | None = None
         self._expert: Callable[[np.ndarray], np.ndarray] | None = None
         self._obs: np.ndarray | None = None
         self._obs_stamp = 0
@@ -70,6 +82,8 @@ class SimBridge(Node):
         self._steps, self._reward = 0, 0.0
         self._counts = {"episodes": 0, "successes": 0, "steps": 0, "republished": 0, "bad_actions": 0}
         self._last_result = ""
+        self._cmd_pubs: dict[str, Any] = {}  # created on first use (publish_expert_commands)
+        self._camera = self._start_camera(p)
 
         self._obs_pubs = {
             s.topic: self.create_publisher(self._classes(s.type), s.topic, c.SENSOR_QOS)
@@ -84,13 +98,41 @@ class SimBridge(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0 / p["rate_hz"], self._tick)
         self.health = c.Health(self, self._status, p["diagnostics_period_s"])
-        self.get_logger().info(f"Meta-World {self._task} at {p['rate_hz']:g} Hz, controller {self._controller}")
+        self.get_logger().info(
+            f"{self.robot.name} {self._task} at {p['rate_hz']:g} Hz, controller {self._controller}"
+            + (f", camera {p['camera_rate_hz']:g} Hz on {p['camera_topic']}" if self._camera else "")
+        )
+
+    # ------------------------------------------------------------------ camera
+    def _start_camera(self, p: dict) -> Any:
+        if not p["camera_rate_hz"] > 0:
+            return None
+        if self.robot.name != "g1":
+            raise ValueError(f"camera_rate_hz > 0: only the g1 robot has a camera, not {self.robot.name}")
+        from lifelong_ros.sim.humanoid.camera import CameraSettings, CameraThread
+
+        settings = CameraSettings(
+            width=int(p["camera_width"]),
+            height=int(p["camera_height"]),
+            geom_groups=tuple(int(g) for g in p["camera_geom_groups"]),
+            shadows=bool(p["camera_shadows"]),
+            gl=p["camera_gl"] or None,
+        ).check()
+        stream = ImageStream(
+            topic=p["camera_topic"], type=IMAGE, width=settings.width, height=settings.height, frame_id="head_camera"
+        )
+        pub = self.create_publisher(self._classes(IMAGE), stream.topic, c.SENSOR_QOS)
+
+        def on_frame(image: np.ndarray, stamp_ns: int) -> None:  # on the camera's thread
+            pub.publish(stream.encode(image.reshape(-1), self._classes, stamp_ns))
+
+        return CameraThread(settings, p["camera_rate_hz"], on_frame).start()
 
     # ------------------------------------------------------------------ parameters
-    @staticmethod
-    def _check_task(task: str) -> None:
-        if task not in available_tasks():
-            raise ValueError(f"unknown Meta-World task {task!r}; expected one of {available_tasks()}")
+    def _check_task(self, task: str) -> None:
+        tasks = self.robot.available_tasks()
+        if task not in tasks:
+            raise ValueError(f"unknown {self.robot.name} task {task!r}; expected one of {tasks}")
 
     @staticmethod
     def _check_controller(controller: str) -> None:
@@ -113,6 +155,8 @@ class SimBridge(Node):
                 self._controller = prm.value
             elif prm.name == "paused":
                 self._paused = bool(prm.value)
+            elif prm.name == "publish_expert_commands":
+                self._p_expert_commands = bool(prm.value)
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ actions in
@@ -139,7 +183,9 @@ class SimBridge(Node):
             return
         action: np.ndarray | None
         if self._controller == "expert" and self._expert is not None:
-            action = self._expert(self._obs)
+            action, self._pending = self._expert(self._obs), None
+            if self._p_expert_commands:
+                self._publish_commands(np.clip(np.asarray(action, np.float32), -1.0, 1.0))
         else:
             action, self._pending = self._pending, None
             if action is None:
@@ -153,7 +199,7 @@ class SimBridge(Node):
         if self._sim is None or self._sim.env_name != self._task:
             if self._sim is not None:
                 self._sim.close()
-            self._sim = MetaWorldSim(self._task, self._p["steps_after_success"], self._p["max_steps"])
+            self._sim = self.robot.make(self._task, self._p["steps_after_success"], self._p["max_steps"] or None)
             self._expert = self._sim.expert()
             self._task_pub.publish(String(data=self._task))
         self._k += 1
@@ -167,7 +213,7 @@ class SimBridge(Node):
     def _episode(self) -> str:
         return f"{self._run_id}-{self._k:05d}"
 
-    def _episode_sim(self) -> MetaWorldSim:
+    def _episode_sim(self) -> Simulator:
         """The simulator of the running episode (``_start_episode`` creates it before any step)."""
         if self._sim is None:
             raise RuntimeError("sim_bridge: no episode is running")
@@ -232,6 +278,18 @@ class SimBridge(Node):
         for topic, msg in self.spec.observation.encode(self._current_obs(), self._classes, self._obs_stamp).items():
             self._obs_pubs[topic].publish(msg)
         self._last_publish = time.monotonic()
+        if self._camera is not None:  # a copy of the state; the camera's thread renders it
+            from lifelong_ros.sim.humanoid.camera import Snapshot
+
+            self._camera.offer(Snapshot.of(self._sim.data, self._obs_stamp))  # type: ignore[union-attr]
+
+    def _publish_commands(self, action: np.ndarray) -> None:
+        """The expert's action on the spec's action topics, as a teleoperator's commands (stamped now)."""
+        for s in self.spec.action.streams:
+            if s.topic not in self._cmd_pubs:
+                self._cmd_pubs[s.topic] = self.create_publisher(self._classes(s.type), s.topic, c.COMMAND_QOS)
+        for topic, msg in self.spec.action.encode(action, self._classes, c.now_ns(self)).items():
+            self._cmd_pubs[topic].publish(msg)
 
     # ------------------------------------------------------------------ health, shutdown
     def _status(self) -> m.Status:
@@ -244,6 +302,8 @@ class SimBridge(Node):
             step=self._steps,
             last_episode=self._last_result,
         )
+        if self._camera is not None:
+            values.update({f"camera_{k}": v for k, v in self._camera.stats.summary().items()})
         if self._paused:
             return m.Status(m.OK, "paused", values, self._version)
         idle = time.monotonic() - self._last_step
@@ -252,6 +312,8 @@ class SimBridge(Node):
         return m.Status(m.OK, f"{self._task} ({self._controller}), episode {self._k}", values, self._version)
 
     def destroy_node(self) -> None:
+        if self._camera is not None:
+            self._camera.stop()
         if self._sim is not None:
             self._sim.close()
         super().destroy_node()

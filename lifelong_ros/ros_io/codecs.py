@@ -17,8 +17,19 @@ JOINT_STATE = "sensor_msgs/msg/JointState"
 POSE_STAMPED = "geometry_msgs/msg/PoseStamped"
 FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
 FLOAT64_ARRAY = "std_msgs/msg/Float64MultiArray"  # what ros2_control's forward command controllers take
+IMAGE = "sensor_msgs/msg/Image"
 JOINT_FIELDS = ("position", "velocity", "effort")
-POSE_FIELDS = {"position": ("x", "y", "z"), "orientation": ("x", "y", "z", "w")}
+# A pose's selectable fields -> their components; orientation_wxyz is the quaternion in MuJoCo's
+# (scalar-first) order, as simulators built on it report it.
+POSE_FIELDS = {
+    "position": ("x", "y", "z"),
+    "orientation": ("x", "y", "z", "w"),
+    "orientation_wxyz": ("w", "x", "y", "z"),
+}
+# Where each field's components sit in the pose's 7 float64s on the wire (position xyz, orientation xyzw).
+_POSE_COLUMNS = {"position": (0, 1, 2), "orientation": (3, 4, 5, 6), "orientation_wxyz": (6, 3, 4, 5)}
+# Image encodings with one byte per channel: encoding -> channels.
+IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 MessageClasses = Callable[[str], type]
 _CDR_LE = b"\x00\x01\x00\x00"
@@ -70,6 +81,20 @@ class JointSelection(Selection, Protocol):
 class PoseSelection(Selection, Protocol):
     @property
     def fields(self) -> tuple[str, ...]: ...
+
+    @property
+    def frame_id(self) -> str: ...
+
+
+class ImageSelection(Selection, Protocol):
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def encoding(self) -> str: ...
 
     @property
     def frame_id(self) -> str: ...
@@ -364,12 +389,12 @@ class PoseStampedCodec(Codec[PoseSelection]):
     @staticmethod
     def _columns(sel: PoseSelection) -> list[int]:
         """Where the selected values sit in the pose's 7 float64s (position xyz, orientation xyzw)."""
-        first = {"position": 0, "orientation": 3}
-        return [first[f] + i for f in sel.fields for i in range(len(POSE_FIELDS[f]))]
+        return [c for f in sel.fields for c in _POSE_COLUMNS[f]]
 
     def to_vector(self, msg: Any, sel: PoseSelection) -> np.ndarray:
-        pose = msg.pose
-        return np.array([getattr(getattr(pose, f), c) for f in sel.fields for c in POSE_FIELDS[f]], dtype=self.dtype)
+        p, q = msg.pose.position, msg.pose.orientation
+        full = np.array([p.x, p.y, p.z, q.x, q.y, q.z, q.w], dtype=self.dtype)
+        return full[self._columns(sel)]
 
     def from_vector(self, vec: Any, sel: PoseSelection, classes: MessageClasses, stamp_ns: int = 0) -> Any:
         full = self._FULL.copy()
@@ -483,6 +508,98 @@ class MultiArrayCodec(Codec[ArraySelection]):
         return self._select(self._parse(raw), sel)
 
 
+class ImageCodec(Codec[ImageSelection]):
+    """sensor_msgs/msg/Image with one byte per channel (``IMAGE_ENCODINGS``): every pixel, row-major, channels
+    interleaved (height * width * channels uint8 values). A message of another size or encoding is refused;
+    rows padded beyond ``width * channels`` bytes (``step``) are read without their padding."""
+
+    type = IMAGE
+    dtype = np.dtype(np.uint8)
+
+    @staticmethod
+    def channels(sel: ImageSelection) -> int:
+        return IMAGE_ENCODINGS[sel.encoding]
+
+    def _check(self, sel: ImageSelection, height: int, width: int, encoding: str, step: int, size: int) -> None:
+        if (height, width, encoding) != (sel.height, sel.width, sel.encoding):
+            raise SpecError(
+                f"Image on {sel.topic} is {width}x{height} {encoding}; the spec expects {sel.width}x{sel.height} {sel.encoding}"
+            )
+        row = width * self.channels(sel)
+        if step < row or size < step * height:
+            raise SpecError(
+                f"Image on {sel.topic}: step {step} and {size} data bytes do not hold {height} rows of {row}"
+            )
+
+    def _pixels(self, data: Any, step: int, sel: ImageSelection) -> np.ndarray:
+        buf = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8) if not isinstance(data, np.ndarray) else data
+        row = sel.width * self.channels(sel)
+        rows = np.asarray(buf[: step * sel.height], dtype=np.uint8).reshape(sel.height, step)
+        return np.ascontiguousarray(rows[:, :row]).reshape(-1)
+
+    def to_vector(self, msg: Any, sel: ImageSelection) -> np.ndarray:
+        data = msg.data
+        self._check(sel, int(msg.height), int(msg.width), str(msg.encoding), int(msg.step), len(data))
+        return self._pixels(data, int(msg.step), sel)
+
+    @staticmethod
+    def _bytes(vec: Any, sel: Selection) -> np.ndarray:
+        vals = np.asarray(vec).reshape(-1)
+        if vals.shape[0] != sel.dim:
+            raise SpecError(f"{sel.topic}: got {vals.shape[0]} values; the spec maps {sel.dim} values to this topic")
+        if vals.dtype != np.uint8:
+            if not (np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 255).all()):
+                raise SpecError(f"{sel.topic}: pixel values must lie in 0..255")
+            vals = np.rint(vals).astype(np.uint8)
+        return vals
+
+    def from_vector(self, vec: Any, sel: ImageSelection, classes: MessageClasses, stamp_ns: int = 0) -> Any:
+        cls = classes(self.type)
+        data = self._bytes(vec, sel)
+        return cls(
+            header=_header(classes, stamp_ns, sel.frame_id),
+            height=sel.height,
+            width=sel.width,
+            encoding=sel.encoding,
+            is_bigendian=0,
+            step=sel.width * self.channels(sel),
+            data=_seq(cls, data, "B"),
+        )
+
+    def encode_cdr(self, values: Any, stamps: Any, sel: ImageSelection) -> list[bytes]:
+        values, stamps = _check_rows(values, stamps, sel)
+        out = []
+        for row, stamp in zip(values, stamps.tolist(), strict=True):
+            buf = bytearray(_CDR_LE)
+            _put_header(buf, stamp, sel.frame_id)
+            _pad(buf, 4)
+            buf += struct.pack("<II", sel.height, sel.width)
+            _put_str(buf, sel.encoding)
+            buf += b"\x00"  # is_bigendian
+            _pad(buf, 4)
+            buf += struct.pack("<II", sel.width * self.channels(sel), sel.dim)
+            buf += self._bytes(row, sel).tobytes()
+            out.append(bytes(buf))
+        return out
+
+    def _decode_rows(self, mat: np.ndarray, sel: ImageSelection) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(mat.shape[0], bool), np.empty((0, sel.dim), self.dtype)  # images go one by one
+
+    def _decode_one(self, raw: bytes, sel: ImageSelection) -> np.ndarray:
+        (flen,) = struct.unpack_from("<I", raw, 12)
+        off = _al(16 + flen, 4)
+        height, width, elen = struct.unpack_from("<III", raw, off)
+        encoding = bytes(raw[off + 12 : off + 11 + elen]).decode()
+        off += 12 + elen + 1  # the string, then is_bigendian
+        off = _al(off, 4)
+        step, n = struct.unpack_from("<II", raw, off)
+        off += 8
+        if off + n > len(raw):
+            raise ValueError(f"Image claims {n} data bytes but the message has {len(raw)} bytes")
+        self._check(sel, height, width, encoding, step, n)
+        return self._pixels(np.frombuffer(raw, np.uint8, n, off), step, sel)
+
+
 CODECS: dict[str, Codec[Any]] = {
     c.type: c
     for c in (
@@ -490,6 +607,7 @@ CODECS: dict[str, Codec[Any]] = {
         PoseStampedCodec(),
         MultiArrayCodec(FLOAT32_ARRAY, "f"),
         MultiArrayCodec(FLOAT64_ARRAY, "d"),
+        ImageCodec(),
     )
 }
 

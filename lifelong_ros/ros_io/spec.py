@@ -14,14 +14,27 @@ YAML layout (see config/spec_metaworld.yaml)::
         - {topic: /joint_states, type: sensor_msgs/msg/JointState, joints: [j1, j2], fields: [position, velocity]}
         - {topic: /ee_pose, type: geometry_msgs/msg/PoseStamped}            # x y z qx qy qz qw
         - {topic: /features, type: std_msgs/msg/Float32MultiArray, slice: [0, 16]}   # or size: 16
+        - {topic: /camera/image_raw, type: sensor_msgs/msg/Image, width: 128, height: 96, encoding: rgb8}
     action:
       streams:
         - {topic: /cmd, type: std_msgs/msg/Float32MultiArray, size: 4}   # or Float64MultiArray
+        - topic: /forward_position_controller/commands
+          type: std_msgs/msg/Float64MultiArray
+          size: 2
+          range: {low: [-1.5, 0.0], high: [0.5, 1.7]}   # the policy's -1..1 is low..high in the message
+
+A spec may start with ``base: other.yaml`` (relative to it): the other spec's streams come first and
+this file's observation streams are appended (config/spec_g1_camera.yaml).
+
+``range`` (any stream but an image) scales linearly between the policy's normalised values and the
+message's physical ones, per element (one value stands for all): -1 is ``low``, 1 is ``high``. The
+pose field ``orientation_wxyz`` is the quaternion in scalar-first order (MuJoCo's).
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import importlib
 import os
 from collections.abc import Mapping, Sequence
@@ -34,9 +47,11 @@ import yaml
 
 from lifelong_ros.ros_io.codecs import (
     CODECS,
+    IMAGE_ENCODINGS,
     JOINT_FIELDS,
     POSE_FIELDS,
     Codec,
+    ImageCodec,
     JointStateCodec,
     MessageClasses,
     MultiArrayCodec,
@@ -92,10 +107,31 @@ class StreamSpec:
 
     topic: str
     type: str
+    # ``range``: the message's values at the policy's -1 and 1, per element (empty = no scaling)
+    low: tuple[float, ...] = ()
+    high: tuple[float, ...] = ()
 
     @property
     def codec(self) -> Codec[Any]:
         return codec_for(self.type)
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.asarray(self.low, np.float64), np.asarray(self.high, np.float64)
+        return np.broadcast_to(lo, (self.dim,)), np.broadcast_to(hi, (self.dim,))
+
+    def to_policy(self, values: np.ndarray) -> np.ndarray:
+        """The message's values -> the policy's (``range``: low..high -> -1..1; else unchanged)."""
+        if not self.low:
+            return values
+        lo, hi = self._bounds()
+        return (np.asarray(values, np.float64) - lo) / (hi - lo) * 2.0 - 1.0
+
+    def from_policy(self, values: np.ndarray) -> np.ndarray:
+        """The policy's values -> the message's (``range``: -1..1 -> low..high; else unchanged)."""
+        if not self.low:
+            return values
+        lo, hi = self._bounds()
+        return lo + (np.asarray(values, np.float64) + 1.0) * 0.5 * (hi - lo)
 
     @property
     def dim(self) -> int:
@@ -106,20 +142,21 @@ class StreamSpec:
         return self.codec.has_header
 
     def decode(self, msg: Any) -> np.ndarray:
-        """A message object (rosbags or rclpy) -> [dim] float32."""
-        return self.codec.to_vector(msg, self).astype(np.float32, copy=False)
+        """A message object (rosbags or rclpy) -> [dim] float32, in the policy's units."""
+        return self.to_policy(self.codec.to_vector(msg, self)).astype(np.float32, copy=False)
 
     def encode(self, vec: np.ndarray, classes: MessageClasses, stamp_ns: int = 0) -> Any:
-        """[dim] values -> a message object built from ``classes`` (rosbags_classes() / ros_classes())."""
-        return self.codec.from_vector(vec, self, classes, stamp_ns)
+        """[dim] values in the policy's units -> a message object built from ``classes`` (rosbags_classes() /
+        ros_classes())."""
+        return self.codec.from_vector(self.from_policy(vec), self, classes, stamp_ns)
 
     def decode_cdr(self, raws: Sequence[bytes], typestore: Any = None) -> np.ndarray:
-        """Raw CDR messages -> [M, dim] float32 (numpy fast path; see Codec.decode_cdr)."""
-        return self.codec.decode_cdr(raws, self, typestore).astype(np.float32, copy=False)
+        """Raw CDR messages -> [M, dim] float32 in the policy's units (numpy fast path; see Codec.decode_cdr)."""
+        return self.to_policy(self.codec.decode_cdr(raws, self, typestore)).astype(np.float32, copy=False)
 
     def encode_cdr(self, values: np.ndarray, stamps: Sequence[int] | np.ndarray) -> list[bytes]:
-        """[M, dim] values stamped ``stamps`` (ns) -> one little-endian CDR message per row."""
-        return self.codec.encode_cdr(values, stamps, self)
+        """[M, dim] values in the policy's units stamped ``stamps`` (ns) -> one little-endian CDR message per row."""
+        return self.codec.encode_cdr(self.from_policy(values), stamps, self)
 
 
 @dataclass(frozen=True)
@@ -145,6 +182,20 @@ class PoseStream(StreamSpec):
     @property
     def dim(self) -> int:
         return sum(len(POSE_FIELDS[f]) for f in self.fields)
+
+
+@dataclass(frozen=True)
+class ImageStream(StreamSpec):
+    """Every pixel of an Image of a fixed size and one-byte-per-channel encoding (values 0..255)."""
+
+    width: int = 0
+    height: int = 0
+    encoding: str = "rgb8"
+    frame_id: str = ""
+
+    @property
+    def dim(self) -> int:
+        return self.width * self.height * IMAGE_ENCODINGS[self.encoding]
 
 
 @dataclass(frozen=True)
@@ -234,11 +285,15 @@ def _vector_to_dict(v: VectorSpec) -> dict:
             d.update(joints=list(s.joints), fields=list(s.fields))
         elif isinstance(s, PoseStream):
             d.update(fields=list(s.fields))
+        elif isinstance(s, ImageStream):
+            d.update(width=s.width, height=s.height, encoding=s.encoding)
         elif isinstance(s, ArrayStream):
             if s.exact and s.start == 0:
                 d["size"] = s.stop
             else:
                 d["slice"] = [s.start, s.stop]
+        if s.low:
+            d["range"] = {"low": list(s.low), "high": list(s.high)}
         frame_id = getattr(s, "frame_id", "")
         if frame_id:
             d["frame_id"] = frame_id
@@ -256,7 +311,36 @@ def load_spec(path: str | os.PathLike) -> Spec:
         raise SpecError(f"cannot read spec {path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise SpecError(f"spec {path} is not valid YAML: {exc}") from exc
-    return spec_from_dict(data, where=str(path))
+    return spec_from_dict(_with_base(data, path, ()), where=str(path))
+
+
+def _with_base(data: Any, path: Path, seen: tuple[Path, ...]) -> Any:
+    """``base: other.yaml`` (relative to this file): the other spec's streams first, then this file's
+    observation streams; this file's name, max_age_s and action (if given) win."""
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    base_path = (path.parent / str(data["base"])).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise SpecError(f"spec {path}: base {data['base']!r} includes itself")
+    try:
+        base = _with_base(yaml.safe_load(base_path.read_text()), base_path, (*seen, path.resolve()))
+    except OSError as exc:
+        raise SpecError(f"spec {path}: cannot read base {base_path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"spec {path}: base {base_path} is not valid YAML: {exc}") from exc
+    if not isinstance(base, dict):
+        raise SpecError(f"spec {path}: base {base_path} is not a spec mapping")
+    out = {k: v for k, v in data.items() if k != "base"}
+    for key in ("observation", "action"):
+        mine, theirs = out.get(key), base.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            merged = {**theirs, **{k: v for k, v in mine.items() if k != "streams"}}
+            merged["streams"] = list(theirs.get("streams") or []) + list(mine.get("streams") or [])
+            out[key] = merged
+        elif mine is None and theirs is not None:
+            out[key] = theirs
+    out.setdefault("name", base.get("name", ""))
+    return out
 
 
 def spec_from_dict(data: Any, where: str = "spec") -> Spec:
@@ -323,10 +407,41 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
         raise SpecError(f"{where}.frame_id: expected a string, got {frame_id!r}")
 
     def check_keys(allowed: set[str]) -> None:
-        unknown = set(d) - allowed - {"topic", "type"}
+        unknown = set(d) - allowed - {"topic", "type", "range"}
         if unknown:
             raise SpecError(f"{where}: unknown key(s) {sorted(unknown)} for {typ}; expected some of {sorted(allowed)}")
 
+    stream = _stream_kind(d, where, topic, typ, codec, frame_id, check_keys)
+    if "range" not in d:
+        return stream
+    if isinstance(stream, ImageStream):
+        raise SpecError(f"{where}.range: an image has no range (its values are the pixels' bytes)")
+    low, high = _range(d["range"], stream.dim, f"{where}.range")
+    return dataclasses.replace(stream, low=low, high=high)
+
+
+def _range(r: Any, dim: int, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if not isinstance(r, dict) or set(r) != {"low", "high"}:
+        raise SpecError(f"{where}: expected {{low: [...], high: [...]}}, got {r!r}")
+    out = []
+    for key in ("low", "high"):
+        v = r[key]
+        v = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        if (
+            not isinstance(v, list)
+            or len(v) not in (1, dim)
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) for x in v)
+        ):
+            raise SpecError(f"{where}.{key}: expected one number or {dim} numbers, got {v!r}")
+        out.append(tuple(float(x) for x in (v * dim if len(v) == 1 else v)))
+    low, high = out
+    bad = [i for i, (lo, hi) in enumerate(zip(low, high, strict=True)) if not lo < hi]
+    if bad:
+        raise SpecError(f"{where}: low must be below high; element(s) {bad} are not")
+    return low, high
+
+
+def _stream_kind(d: dict, where: str, topic: str, typ: str, codec: Any, frame_id: str, check_keys: Any) -> StreamSpec:
     if isinstance(codec, JointStateCodec):
         check_keys({"joints", "fields", "frame_id"})
         joints = _names(d.get("joints"), f"{where}.joints")
@@ -336,6 +451,18 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
         check_keys({"fields", "frame_id"})
         fields = _names(d.get("fields", ["position", "orientation"]), f"{where}.fields", tuple(POSE_FIELDS))
         return PoseStream(topic=topic, type=typ, fields=fields, frame_id=frame_id)
+    if isinstance(codec, ImageCodec):
+        check_keys({"width", "height", "encoding", "frame_id"})
+        size = []
+        for key in ("width", "height"):
+            v = d.get(key)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise SpecError(f"{where}.{key}: expected a positive number of pixels, got {v!r}")
+            size.append(v)
+        encoding = d.get("encoding", "rgb8")
+        if encoding not in IMAGE_ENCODINGS:
+            raise SpecError(f"{where}.encoding: {encoding!r} is not supported; expected one of {list(IMAGE_ENCODINGS)}")
+        return ImageStream(topic=topic, type=typ, width=size[0], height=size[1], encoding=encoding, frame_id=frame_id)
     if isinstance(codec, MultiArrayCodec):
         check_keys({"size", "slice"})
         if ("size" in d) == ("slice" in d):
@@ -343,10 +470,10 @@ def _stream_from_dict(d: Any, where: str) -> StreamSpec:
                 f"{where}: give exactly one of 'size: N' (message has exactly N values) or 'slice: [start, stop]'"
             )
         if "size" in d:
-            size = d["size"]
-            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-                raise SpecError(f"{where}.size: expected a positive int, got {size!r}")
-            return ArrayStream(topic=topic, type=typ, start=0, stop=size, exact=True)
+            size_ = d["size"]
+            if isinstance(size_, bool) or not isinstance(size_, int) or size_ <= 0:
+                raise SpecError(f"{where}.size: expected a positive int, got {size_!r}")
+            return ArrayStream(topic=topic, type=typ, start=0, stop=size_, exact=True)
         sl = d["slice"]
         if (
             not isinstance(sl, list)

@@ -126,14 +126,14 @@ def _sections(path: Path) -> dict[str, dict]:
     return {key: flatten(body["ros__parameters"]) for key, body in raw.items()}
 
 
-@pytest.mark.parametrize("config", ["lifelong.yaml", "gazebo_humanoid.yaml"])
+@pytest.mark.parametrize("config", ["lifelong.yaml", "g1.yaml"])
 def test_every_shipped_params_file_passes_the_one_schema(config):
     sections = P.check_params_file(ROOT / "config" / config)  # what the CLI, launch files and nodes run
     nodes = {k.rsplit("/", 1)[-1] for k in _sections(ROOT / "config" / config) if k != "/**"} - P.CLI_SECTIONS
     assert nodes <= set(P.NODES) and nodes <= set(sections)
 
 
-@pytest.mark.parametrize("config, dims", [("lifelong.yaml", (39, 4)), ("gazebo_humanoid.yaml", (49, 21))])
+@pytest.mark.parametrize("config, dims", [("lifelong.yaml", (39, 4)), ("g1.yaml", (47, 17))])
 def test_spec_named_in_each_config_loads(config, dims):
     from lifelong_ros.ros_io import spec as spec_mod
 

@@ -231,7 +231,7 @@ def test_codec_errors_name_the_value_and_what_was_expected(ts):
 
 
 # ------------------------------------------------------------------------------------------ bags
-HUMANOID_LIKE = {  # the shape of config/spec_gazebo_humanoid.yaml, small
+HUMANOID_LIKE = {  # a humanoid with Float64 commands (as config/spec_g1.yaml), small
     "observation": {
         "streams": [
             {"topic": "/joint_states", "type": JOINT_STATE, "joints": ["knee", "hip"], "fields": ["position", "effort"]}

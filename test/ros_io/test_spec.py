@@ -276,13 +276,14 @@ def test_batch_alignment_matches_streaming_alignment(streams, triggers, max_age)
             assert [g[1] for g in got] == [int(stamps[k][idx[row, k]]) for k in range(len(stamps))]
 
 
-def test_gazebo_humanoid_effort_commands_round_trip_as_float64_arrays(typestore):
-    spec = load_spec(CONFIG / "spec_gazebo_humanoid.yaml")
+def test_g1_position_commands_round_trip_as_float64_arrays(typestore):
+    spec = load_spec(CONFIG / "spec_g1.yaml")
     (stream,) = spec.action.streams
     assert stream.type == "std_msgs/msg/Float64MultiArray"
     vec = np.linspace(-1, 1, spec.act_dim).astype(np.float32)
     msgs = spec.action.encode(vec, rosbags_classes(typestore))
     (msg,) = msgs.values()
     assert msg.data.dtype == np.float64
+    np.testing.assert_array_equal(msg.data[[0, -1]], [stream.low[0], stream.high[-1]])  # -1 -> low, 1 -> high (rad)
     wire = typestore.deserialize_cdr(typestore.serialize_cdr(msg, msg.__msgtype__), msg.__msgtype__)
     np.testing.assert_array_equal(spec.action.decode({stream.topic: wire}), vec)

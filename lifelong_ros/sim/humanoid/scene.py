@@ -15,6 +15,7 @@ shared read-only; every simulator has its own ``MjData``.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +72,12 @@ COMMAND_RANGE: dict[str, tuple[float, float]] = {
 
 HAND_SITE = "grasp_point"  # between the open fingers and the thumb of the right hand
 HAND_BODY = "right_wrist_yaw_link"
+# The head camera (sim/humanoid/camera.py renders it): on the torso where the G1's head camera sits,
+# looking forward and HEAD_CAMERA_PITCH_DEG down at the table; frame as MuJoCo's (looks along -z, y up).
+HEAD_CAMERA = "head_camera"
+HEAD_CAMERA_POS = (0.06, 0.0, 0.43)  # in torso_link's frame (m)
+HEAD_CAMERA_PITCH_DEG = 55.0
+HEAD_CAMERA_FOVY_DEG = 70.0
 
 # Object types: name -> (MuJoCo geom type, size as MuJoCo's size vector, half height, rgba).
 OBJECT_TYPES: dict[str, tuple[str, tuple[float, ...], float, tuple[float, ...]]] = {
@@ -190,6 +197,13 @@ def build_spec() -> mujoco.MjSpec:
         rgba=[0.1, 0.9, 0.1, 0.6],
         contype=0,
         conaffinity=0,
+    )
+    pitch = math.radians(HEAD_CAMERA_PITCH_DEG)
+    spec.body("torso_link").add_camera(
+        name=HEAD_CAMERA,
+        pos=list(HEAD_CAMERA_POS),
+        xyaxes=[0.0, -1.0, 0.0, math.sin(pitch), 0.0, math.cos(pitch)],
+        fovy=HEAD_CAMERA_FOVY_DEG,
     )
     hand = spec.body(HAND_BODY)
     hand.add_site(name=HAND_SITE, pos=[0.09, 0.045, 0.0], size=[0.008, 0, 0], rgba=[0, 1, 0, 1], group=4)
