@@ -175,6 +175,23 @@ def _seed_store(data: Path, task: str, episodes: int = 20) -> None:
             store.append_episode(task, f"seed-{k}", ep.obs, ep.action, ep.reward, source="demonstration")
 
 
+def _long_goal_in_training(probe):
+    """Send the learner an Adapt goal far too long to finish, and return its handle once the worker trains."""
+    client = ActionClient(probe.node, Adapt, "/learner/adapt")
+    assert client.wait_for_server(timeout_sec=30.0)
+    feedback: list = []
+    goal = Adapt.Goal(task="reach-v3", method="ewc_replay", shots=0, max_steps=100_000, max_seconds=0.0)
+    handle = probe.wait(
+        client.send_goal_async(goal, feedback_callback=lambda fb: feedback.append(fb.feedback)), 30, "goal"
+    )
+    assert handle.accepted
+    end = time.monotonic() + 120
+    while not any(f.step > 0 for f in feedback):  # training has begun in the worker
+        assert time.monotonic() < end, f"no training progress within 120 s: {[f.phase for f in feedback]}"
+        time.sleep(0.1)
+    return handle
+
+
 def test_worker_killed_mid_goal_aborts_with_the_reason_and_registers_nothing(probe, tmp_path):
     from lifelong_ros.safety.registry import ModelRegistry
 
@@ -183,18 +200,7 @@ def test_worker_killed_mid_goal_aborts_with_the_reason_and_registers_nothing(pro
     procs = {n: _start(n, data, tmp_path / f"{n}.log") for n in ("learner", "safety_monitor")}
     try:
         worker = int({kv.key: kv.value for kv in probe.status("learner").values}["worker_pid"])
-        client = ActionClient(probe.node, Adapt, "/learner/adapt")
-        assert client.wait_for_server(timeout_sec=30.0)
-        feedback: list = []
-        goal = Adapt.Goal(task="reach-v3", method="ewc_replay", shots=0, max_steps=100_000, max_seconds=0.0)
-        handle = probe.wait(
-            client.send_goal_async(goal, feedback_callback=lambda fb: feedback.append(fb.feedback)), 30, "goal"
-        )
-        assert handle.accepted
-        end = time.monotonic() + 120
-        while not any(f.step > 0 for f in feedback):  # training has begun in the worker
-            assert time.monotonic() < end, f"no training progress within 120 s: {[f.phase for f in feedback]}"
-            time.sleep(0.1)
+        handle = _long_goal_in_training(probe)
         os.kill(worker, signal.SIGKILL)
         res = probe.wait(handle.get_result_async(), 60, "Adapt result")
         assert res.status == 6, f"goal status {res.status}, expected ABORTED (6): {res.result.message}"  # ABORTED
@@ -227,18 +233,7 @@ def test_learner_node_killed_mid_goal_leaves_no_orphan_and_registers_nothing(pro
     restarted = None
     try:
         worker = int({kv.key: kv.value for kv in probe.status("learner").values}["worker_pid"])
-        client = ActionClient(probe.node, Adapt, "/learner/adapt")
-        assert client.wait_for_server(timeout_sec=30.0)
-        feedback: list = []
-        goal = Adapt.Goal(task="reach-v3", method="ewc_replay", shots=0, max_steps=100_000, max_seconds=0.0)
-        handle = probe.wait(
-            client.send_goal_async(goal, feedback_callback=lambda fb: feedback.append(fb.feedback)), 30, "goal"
-        )
-        assert handle.accepted
-        end = time.monotonic() + 120
-        while not any(f.step > 0 for f in feedback):
-            assert time.monotonic() < end, f"no training progress within 120 s: {[f.phase for f in feedback]}"
-            time.sleep(0.1)
+        _long_goal_in_training(probe)
         learner.kill()  # SIGKILL: no destroy_node, no cancel, no close
         learner.wait(timeout=15)
         end = time.monotonic() + 30
