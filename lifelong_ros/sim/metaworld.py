@@ -157,9 +157,14 @@ class MetaWorldSim:
         return lambda obs: np.asarray(policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
 
     def run_episode(
-        self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: np.ndarray | None = None
+        self,
+        policy: Callable[[np.ndarray], np.ndarray],
+        seed: int,
+        placement: np.ndarray | None = None,
+        label: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Episode:
-        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement)
+        """``policy`` drives; with ``label`` each step records ``label``'s action (see record_episode)."""
+        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement, label=label)
 
     def close(self) -> None:
         self._env.close()
