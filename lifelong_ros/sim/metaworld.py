@@ -41,6 +41,14 @@ def available_tasks() -> list[str]:
     return sorted(_metaworld().env_dict.ALL_V3_ENVIRONMENTS)
 
 
+def benchmark_tasks(benchmark: str = "ML45", split: str = "train") -> list[str]:
+    """The tasks of a Meta-World meta-learning benchmark split (ML10/ML45, ``train`` or ``test``)."""
+    table = getattr(_metaworld().env_dict, f"{benchmark}_V3", None)
+    if table is None or split not in table:
+        raise ValueError(f"unknown benchmark split {benchmark}/{split}; expected ML10 or ML45, train or test")
+    return sorted(table[split])
+
+
 class MetaWorldSim:
     """One Meta-World environment; ``reset(seed)`` picks the variation deterministically.
 
