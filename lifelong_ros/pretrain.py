@@ -119,9 +119,7 @@ class PretrainResult:
         return asdict(self)
 
 
-def record_demonstrations(
-    store: ExperienceStore, task: str, settings: PretrainSettings, progress: bool = False
-) -> int:
+def record_demonstrations(store: ExperienceStore, task: str, settings: PretrainSettings, progress: bool = False) -> int:
     """The expert's train and held-out demonstrations of ``task`` missing from the store; returns the
     number of training demonstrations the store then holds (failed expert episodes are not stored)."""
     from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations
@@ -266,14 +264,14 @@ def pretrain(
         success: dict[str, float] = {}
         if eval_episodes > 0:
             t2 = time.perf_counter()
-            success = evaluate_tasks(candidate.onnx_path, tasks, range(EVAL_SEED0, EVAL_SEED0 + eval_episodes), progress)
+            success = evaluate_tasks(
+                candidate.onnx_path, tasks, range(EVAL_SEED0, EVAL_SEED0 + eval_episodes), progress
+            )
             timings["evaluate"] = time.perf_counter() - t2
             metrics["success"] = success
             metrics["avg_success"] = float(np.mean(list(success.values())))
         meta = dict(candidate.metadata)
-        meta.update(
-            {"target_task": None, "method": PRETRAIN_METHOD, "metrics": {**meta["metrics"], **metrics}}
-        )
+        meta.update({"target_task": None, "method": PRETRAIN_METHOD, "metrics": {**meta["metrics"], **metrics}})
         meta["pretrain_fingerprint"] = fingerprint
         meta["pretrain_settings"] = {**asdict(settings), "tasks": tasks}
         atomic_write_json(Path(candidate.out_dir) / paths.META_FILE, meta)
