@@ -197,8 +197,7 @@ def pretrain(
         timings["demonstrations"] = time.perf_counter() - t0
         done = _registered(registry, fingerprint)
         if done is not None:
-            meta = registry.info(done)
-            return PretrainResult(done, tasks, demos, timings, dict(meta.metrics), resumed=True)
+            return PretrainResult(done, tasks, demos, timings, dict(registry.info(done).metrics), resumed=True)
 
         torch.manual_seed(settings.seed)
         parts, all_obs = [], []
