@@ -204,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
                         row = run_cell(base, work, task, seed, k, c, name, a)
                         row.update(task=task, seed=seed)
                         rows.setdefault(f"{name}/k{k}_c{c}", []).append(row)
+                        tqdm.write(
+                            f"{task} seed {seed} K={k} C={c} {name}: success {row['success']:.2f}, "
+                            f"adapt {row['adapt_s']:.0f} s",
+                            file=sys.stderr,
+                        )
                         bar.update(1)
     bar.close()
     table: dict[str, dict] = {}
