@@ -67,7 +67,9 @@ def demos_into(store: ExperienceStore, sim: MetaWorldSim, task: str, k: int, see
     while got < k:
         ep = sim.run_episode(expert, s)
         if ep.success:
-            store.append_episode(task, f"demo-{s}", ep.obs, ep.action, ep.reward, ep.done, source=DEMONSTRATION)
+            store.append_episode(
+                task, f"demo-{s}", ep.obs, ep.action, ep.reward, ep.done, source=DEMONSTRATION, split="train"
+            )
             got += 1
         s += 1
     return s - seed0
