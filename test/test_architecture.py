@@ -33,7 +33,13 @@ ALLOWED: dict[str, set[str]] = {
     "params": {"config", "experience", "safety", "paths"},  # the parameter schema of every node
 }
 CORE = set(ALLOWED)
-APPS = {"orchestration", "demo", "offline"}  # the loop over the core, used by both front ends
+APPS = {
+    "orchestration",
+    "demo",
+    "offline",
+    "corrections",
+    "pretrain",
+}  # the loop over the core, used by both front ends
 ALLOWED["app"] = CORE | {"app"}
 ALLOWED["cli"] = CORE | {"app"}  # front end 1: the standalone command line
 ALLOWED["nodes"] = CORE | {"app", "interfaces"}  # front end 2: the ROS nodes (and generated messages)

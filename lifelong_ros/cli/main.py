@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lifelong_ros.cli import check_config, demo, offline, registry, store
+from lifelong_ros.cli import check_config, demo, offline, pretrain, registry, store
 from lifelong_ros.cli.errors import Parser, run_command
 
-COMMAND_MODULES = (demo, store, registry, offline, check_config)
+COMMAND_MODULES = (demo, store, registry, offline, check_config, pretrain)
 PROG = "lifelong-ros"
 
 

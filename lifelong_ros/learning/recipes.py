@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lifelong_ros.experience.sources import TRAIN_SOURCES
+from lifelong_ros.experience.sources import CORRECTION, TRAIN_SOURCES
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.fsutil import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from lifelong_ros.learning.jobs import (
@@ -140,14 +140,18 @@ def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarra
     if len(batch.obs) == 0:
         raise ValueError(f"no training demonstrations of task {task!r} in {store.path}; record some first")
     episodes = batch.episode
+    corrected = batch.source == CORRECTION
     if shots > 0:
-        keep = list(dict.fromkeys(episodes.tolist()))[:shots]
-        mask = np.isin(episodes, keep)
-        obs, act, episodes = batch.obs[mask], batch.action[mask], episodes[mask]
+        # ``shots`` counts the teacher's own episodes (demonstrations, bags); corrections — expert
+        # labels on the states the policy itself visited — come on top of them, every one.
+        keep = list(dict.fromkeys(episodes[~corrected].tolist()))[:shots]
+        mask = np.isin(episodes, keep) | corrected
+        obs, act, episodes, corrected = batch.obs[mask], batch.action[mask], episodes[mask], corrected[mask]
     else:
         obs, act = batch.obs, batch.action
     used = sorted({str(e) for e in episodes.tolist()})
-    return obs, act, {"task": task, "episodes": used, "records": len(obs)}
+    n_corr = len({str(e) for e in episodes[corrected].tolist()})
+    return obs, act, {"task": task, "episodes": used, "records": len(obs), "correction_episodes": n_corr}
 
 
 def run_request(

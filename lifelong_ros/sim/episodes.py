@@ -55,10 +55,14 @@ def record_episode(
     action_range: tuple[float, float, int],
     placement: Any = None,
     noise: float = 0.0,
+    label: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Episode:
     """One episode of variation ``seed``; ``action_range`` = (low, high, act_dim). ``noise`` > 0 adds
     Gaussian noise of that standard deviation to every executed action while the policy's own action
-    is recorded (DART: demonstrations that show how the expert recovers from small deviations)."""
+    is recorded (DART: demonstrations that show how the expert recovers from small deviations).
+
+    ``label`` (e.g. the scripted expert): ``policy`` drives, but every visited state is recorded with
+    ``label``'s action instead of the executed one (DAgger: corrections on the policy's own states)."""
     if not noise >= 0:
         raise ValueError(f"noise={noise}: expected a standard deviation >= 0")
     low, high, act_dim = action_range
@@ -69,7 +73,7 @@ def record_episode(
     while not done:
         act = np.asarray(policy(obs), dtype=np.float32).reshape(act_dim)
         rows_obs.append(obs)
-        rows_act.append(act)
+        rows_act.append(act if label is None else np.asarray(label(obs), dtype=np.float32).reshape(act_dim))
         if rng is not None:
             act = np.clip(act + rng.normal(0.0, noise, act_dim), low, high).astype(np.float32)
         obs, reward, done, info = sim.step(act)

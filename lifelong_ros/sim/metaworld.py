@@ -41,6 +41,14 @@ def available_tasks() -> list[str]:
     return sorted(_metaworld().env_dict.ALL_V3_ENVIRONMENTS)
 
 
+def benchmark_tasks(benchmark: str = "ML45", split: str = "train") -> list[str]:
+    """The tasks of a Meta-World meta-learning benchmark split (ML10/ML45, ``train`` or ``test``)."""
+    table = getattr(_metaworld().env_dict, f"{benchmark}_V3", None)
+    if table is None or split not in table:
+        raise ValueError(f"unknown benchmark split {benchmark}/{split}; expected ML10 or ML45, train or test")
+    return sorted(table[split])
+
+
 class MetaWorldSim:
     """One Meta-World environment; ``reset(seed)`` picks the variation deterministically.
 
@@ -157,9 +165,14 @@ class MetaWorldSim:
         return lambda obs: np.asarray(policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
 
     def run_episode(
-        self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: np.ndarray | None = None
+        self,
+        policy: Callable[[np.ndarray], np.ndarray],
+        seed: int,
+        placement: np.ndarray | None = None,
+        label: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Episode:
-        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement)
+        """``policy`` drives; with ``label`` each step records ``label``'s action (see record_episode)."""
+        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement, label=label)
 
     def close(self) -> None:
         self._env.close()
