@@ -432,7 +432,9 @@ def _closed_loop_lines(update: Update) -> list[str]:
     """The gate's closed-loop evidence per task, one line each, for the console."""
     out = []
     for c in update.report.checks if update.report is not None else []:
-        if c.kind == "closed_loop":
+        if c.kind.startswith("closed_loop") and c.detail.get("error"):  # the stage could not run: say why
+            out.append(f"FAIL {c.name}: could not run: {c.value}")
+        elif c.kind == "closed_loop":
             out.append(
                 f"{'PASS' if c.passed else 'FAIL'} {c.task}: success {c.detail['candidate_success']:.2f} vs active "
                 f"{c.detail['active_success']:.2f} on {c.detail['pairs']} paired episodes ({c.detail['decided_by']})"

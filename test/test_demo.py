@@ -116,3 +116,29 @@ def test_demo_closed_loop_gate_retries_a_rejected_adaptation_and_shows_every_att
     assert ModelRegistry(tmp_path / "data" / "registry").active() is None  # nothing unsafe was promoted
     out = capsys.readouterr().out
     assert "attempt 1:" in out and "attempt 2:" in out and "FAIL reach-v3 (new)" in out
+
+
+def test_console_lines_say_why_the_closed_loop_stage_could_not_run():
+    """A closed-loop stage that errored (simulator crashed) is a failed check carrying the error; the
+    demo's console line names it instead of crashing on the missing episode counts."""
+    from types import SimpleNamespace
+
+    from lifelong_ros.demo import _closed_loop_lines
+    from lifelong_ros.safety.gate import CheckResult
+
+    failed = CheckResult(
+        "closed_loop", False, "RuntimeError: simulator crashed", "runs without error", detail={"error": True}
+    )
+    ok = CheckResult(
+        "closed_loop",
+        True,
+        0.0,
+        0.1,
+        task="reach-v3",
+        detail={"candidate_success": 1.0, "active_success": 1.0, "pairs": 13, "decided_by": "sequential"},
+    )
+    lines = _closed_loop_lines(SimpleNamespace(report=SimpleNamespace(checks=[failed, ok])))
+    assert lines == [
+        "FAIL closed_loop: could not run: RuntimeError: simulator crashed",
+        "PASS reach-v3: success 1.00 vs active 1.00 on 13 paired episodes (sequential)",
+    ]

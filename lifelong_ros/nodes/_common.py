@@ -99,6 +99,23 @@ def ignore_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# ---------------------------------------------------------------------------- spinning
+def spin(node: Node, executor: Executor) -> None:
+    """``rclpy.spin`` that takes the context shut down under the executor for the shutdown it is.
+
+    rclpy's own SIGINT handler shuts the context down from the signal; an executor that is just
+    building its next wait set then fails with RCLError ("the given context is not valid") instead
+    of ExternalShutdownException — a traceback and exit code 1 on a plain Ctrl-C (seen in
+    sim_bridge under launch's SIGINT). Any other RCLError is re-raised."""
+    from rclpy._rclpy_pybind11 import RCLError
+
+    try:
+        rclpy.spin(node, executor=executor)
+    except RCLError:
+        if node.context.ok():
+            raise
+
+
 # ---------------------------------------------------------------------------- executors
 EXECUTORS = P.EXECUTORS
 

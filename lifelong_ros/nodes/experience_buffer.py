@@ -420,7 +420,7 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = c.construct(ExperienceBuffer, NODE_NAME)
-        rclpy.spin(node, executor=c.make_executor(node.executor_kind))
+        c.spin(node, c.make_executor(node.executor_kind))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

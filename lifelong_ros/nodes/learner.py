@@ -317,7 +317,7 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = c.construct(LearnerNode, NODE_NAME)
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))
+        c.spin(node, MultiThreadedExecutor(num_threads=3))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -443,7 +443,7 @@ def main(args: list[str] | None = None) -> None:
             node.trigger_configure()
             if node.configured:
                 node.trigger_activate()
-        rclpy.spin(node, executor=c.make_executor(node.executor_kind))
+        c.spin(node, c.make_executor(node.executor_kind))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

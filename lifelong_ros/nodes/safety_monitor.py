@@ -385,7 +385,7 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = c.construct(SafetyMonitor, NODE_NAME)
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=3))  # a long gate goal holds one thread
+        c.spin(node, MultiThreadedExecutor(num_threads=3))  # a long gate goal holds one thread
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

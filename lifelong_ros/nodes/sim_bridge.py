@@ -325,7 +325,7 @@ def main(args: list[str] | None = None) -> None:
     node = None
     try:
         node = c.construct(SimBridge, NODE_NAME)
-        rclpy.spin(node, executor=SingleThreadedExecutor())
+        c.spin(node, SingleThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

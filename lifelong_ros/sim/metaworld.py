@@ -24,7 +24,10 @@ ACTION_HIGH = 1.0
 # gymnasium/Meta-World are chatty about things that do not concern us (deprecations, float64 obs).
 warnings.filterwarnings("ignore", module="gymnasium")
 warnings.filterwarnings("ignore", module="metaworld")
-os.environ.setdefault("MUJOCO_GL", "egl")
+# Meta-World renders nothing here, but importing it loads MuJoCo's GL backend: EGL by default, or the
+# platform PyOpenGL is already bound to in this process (OSMesa after the head camera rendered), so
+# the two never conflict ("Cannot use EGL rendering platform": seen in rollout workers spawned from it).
+os.environ.setdefault("MUJOCO_GL", os.environ.get("PYOPENGL_PLATFORM") or "egl")
 
 
 def _metaworld():

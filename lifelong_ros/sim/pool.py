@@ -45,6 +45,10 @@ def _init_worker(niceness: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = "1"
+    # Workers simulate, never render. The parent's PyOpenGL binding (PYOPENGL_PLATFORM=osmesa once a
+    # camera rendered there) is inherited but means nothing in a fresh process, and beside the
+    # simulator's MUJOCO_GL=egl it makes MuJoCo's import fail ("Cannot use EGL rendering platform").
+    os.environ.pop("PYOPENGL_PLATFORM", None)
     if niceness > 0 and hasattr(os, "nice"):
         try:
             os.nice(niceness)

@@ -203,7 +203,7 @@ def test_every_node_main_has_the_standard_shutdown_shape(node):
         "rclpy.init(args=args)",
         "c.sigterm_like_sigint()",
         "c.ignore_signals()",
-        "rclpy.spin(",
+        "c.spin(",
         "except (KeyboardInterrupt, ExternalShutdownException)",
         "node.destroy_node()",
         "rclpy.try_shutdown()",
