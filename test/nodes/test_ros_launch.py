@@ -33,6 +33,7 @@ pytest.importorskip(
     "lifelong_ros.msg", reason="lifelong_ros interfaces are not built: colcon build, then source install/setup.bash"
 )
 
+import ros_graph  # noqa: E402
 import yaml  # noqa: E402
 from ament_index_python.packages import get_package_share_directory  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -43,8 +44,8 @@ from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_graph import running, wait  # noqa: E402
 
 import launch  # noqa: E402
 from lifelong_ros.action import Adapt, Gate  # noqa: E402
@@ -154,20 +155,17 @@ def sim_demo(world):
 
 
 # --------------------------------------------------------------------------- a test node spinning in a thread
-class Probe:
+class Probe(ros_graph.Probe):
+    """The shared probe, plus the policy server's outputs and /diagnostics as they arrive."""
+
     def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("lifelong_ros_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__()
         self.lock = threading.Lock()
         self.outputs: list = []
         self.diagnostics: dict[str, str] = {}
         self.node.create_subscription(PolicyOutput, "/policy_server/output", self._on_output, 50)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 50)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
+        self.start()
 
     def _on_output(self, msg) -> None:
         with self.lock:
@@ -191,18 +189,6 @@ class Probe:
         req = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
         res = self.call(SetParameters, f"/{node}/set_parameters", req)
         assert res.results[0].successful, res.results[0].reason
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-
-def wait(future, timeout: float, what: str):
-    done = threading.Event()
-    future.add_done_callback(lambda _f: done.set())
-    assert done.wait(timeout), f"{what}: no answer within {timeout} s"
-    return future.result()
 
 
 def until(predicate, timeout: float, what: str):
@@ -413,15 +399,6 @@ def test_ros2_bag_play_is_recorded_by_the_experience_buffer(world, probe, tmp_pa
         probe.set_param("sim_bridge", "paused", False)
 
 
-def _running(pid: int) -> bool:
-    """True while ``pid`` is a live process (a zombie waiting for its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _export_bag(world: dict, path: Path, prefix: str, episodes: int = 8, steps: int = 60) -> dict:
     """A bag written by export-bag (with the /lifelong_ros/experience step info) of FIRST episodes named
     ``prefix``-k (the successful ones of ``episodes`` expert runs), from a store of its own with the same
@@ -496,7 +473,7 @@ def test_every_node_reports_health(world, probe):
         assert st.node_name == f"/{name}" and st.level in (0, 1), (name, st.level, st.message)
     learner = probe.call(GetStatus, "/learner/get_status", GetStatus.Request())
     world["worker"] = int({kv.key: kv.value for kv in learner.values}["worker_pid"])
-    assert _running(world["worker"]), f"learner worker pid {world['worker']} is not running"
+    assert running(world["worker"]), f"learner worker pid {world['worker']} is not running"
 
 
 # A shutdown test (launch sends SIGINT to every process first), not a generator test: Jazzy's
@@ -509,4 +486,4 @@ def test_every_process_exits_cleanly_on_sigint(world):
     assert not tracebacks, "tracebacks at shutdown:\n" + "\n".join(f"{k}: {v[-2000:]}" for k, v in tracebacks.items())
     worker = world.get("worker")
     assert worker, "the health test did not record the learner worker's pid"
-    until(lambda: not _running(worker), 10, f"the learner worker (pid {worker}) to exit with its node")
+    until(lambda: not running(worker), 10, f"the learner worker (pid {worker}) to exit with its node")

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -30,10 +29,9 @@ pytest.importorskip(
 )
 
 from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from ros_graph import Probe, running  # noqa: E402
 
 from lifelong_ros.action import Adapt  # noqa: E402
-from lifelong_ros.srv import GetStatus  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -41,15 +39,6 @@ pytestmark = [
 ]
 
 NODES = ("policy_server", "experience_buffer", "learner", "safety_monitor", "sim_bridge")
-
-
-def _running(pid: int) -> bool:
-    """True while ``pid`` is a live process (a zombie waiting for its reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _start(node: str, data: Path, log: Path, *params: str) -> subprocess.Popen:
@@ -65,39 +54,9 @@ def _start(node: str, data: Path, log: Path, *params: str) -> subprocess.Popen:
     )
 
 
-class Probe:
-    def __init__(self) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("lifelong_ros_process_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def wait(self, future, timeout: float, what: str):
-        done = threading.Event()
-        future.add_done_callback(lambda _f: done.set())
-        assert done.wait(timeout), f"{what}: no answer within {timeout} s"
-        return future.result()
-
-    def status(self, node: str, timeout: float = 90.0):
-        client = self.node.create_client(GetStatus, f"/{node}/get_status")
-        try:
-            assert client.wait_for_service(timeout_sec=timeout), f"/{node}/get_status not available"
-            return self.wait(client.call_async(GetStatus.Request()), 30.0, f"/{node}/get_status")
-        finally:
-            self.node.destroy_client(client)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
-
-
 @pytest.fixture
 def probe():
-    p = Probe()
+    p = Probe("lifelong_ros_process_probe").start()
     yield p
     p.close()
 
@@ -113,7 +72,7 @@ def test_every_node_exits_cleanly_on_a_signal(sig, probe, tmp_path):
             st = probe.status(n)
             assert st.node_name == f"/{n}", st.node_name
         worker = int({kv.key: kv.value for kv in probe.status("learner").values}["worker_pid"])
-        assert _running(worker)
+        assert running(worker)
         for p in procs.values():
             p.send_signal(sig)
         codes = {}
@@ -127,9 +86,9 @@ def test_every_node_exits_cleanly_on_a_signal(sig, probe, tmp_path):
         tracebacks = {n: text[-2000:] for n, text in logs.items() if "Traceback" in text}
         assert not tracebacks, tracebacks
         end = time.monotonic() + 10
-        while _running(worker) and time.monotonic() < end:
+        while running(worker) and time.monotonic() < end:
             time.sleep(0.1)
-        assert not _running(worker), f"learner worker pid {worker} outlived its node"
+        assert not running(worker), f"learner worker pid {worker} outlived its node"
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -237,9 +196,9 @@ def test_learner_node_killed_mid_goal_leaves_no_orphan_and_registers_nothing(pro
         learner.kill()  # SIGKILL: no destroy_node, no cancel, no close
         learner.wait(timeout=15)
         end = time.monotonic() + 30
-        while _running(worker) and time.monotonic() < end:
+        while running(worker) and time.monotonic() < end:
             time.sleep(0.1)
-        assert not _running(worker), f"learner worker pid {worker} outlived its killed node"
+        assert not running(worker), f"learner worker pid {worker} outlived its killed node"
         assert ModelRegistry(data / "registry").list() == [], "a version was registered from a killed learner"
         restarted = _start("learner", data, tmp_path / "learner2.log")
         end = time.monotonic() + 90  # the killed node's service may still be discovered: ask once the new one is up
