@@ -75,7 +75,17 @@ def demos_into(store: ExperienceStore, sim: MetaWorldSim, task: str, k: int, see
     return s - seed0
 
 
-def adapt(store_path: Path, task: str, method: str, parent: Path | None, k: int, steps: int, seed: int, out: Path):
+def adapt(
+    store_path: Path,
+    task: str,
+    method: str,
+    parent: Path | None,
+    k: int,
+    steps: int,
+    seed: int,
+    out: Path,
+    options: dict | None = None,
+):
     t0 = time.perf_counter()
     req = AdaptRequest(
         task,
@@ -84,6 +94,7 @@ def adapt(store_path: Path, task: str, method: str, parent: Path | None, k: int,
         shots=k,
         steps=steps,
         seed=seed,
+        options=dict(options or {}),
         parent_dir=str(parent) if parent else None,
         out_dir=str(out),
     )
@@ -103,14 +114,15 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
     sim = MetaWorldSim(task, 0, a.max_steps)
     with ExperienceStore(store_path, 39, 4) as store:
         demos_into(store, sim, task, k, DEMO_SEED0 + 1000 * seed)
-        cand, adapt_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c0")
+        opts = a.options if name == "ours" else {}
+        cand, adapt_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c0", opts)
         row: dict = {"adapt_s": adapt_s}
         if corr:
             with PolicyRuntime(Path(cand.onnx_path).read_bytes(), "c0") as runtime:
                 rnd = collect_corrections(
                     runtime, task, store, range(CORR_SEED0 + 1000 * seed, CORR_SEED0 + 1000 * seed + corr), sim=sim
                 )
-            cand, again_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c1")
+            cand, again_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c1", opts)
             row.update(corrections_s=rnd.seconds, corrections_policy_success=rnd.policy_success)
             row["adapt_s"] = adapt_s + rnd.seconds + again_s
     with PolicyRuntime(Path(cand.onnx_path).read_bytes(), "eval") as runtime:
@@ -158,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forget-tasks", type=int, default=None, help="pretraining tasks checked for loss")
     ap.add_argument("--forget-episodes", type=int, default=10)
     ap.add_argument("--keep", action="store_true", help="keep every cell's store and candidates")
+    ap.add_argument(
+        "--options", type=json.loads, default={}, help='recipe options of "ours" as JSON, e.g. {"replay_ratio": 0.8}'
+    )
     ap.add_argument("--out", type=Path, help="directory for the plot and the JSON")
     a = ap.parse_args(argv)
     q = a.quick
@@ -248,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": a.eval_episodes,
         "max_steps": a.max_steps,
         "steps": a.steps,
+        "options_ours": a.options,
         "methods": {n: {"recipe": METHODS[n][0], "from_base": METHODS[n][1]} for n in names},
         "table": table,
         "p_values_sign_test": p_values,

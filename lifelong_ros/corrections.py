@@ -20,6 +20,7 @@ from typing import Literal
 from lifelong_ros.experience.sources import CORRECTION
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.serving.runtime import PolicyRuntime
+from lifelong_ros.sim.episodes import Simulator
 from lifelong_ros.sim.metaworld import MetaWorldSim
 from lifelong_ros.sim.rollout import head_for
 
@@ -60,13 +61,14 @@ def collect_corrections(
     store: ExperienceStore,
     seeds: Iterable[int],
     *,
-    sim: MetaWorldSim | None = None,
+    sim: Simulator | None = None,
     steps_after_success: int = 10,
     max_steps: int = 500,
     split: Literal["train", "heldout"] = "train",
 ) -> CorrectionRound:
     """Run ``runtime``'s model on ``task`` for one episode per variation seed; record each visited
-    state with the scripted expert's action (source ``correction``) into ``store``.
+    state with the scripted expert's action (source ``correction``) into ``store``. ``sim``: the
+    task's simulator (any robot's; default a Meta-World one).
 
     The policy's actions go through the runtime's output guard, exactly as served. An episode of a
     seed this version already corrected is not recorded twice (its name is taken).

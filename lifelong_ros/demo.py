@@ -21,6 +21,7 @@ import numpy as np
 
 from lifelong_ros import paths
 from lifelong_ros.config import ConfigError, check_known_keys, check_value, did_you_mean
+from lifelong_ros.corrections import collect_corrections
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.learning.jobs import parse_recipe_options
@@ -28,6 +29,7 @@ from lifelong_ros.learning.metrics import plot_matrix, summarize
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.orchestration import Orchestrator, RetryPolicy, Update
 from lifelong_ros.params import check_params_file
+from lifelong_ros.pretrain import find_base, import_base
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
@@ -38,6 +40,13 @@ from lifelong_ros.sim.pool import RolloutPool
 # Variation seeds: training demonstrations, held-out demonstrations (gate), evaluation rollouts.
 # Disjoint ranges, so every number below is measured on variations the learner never saw.
 TRAIN_SEED0, HELDOUT_SEED0, EVAL_SEED0 = 0, 100_000, 200_000
+CORRECTION_SEED0 = 50_000  # corrected episodes of task i: CORRECTION_SEED0 + 1000 * i + k
+
+# Starting from a pretrained base (``base``): the closed-loop gate pairs episodes on at most this
+# many of its earlier tasks (those most at risk, safety/gate.py), and this many of the base's tasks
+# are evaluated before and after the run to show what the pretrained tasks kept.
+BASE_CLOSED_LOOP_TASKS = 5
+BASE_SAMPLE_TASKS = 5
 
 # Written into ``<out>/data`` by every demo run: only a directory holding it is ever deleted by a
 # later run with the same --out (anything else there is the user's, and the demo refuses to start).
@@ -58,6 +67,7 @@ _RULES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "gate_rollouts": (int, 0, None, False),
     "gate_workers": (int, 0, 256, False),
     "retries": (int, 0, 10, False),
+    "corrections": (int, 0, 100, False),
 }
 
 DEFAULT_ROBOT = "metaworld"
@@ -149,6 +159,12 @@ class DemoSettings:
     gate_rollouts: int = 50
     gate_workers: int = 0  # closed-loop episode worker processes (0 = cores - 1)
     retries: int = 2  # a rejected adaptation is retried this many times, each with a stronger recipe
+    # after a task's adaptation, this many episodes driven by the new model are labelled by the expert
+    # (DAgger, lifelong_ros/corrections.py) and the task is adapted again on demonstrations + corrections
+    corrections: int = 0
+    # the pretrained base to start from (Meta-World): 'auto' = the data directory's, if `lifelong-ros
+    # pretrain` put one there; 'none'; or a data directory holding one
+    base: str = "auto"
     options: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
 
@@ -188,6 +204,8 @@ class DemoSettings:
             )
         if not isinstance(self.method, str) or not self.method:
             raise ConfigError(f"{where}: method={self.method!r}: expected the name of an adaptation recipe")
+        if not isinstance(self.base, str) or not self.base:
+            raise ConfigError(f"{where}: base={self.base!r}: expected 'auto', 'none' or a data directory")
         for name in ("options", "gate"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{where}: {name}={getattr(self, name)!r}: expected a mapping")
@@ -196,6 +214,18 @@ class DemoSettings:
             GateConfig.from_dict(self.gate_config())
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+
+    def base_dir(self) -> Path | None:
+        """The data directory of the pretrained base this run starts from, if any (``base``); a base
+        is a Meta-World model, so another robot starts empty unless one is named explicitly (an error)."""
+        if self.base == "none" or (self.base == "auto" and self.robot != "metaworld"):
+            return None
+        if self.robot != "metaworld":
+            raise ConfigError(f"base={self.base!r}: a pretrained base is a Meta-World model; robot {self.robot!r}")
+        try:
+            return find_base(self.base)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def gate_config(self) -> dict[str, Any]:
         """The gate's settings: the ``gate`` mapping, plus the episode cap when the closed loop is on."""
@@ -373,6 +403,35 @@ def record_demonstrations(store: ExperienceStore, task: str, settings: DemoSetti
     return n
 
 
+def collect_demo_corrections(
+    store: ExperienceStore, registry: ModelRegistry, version: str, task: str, i: int, settings: DemoSettings
+) -> dict[str, Any]:
+    """``settings.corrections`` episodes of ``task`` driven by ``version`` (in the simulator, through
+    PolicyRuntime), every visited state labelled by the scripted expert, into the store."""
+    sim = settings.sim.make(task, settings.steps_after_success, settings.max_steps)
+    seed0 = CORRECTION_SEED0 + 1000 * i
+    try:
+        with PolicyRuntime(registry.read_onnx(version), version) as runtime:
+            rnd = collect_corrections(runtime, task, store, range(seed0, seed0 + settings.corrections), sim=sim)
+    finally:
+        sim.close()
+    return rnd.to_dict()
+
+
+def _base_tasks_success(
+    loop: ClosedLoop, registry: ModelRegistry, settings: DemoSettings, tasks: list[str] | None = None
+) -> dict[str, float]:
+    """Closed-loop success of the active model on ``tasks`` (default: a sample of the active version's
+    tasks outside the demo's sequence), ``settings.eval_episodes`` unseen variations each."""
+    active = registry.active()
+    known = registry.info(active).tasks if active else []
+    if tasks is None:
+        pool = [t for t in known if t not in settings.tasks]
+        rng = np.random.default_rng(settings.seed)
+        tasks = sorted(rng.choice(pool, min(BASE_SAMPLE_TASKS, len(pool)), replace=False).tolist()) if pool else []
+    return {t: loop.success(t, known.index(t), settings.eval_episodes) for t in tasks}
+
+
 def check_out_dir(out: Path) -> None:
     """ConfigError unless ``out`` can hold a demo run: a directory (or nothing yet) whose ``data``
     is absent, empty, or a previous demo run's (it holds DEMO_MARKER); nothing else is ever deleted."""
@@ -452,6 +511,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     settings.validate()  # every setting (tasks, numbers, method, options, gate) before anything is touched
+    base_dir = settings.base_dir()
     data = out / "data"
     check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -459,20 +519,33 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
         shutil.rmtree(data)  # a previous demo run's data (check_out_dir): a demo run starts from an empty robot
     data.mkdir(parents=True)
     (data / DEMO_MARKER).write_text("data of a `lifelong-ros demo` run; the next run with the same --out replaces it\n")
-    store = ExperienceStore(paths.store_path(data), settings.sim.obs_dim, settings.sim.act_dim)
     registry = ModelRegistry(paths.registry_dir(data))
+    gate_cfg = settings.gate_config()
+    base: dict[str, Any] | None = None
+    if base_dir is not None:  # start from the pretrained base: its store (replay, suites) and version
+        base_version = import_base(base_dir, registry, paths.store_path(data))
+        base = {"source": str(base_dir), "version": base_version, "tasks": len(registry.info(base_version).tasks)}
+        gate_cfg.setdefault("closed_loop_max_tasks", BASE_CLOSED_LOOP_TASKS)
+        print(f"pretrained base {base_version} from {base_dir}: {base['tasks']} tasks already served")
+    store = ExperienceStore(paths.store_path(data), settings.sim.obs_dim, settings.sim.act_dim)
     pool = None
     if settings.gate_enabled and settings.gate_rollouts > 0:
         pool = RolloutPool(settings.gate_workers or None, max_steps=settings.max_steps, robot=settings.robot)
         pool.warm(settings.tasks[:1])  # start the workers while the first demonstrations are recorded
     retry = RetryPolicy(retries=settings.retries)
-    gate = SafetyGate(registry, GateConfig.from_dict(settings.gate_config()))
+    gate = SafetyGate(registry, GateConfig.from_dict(gate_cfg))
     tasks = settings.tasks
     n = len(tasks)
     matrix = np.full((n, n), np.nan)
     updates: list[dict] = []
     runtime: PolicyRuntime | None = None
     loop: ClosedLoop | None = None
+    if base is not None:  # the base serves from the start
+        onnx_bytes, sha = registry.load_for_serving(base["version"])
+        runtime = PolicyRuntime(onnx_bytes, base["version"], expected_sha256=sha)
+        loop = ClosedLoop(runtime, store, settings)
+        base["kept"] = _base_tasks_success(loop, registry, settings)
+    rounds = 2 if settings.corrections > 0 else 1
     t_run = time.perf_counter()
     with Learner(threads=settings.learner_threads) as learner, pool or nullcontext():
         orchestrator = Orchestrator(
@@ -493,73 +566,90 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             learn_total = gate_total = 0.0
             served = late = 0
             swap_ms = None
-            for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe
-                steps_k, options_k, seed_k = retry.attempt(
-                    k, settings.method, settings.steps, settings.options, settings.seed + i
-                )
-                active = registry.active()
-                bar = tqdm(
-                    total=steps_k,
-                    desc=f"learning {task} ({settings.method}, attempt {k + 1})",
-                    unit="step",
-                    disable=not progress,
-                    leave=False,
-                )
+            t_approved: float | None = None
+            corrections: dict[str, Any] | None = None
+            for rnd in range(rounds):  # round 1: the same adaptation again, on demonstrations + corrections
+                if rnd == 1:
+                    assert update is not None
+                    corrections = collect_demo_corrections(store, registry, update.version, task, i, settings)
+                    print(
+                        f"  corrections: {settings.corrections} episodes driven by {update.version} "
+                        f"(its success {corrections['policy_success']:.2f}) labelled by the expert "
+                        f"({corrections['records']} records, {corrections['seconds']:.1f} s)"
+                    )
+                for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe
+                    steps_k, options_k, seed_k = retry.attempt(
+                        k, settings.method, settings.steps, settings.options, settings.seed + i
+                    )
+                    active = registry.active()
+                    bar = tqdm(
+                        total=steps_k,
+                        desc=f"learning {task} ({settings.method}, attempt {len(attempts) + 1})",
+                        unit="step",
+                        disable=not progress,
+                        leave=False,
+                    )
 
-                def on_progress(phase: str, step: int, loss: float, _bar=bar) -> None:
-                    if phase == "train":
-                        _bar.n = step
-                        _bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                        _bar.refresh()
+                    def on_progress(phase: str, step: int, loss: float, _bar=bar) -> None:
+                        if phase == "train":
+                            _bar.n = step
+                            _bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                            _bar.refresh()
 
-                job = orchestrator.submit(
-                    task,
-                    method=settings.method,
-                    steps=steps_k,
-                    seed=seed_k,
-                    options=options_k,
-                    job_id=f"demo-{i:03d}" + (f"-retry{k}" if k else ""),
-                    on_progress=on_progress,
-                )
-                served_before = loop.steps if loop else 0
-                late_before = loop.late_ticks if loop else 0
-                t_learn = time.perf_counter()
-                if loop is not None and active:  # keep serving the newest task the active model knows
-                    known = registry.info(active).tasks
-                    loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
-                candidate = job.result()
-                bar.close()
-                learn_s = time.perf_counter() - t_learn
-                learn_total += learn_s
-                served += (loop.steps - served_before) if loop else 0
-                late += (loop.late_ticks - late_before) if loop else 0
+                    job = orchestrator.submit(
+                        task,
+                        method=settings.method,
+                        steps=steps_k,
+                        seed=seed_k,
+                        options=options_k,
+                        job_id=f"demo-{i:03d}" + (f"-corrected{rnd}" if rnd else "") + (f"-retry{k}" if k else ""),
+                        on_progress=on_progress,
+                    )
+                    served_before = loop.steps if loop else 0
+                    late_before = loop.late_ticks if loop else 0
+                    t_learn = time.perf_counter()
+                    if loop is not None and active:  # keep serving the newest task the active model knows
+                        known = registry.info(active).tasks
+                        loop.run_until(job, known[-1], len(known) - 1, EVAL_SEED0 + 10_000 * i)
+                    candidate = job.result()
+                    bar.close()
+                    learn_s = time.perf_counter() - t_learn
+                    learn_total += learn_s
+                    served += (loop.steps - served_before) if loop else 0
+                    late += (loop.late_ticks - late_before) if loop else 0
 
-                update = orchestrator.finish(job, runtime=runtime, progress=progress)  # register, gate, promote
-                gate_total += update.timings_s["gate"]
-                if update.promoted and runtime is None:  # the first approved version: start serving
-                    onnx_bytes, sha = registry.load_for_serving(update.version)
-                    runtime = PolicyRuntime(onnx_bytes, update.version, expected_sha256=sha)
-                    loop = ClosedLoop(runtime, store, settings)
-                elif update.promoted:  # the runtime was hot-swapped (sha256-verified, atomic) while serving
-                    swap_ms = round(update.timings_s["swap"] * 1e3, 2)
-                attempts.append(_attempt_record(k, update, steps_k, options_k, seed_k, learn_s, candidate.metadata))
-                verdict = (
-                    ("approved" if settings.gate_enabled else "disabled")
-                    if update.approved
-                    else f"rejected ({update.reason})"
-                )
-                print(
-                    f"  attempt {k + 1}: candidate {update.version} ({steps_k} steps"
-                    + (f", {options_k}" if k else "")
-                    + f"): gate {verdict} in {update.timings_s['gate']:.1f} s (learning {learn_s:.1f} s)"
-                )
-                for line in _closed_loop_lines(update):
-                    print("    " + line)
-                if update.approved:
-                    break
+                    update = orchestrator.finish(job, runtime=runtime, progress=progress)  # register, gate, promote
+                    gate_total += update.timings_s["gate"]
+                    if update.promoted and runtime is None:  # the first approved version: start serving
+                        onnx_bytes, sha = registry.load_for_serving(update.version)
+                        runtime = PolicyRuntime(onnx_bytes, update.version, expected_sha256=sha)
+                        loop = ClosedLoop(runtime, store, settings)
+                    elif update.promoted:  # the runtime was hot-swapped (sha256-verified, atomic) while serving
+                        swap_ms = round(update.timings_s["swap"] * 1e3, 2)
+                    if update.approved:
+                        t_approved = time.perf_counter()
+                    record = _attempt_record(k, update, steps_k, options_k, seed_k, learn_s, candidate.metadata)
+                    record.update(attempt=len(attempts) + 1, round="corrected" if rnd else "demonstrations")
+                    attempts.append(record)
+                    verdict = (
+                        ("approved" if settings.gate_enabled else "disabled")
+                        if update.approved
+                        else f"rejected ({update.reason})"
+                    )
+                    print(
+                        f"  attempt {len(attempts)}: candidate {update.version} ({steps_k} steps"
+                        + (f", {options_k}" if k else "")
+                        + (", with corrections" if rnd else "")
+                        + f"): gate {verdict} in {update.timings_s['gate']:.1f} s (learning {learn_s:.1f} s)"
+                    )
+                    for line in _closed_loop_lines(update):
+                        print("    " + line)
+                    if update.approved:
+                        break
             assert update is not None
-            version, passed = update.version, update.approved
-            to_verdict = time.perf_counter() - t_last_demo  # last demonstration -> serving (or rejected)
+            passed = t_approved is not None  # a later rejected round leaves the earlier approved version serving
+            version = registry.active() if passed else update.version
+            to_verdict = (t_approved if passed and t_approved else time.perf_counter()) - t_last_demo
             time_to_adapt = to_verdict if passed else None
             what = "time to adapt" if passed else "production unchanged after all attempts; time to verdict"
             rate = served / learn_total if learn_total else 0.0
@@ -586,14 +676,16 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     "method": settings.method,
                     "decision": "approved" if passed else "rejected",
                     "gate": ("closed-loop" if pool is not None else "offline") if settings.gate_enabled else "off",
-                    "failed_checks": update.failed_checks,
+                    "failed_checks": [] if passed else update.failed_checks,
                     "attempts": attempts,
+                    "corrections": corrections,
                     "demonstration_records": records,
                     "timings_s": {
                         "time_to_adapt": time_to_adapt and round(time_to_adapt, 3),
                         "time_to_verdict": round(to_verdict, 3),
                         "learning": round(learn_total, 3),
                         "gate": round(gate_total, 3),
+                        "corrections": corrections and corrections["seconds"],
                         "swap_ms": swap_ms,
                         "train": candidate.metadata["metrics"].get("train_s"),
                     },
@@ -603,6 +695,11 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     "final_loss": candidate.metadata["metrics"].get("final_loss"),
                 }
             )
+    if base is not None and loop is not None:  # what the pretrained tasks kept through all of it
+        after = _base_tasks_success(loop, registry, settings, list(base["kept"]))
+        base["kept"] = {t: {"before": base["kept"][t], "after": after[t]} for t in after}
+        base["mean_drop"] = float(np.mean([v["before"] - v["after"] for v in base["kept"].values()]))
+        print(f"pretrained tasks (a sample of {len(after)}): mean success drop {base['mean_drop']:.3f}")
     lat = np.asarray(loop.latencies_us) if loop and loop.latencies_us else np.zeros(0)
     results: dict[str, Any] = {
         "robot": settings.robot,
@@ -610,6 +707,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
         "success_matrix": [[None if np.isnan(v) else float(v) for v in row] for row in matrix],
         "metrics": {k: v for k, v in summarize(matrix).items() if k != "matrix"},
         "updates": updates,
+        "base": base,
         "serving": {
             "steps": loop.steps if loop else 0,
             "p50_us": float(np.median(lat)) if lat.size else None,

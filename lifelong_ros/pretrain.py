@@ -27,10 +27,10 @@ import numpy as np
 
 from lifelong_ros import paths
 from lifelong_ros.experience.sources import DEMONSTRATION, TRAIN_SOURCES
-from lifelong_ros.experience.store import ExperienceStore
+from lifelong_ros.experience.store import ExperienceStore, copy_store
 from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.orchestration import promote, register_candidate
-from lifelong_ros.safety.registry import ModelRegistry
+from lifelong_ros.safety.registry import ModelRegistry, RegistryError
 
 TRAIN_SEED0, HELDOUT_SEED0, EVAL_SEED0 = 0, 100_000, 200_000  # as the demo: variations never overlap
 CONSOLIDATION = "ewc_replay"  # the strategy whose state (online EWC's Fisher) a child adaptation continues
@@ -287,6 +287,66 @@ def pretrain(
         return PretrainResult(version, tasks, demos, timings, meta["metrics"], success=success)
     finally:
         store.close()
+
+
+def base_version(data_dir: str | Path) -> str | None:
+    """The newest approved pretrained base (method ``pretrain``) in ``data_dir``'s registry, if any."""
+    root = paths.registry_dir(Path(data_dir))
+    if not root.is_dir():
+        return None
+    registry = ModelRegistry(root, create=False)
+    found = [v.id for v in registry.list() if v.method == PRETRAIN_METHOD and v.decision == "approved"]
+    return found[-1] if found else None
+
+
+def find_base(where: str) -> Path | None:
+    """The data directory whose pretrained base a new robot should start from.
+
+    ``"none"``: none. ``"auto"``: the default data directory ($LIFELONG_ROS_DATA, else
+    ~/.local/share/lifelong_ros) when ``lifelong-ros pretrain`` has registered a base there, else none.
+    Anything else is a data directory that must hold one (ValueError naming it otherwise).
+    """
+    if where == "none":
+        return None
+    data = paths.data_dir(None if where == "auto" else where)
+    if base_version(data) is not None:
+        return data
+    if where == "auto":
+        return None
+    raise ValueError(
+        f"base={where!r}: no pretrained base model in {paths.registry_dir(data)}; expected a data directory "
+        "where `lifelong-ros pretrain` has run, 'auto' or 'none'"
+    )
+
+
+def import_base(source: str | Path, registry: ModelRegistry, store_path: str | Path) -> str:
+    """Start a new robot from ``source``'s pretrained base: copy its experience store (the pretraining
+    tasks' demonstrations, which replay, the MAML head initialisation and the gate's held-out suites
+    use) to ``store_path``, register the base version (model, weights, consolidation state) in the
+    empty ``registry``, approve and promote it. Returns its id there."""
+    if registry.ids():
+        raise RegistryError(f"{registry.root} already holds versions; a base starts an empty registry")
+    src = ModelRegistry(paths.registry_dir(Path(source)), create=False)
+    vid = base_version(source)
+    if vid is None:
+        raise ValueError(f"no pretrained base model in {src.root}")
+    info = src.info(vid)
+    copy_store(paths.store_path(Path(source)), store_path)
+    consolidation = info.path / paths.CONSOLIDATION_FILE
+    new = registry.register(
+        src.read_onnx(vid, verify=True),
+        tasks=info.tasks,
+        method=info.method,
+        weights=src.weights_bytes(vid)[0] if info.weights_file else None,
+        config=info.config,
+        data_range=info.data_range,
+        metrics=info.metrics,
+        extra={**info.extra, "imported_from": f"{src.root}:{vid}"},
+        files={paths.CONSOLIDATION_FILE: consolidation} if consolidation.exists() else None,
+    )
+    registry.set_decision(new, "approved", reason=f"pretrained base model imported from {src.root} ({vid})")
+    promote(registry, new, reason="pretrained base model")
+    return new
 
 
 def evaluate_tasks(

@@ -22,3 +22,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 def repo_root() -> Path:
     """The checkout: config/, launch/, msg/ and the packaging files live here."""
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_dir(tmp_path_factory):
+    """No test reads or writes the user's data directory: a pretrained base there (`lifelong-ros
+    pretrain`) would change what the demo starts from."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("LIFELONG_ROS_DATA", str(tmp_path_factory.mktemp("default-data")))
+    yield
+    patch.undo()

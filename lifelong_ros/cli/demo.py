@@ -19,6 +19,7 @@ from lifelong_ros.demo import (
     run_demo,
     settings_from_config,
 )
+from lifelong_ros.pretrain import ml45_test_tasks
 from lifelong_ros.sim.backends import BACKENDS
 
 
@@ -47,10 +48,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         args.tasks = check_task_names(args.tasks, "--tasks", settings.robot)
     if args.quick:
         settings = DemoSettings.quick(settings)
-    for name in ("method", "steps", "seed", "gate_rollouts", "gate_enabled", "retries", "tasks"):
+    names = ("method", "steps", "seed", "gate_rollouts", "gate_enabled", "retries", "tasks", "corrections", "base")
+    for name in names:
         if getattr(args, name) is not None:
             setattr(settings, name, getattr(args, name))
+    if args.demos is not None:
+        settings.demos_per_task = args.demos
     settings.validate("demo settings (config and flags)")
+    base = settings.base_dir()
+    if base is not None and args.tasks is None:  # the base knows the default tasks: teach the unseen ones
+        settings.tasks = list(ml45_test_tasks())
+        print(
+            f"starting from the pretrained base in {base}: teaching ML45's held-out tasks {', '.join(settings.tasks)} "
+            "(--tasks to choose, --base none for an empty robot)"
+        )
     out = (
         Path(args.out)
         if args.out
@@ -112,5 +123,25 @@ def add_cli(sub: Any) -> None:
         help="retry a rejected adaptation up to N times, each with a stronger recipe (default from config: 2)",
     )
     p.add_argument("--tasks", type=task_list, help="comma-separated task names of the robot (default from config)")
+    p.add_argument(
+        "--demos",
+        type=int_at_least(1),
+        metavar="K",
+        help="expert demonstrations per new task (default from config: 50; g1: 100)",
+    )
+    p.add_argument(
+        "--corrections",
+        type=int_at_least(0),
+        metavar="N",
+        help="after each adaptation, N episodes driven by the new model are labelled by the scripted expert "
+        "(DAgger) and the task is adapted again on demonstrations + corrections (default: 0)",
+    )
+    p.add_argument(
+        "--base",
+        metavar="auto|none|DIR",
+        help="start from the pretrained base of `lifelong-ros pretrain` (Meta-World): auto = the data "
+        "directory's if there is one (then the tasks default to ML45's five held-out tasks), none, or its "
+        "data directory (default from config: auto)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)

@@ -1516,6 +1516,25 @@ def _bools(x: npt.ArrayLike, n: int, name: str) -> npt.NDArray[np.bool_]:
     return arr.astype(bool)
 
 
+def copy_store(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """A consistent copy of the store file ``src`` as the new file ``dst`` (SQLite's online backup,
+    read-only on ``src``: safe while a writer appends). A killed copy leaves no ``dst``."""
+    src_p, dst_p = Path(src), Path(dst)
+    if not src_p.is_file():
+        raise FileNotFoundError(f"no experience store at {src_p}; expected an existing store file")
+    if dst_p.exists():
+        raise FileExistsError(f"{dst_p} exists; expected the path of a new store file")
+    part = dst_p.with_name(dst_p.name + ".part")
+    part.unlink(missing_ok=True)
+    with (
+        contextlib.closing(sqlite3.connect(f"{src_p.resolve().as_uri()}?mode=ro", uri=True)) as source,
+        contextlib.closing(sqlite3.connect(part)) as target,
+    ):
+        source.backup(target)
+    os.replace(part, dst_p)
+    return dst_p
+
+
 def _labels(label: str | Sequence[str | None] | None, n: int) -> list[str | None] | None:
     if label is None:
         return None

@@ -331,6 +331,7 @@ CHECK_UNITS = {
     "shadow_steps": "count",
     "closed_loop": "success_drop",
     "closed_loop_success": "success_rate",
+    "closed_loop_tasks": "count",
     "shadow_divergence": "action_l2",
 }
 

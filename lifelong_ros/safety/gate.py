@@ -110,6 +110,10 @@ class GateConfig:
     closed_loop_max_pairs: int = 50
     closed_loop_min_success: float = 0.8
     closed_loop_seed: int = 100_000
+    # at most this many earlier tasks get paired episodes (0 = every one): those whose held-out BC
+    # error rose most against the active model (ratio), so a base model that serves 45 tasks is
+    # gated in seconds; the others are judged by the offline stage alone, and the report says which
+    closed_loop_max_tasks: int = 0
     # (f) shadow stage: 0 disables it; otherwise the candidate runs beside the active model
     shadow_steps: int = 0
     shadow_max_mean_divergence: float = 0.2
@@ -166,6 +170,7 @@ class GateConfig:
             ("intra_op_threads", 1),
             ("closed_loop_max_pairs", 1),
             ("closed_loop_seed", 0),
+            ("closed_loop_max_tasks", 0),
             ("shadow_steps", 0),
             ("perturb_seed", 0),
         ):
@@ -793,7 +798,7 @@ class SafetyGate:
                 checks += guarded(
                     "closed_loop",
                     lambda: self._closed_loop_checks(
-                        episodes, cbytes, cinfo, abytes_cl, ainfo, target, progress, stop_point
+                        episodes, cbytes, cinfo, abytes_cl, ainfo, target, progress, stop_point, mse
                     ),
                 )
             else:
@@ -1250,13 +1255,35 @@ class SafetyGate:
         target: str,
         progress: bool,
         stop_point: Callable[[str], None] = lambda stage: None,
+        mse: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> list[CheckResult]:
-        """One sequential test per task the candidate serves, all tasks' episodes interleaved on the
+        """One sequential test per task the candidate serves (or, with ``closed_loop_max_tasks``, the
+        target and the earlier tasks most at risk by ``mse``), all tasks' episodes interleaved on the
         runner's workers. Outcomes are fed to each test in seed order (never in completion order,
         which depends on episode length and so on the outcome), and a task stops at its decision."""
         cfg = self.config
         tasks = list(cinfo.tasks)
         compared = {t for t in tasks if t != target and ainfo is not None and abytes is not None and t in ainfo.tasks}
+        out: list[CheckResult] = []
+        if 0 < cfg.closed_loop_max_tasks < len(compared):
+            picked = at_risk(compared, mse or {}, cfg.closed_loop_max_tasks)
+            out.append(
+                CheckResult(
+                    "closed_loop_tasks",
+                    True,
+                    len(picked),
+                    cfg.closed_loop_max_tasks,
+                    detail={
+                        "rule": "earlier tasks with the largest held-out BC error ratio (candidate / active) "
+                        "get paired episodes; the others are judged by the offline stage alone",
+                        "closed_loop": sorted(picked),
+                        "offline_only": sorted(compared - picked),
+                    },
+                    data=f"{len(compared)} earlier tasks",
+                )
+            )
+            tasks = [t for t in tasks if t in picked or t not in compared]
+            compared = picked
         k = len(tasks)
 
         def spec(task: str) -> SequentialSpec:
@@ -1328,7 +1355,6 @@ class SafetyGate:
                 runner.cancel(f)
             if bar is not None:
                 bar.close()
-        out: list[CheckResult] = []
         for task in tasks:
             t = tests[task]
             detail = t.to_dict()
@@ -1391,6 +1417,20 @@ class _Timer:
     def __exit__(self, *exc: object) -> Literal[False]:
         self.sink[self.name] = self.sink.get(self.name, 0.0) + (time.perf_counter() - self.t0) * 1e3
         return False
+
+
+def at_risk(tasks: Iterable[str], mse: Mapping[str, Mapping[str, Any]], k: int) -> set[str]:
+    """The ``k`` tasks whose held-out BC error rose most against the active model (candidate / active
+    MSE; a task without that evidence counts as most at risk), ties broken by name."""
+
+    def ratio(task: str) -> float:
+        e = mse.get(task) or {}
+        cand, act = e.get("candidate"), e.get("active")
+        if not (isinstance(cand, (int, float)) and isinstance(act, (int, float)) and math.isfinite(cand)):
+            return math.inf
+        return float(cand) / max(float(act), 1e-12)
+
+    return set(sorted(tasks, key=lambda t: (-ratio(t), t))[:k])
 
 
 def _mse(pred: npt.NDArray[np.floating[Any]], target: npt.NDArray[np.floating[Any]]) -> float:

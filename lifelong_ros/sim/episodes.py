@@ -43,7 +43,14 @@ class Simulator(Protocol):
 
     def expert(self) -> Callable[[np.ndarray], np.ndarray]: ...
 
-    def run_episode(self, policy: Callable[[np.ndarray], np.ndarray], seed: int, placement: Any = None) -> Episode: ...
+    def run_episode(
+        self,
+        policy: Callable[[np.ndarray], np.ndarray],
+        seed: int,
+        placement: Any = None,
+        *,
+        label: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> Episode: ...
 
     def close(self) -> None: ...
 

@@ -172,6 +172,7 @@ class MetaWorldSim:
         policy: Callable[[np.ndarray], np.ndarray],
         seed: int,
         placement: np.ndarray | None = None,
+        *,
         label: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> Episode:
         """``policy`` drives; with ``label`` each step records ``label``'s action (see record_episode)."""

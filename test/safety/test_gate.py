@@ -19,6 +19,7 @@ from lifelong_ros.safety.gate import (
     RegressionSuite,
     SafetyGate,
     ShadowRunner,
+    at_risk,
     wilson_interval,
 )
 from lifelong_ros.safety.registry import ModelRegistry, RegistryError
@@ -473,9 +474,41 @@ def test_a_stopped_evaluation_records_nothing_and_can_run_again(setup, stop_afte
     assert rep.decision in ("approved", "rejected") and reg.info(v2).decision == rep.decision
 
 
+def test_closed_loop_max_tasks_pairs_only_the_earlier_tasks_most_at_risk(setup):
+    """With more earlier tasks than closed_loop_max_tasks, the ones whose held-out BC error rose most
+    get paired episodes, the report names the others, and a regression on a picked task rejects."""
+    reg, _v1, v2, tasks = setup
+    fine = {(r, t): 1.0 for r in ("candidate", "active") for t in tasks}
+    cfg = {"closed_loop_max_tasks": 1, **NOT_TIMING}
+    runner = ScriptedRunner(fine)
+    rep = SafetyGate(reg, cfg).evaluate(v2, suites(tasks), episodes=runner, decide=False)
+    ratio = {
+        t: rep.check(f"regression[{t}]").detail["candidate"] / rep.check(f"regression[{t}]").detail["active"]
+        for t in ("reach", "push")
+    }
+    worst = max(ratio, key=ratio.__getitem__)
+    other = ({"reach", "push"} - {worst}).pop()
+    picked = rep.check("closed_loop_tasks")
+    assert picked.passed and picked.detail["closed_loop"] == [worst] and picked.detail["offline_only"] == [other]
+    assert {t for _, t, _ in runner.jobs} == {worst, "pick"}  # no episode of the offline-only task
+    assert rep.decision == "approved", rep.summary()
+    broken = SafetyGate(reg, cfg).evaluate(
+        v2, suites(tasks), episodes=ScriptedRunner(fine | {("candidate", worst): 0.5}), decide=False
+    )
+    assert broken.failed == [f"closed_loop[{worst}]"], broken.summary()
+
+
+def test_at_risk_ranks_by_bc_error_ratio_and_treats_missing_evidence_as_risky():
+    mse = {"a": {"candidate": 2.0, "active": 1.0}, "b": {"candidate": 1.0, "active": 1.0}, "c": {"candidate": 1.0}}
+    assert at_risk(["a", "b", "c"], mse, 1) == {"c"}  # no active error: nothing says it is safe
+    assert at_risk(["a", "b", "c"], mse, 2) == {"a", "c"}
+    assert at_risk(["a", "b"], {"a": {"candidate": float("inf"), "active": 1.0}}, 1) == {"a"}
+
+
 @pytest.mark.parametrize(
     "cfg, match",
     [
+        ({"closed_loop_max_tasks": -1}, "closed_loop_max_tasks=-1"),
         ({"closed_loop_tolerance": 0.3}, "closed_loop_tolerance=0.3"),
         ({"closed_loop_alpha": 0}, "closed_loop_alpha=0"),
         ({"closed_loop_max_pairs": 0}, "closed_loop_max_pairs=0"),
