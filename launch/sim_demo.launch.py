@@ -1,6 +1,6 @@
 """The whole loop without a robot: lifelong.launch.py (sim:=embedded) plus the embedded simulator.
 
-  ros2 launch lifelong_ros sim_demo.launch.py [robot:=metaworld|g1] [task:=reach-v3] [controller:=policy|expert]
+  ros2 launch lifelong_ros sim_demo.launch.py [robot:=metaworld|g1] [task:=reach-v3] [controller:=policy|expert|correction]
       [config:=FILE] [namespace:=NS] [data_dir:=DIR] [rate_hz:=50.0] [camera_rate_hz:=10.0] [log_level:=info]
       [closed_loop_sim:=auto|none]
 
@@ -10,6 +10,8 @@ and applies the actions the policy server publishes on the spec's action topics.
 G1 with hands with a ros2_control robot's topics (config/g1.yaml, spec_g1.yaml) and its head camera.
 With controller:=expert the scripted expert drives instead and every step is published as a
 demonstration, which the experience buffer records: teach a task, then send an Adapt goal for it.
+With controller:=correction the policy drives and every step is published with the expert's action
+(source correction, DAgger): after an adaptation, a few corrected episodes, then Adapt again.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ try:  # Jazzy and later spell it PushROSNamespace (the old name is a deprecated 
 except ImportError:
     from launch_ros.actions import PushRosNamespace
 
-CONTROLLERS = ("policy", "expert")
+CONTROLLERS = ("policy", "expert", "correction")
 ROBOTS = ("metaworld", "g1")
 DEFAULT_CONFIG = {"metaworld": "lifelong.yaml", "g1": "g1.yaml"}  # as lifelong.launch.py's
 
@@ -117,7 +119,8 @@ def generate_launch_description() -> LaunchDescription:
                 "controller",
                 default_value="policy",
                 choices=list(CONTROLLERS),
-                description="policy: actions from policy_server; expert: scripted demonstrations",
+                description="policy: actions from policy_server; expert: scripted demonstrations; "
+                "correction: the policy acts, the expert labels each step",
             ),
             DeclareLaunchArgument("rate_hz", default_value="50.0", description="Simulation steps per second"),
             DeclareLaunchArgument(

@@ -304,9 +304,10 @@ SIM_BRIDGE = [
         "controller",
         "policy",
         "'policy': apply actions from the command topic; 'expert': the robot's "
-        "scripted expert acts and each step is published on ~/demonstrations",
+        "scripted expert acts and each step is published on ~/demonstrations; 'correction': the policy "
+        "acts and each step is published on ~/demonstrations with the expert's action (source correction)",
         read_only=False,
-        choices=("policy", "expert"),
+        choices=("policy", "expert", "correction"),
     ),
     Param(
         "publish_expert_commands",

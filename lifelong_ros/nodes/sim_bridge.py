@@ -4,7 +4,10 @@ So the whole loop runs without Gazebo or hardware: at a fixed rate it publishes 
 the spec's observation topics and applies the action received on the spec's action topics (one
 step per action; the observation is republished if no action arrives). With controller:=expert
 the robot's scripted expert acts instead and every step is published as a demonstration, which
-the experience buffer records — how a new task is taught in the demo. A thin shell over sim/.
+the experience buffer records — how a new task is taught in the demo. With controller:=correction
+the policy acts and every step is published with the expert's action for the state the policy
+reached, source `correction` (DAgger, as lifelong_ros/corrections.py does offline; on a robot a
+person with a teleoperation device is that expert). A thin shell over sim/.
 
 robot:=g1 serves the G1 with the interfaces of a ros2_control robot (config/spec_g1.yaml):
 JointState on /joint_states, the object pose and the task's target as PoseStamped, commands as
@@ -14,7 +17,7 @@ rendered on a thread of its own from a snapshot of each step (sim/humanoid/camer
 
 Interfaces:
   publishes the spec's observation topics, ~/episode_result (EpisodeResult), ~/demonstrations
-            (ExperienceRecord, expert only), ~/task (std_msgs/String, latched), /diagnostics,
+            (ExperienceRecord: expert and correction only), ~/task (std_msgs/String, latched), /diagnostics,
             camera_topic (G1, camera_rate_hz > 0), the spec's action topics (expert with
             publish_expert_commands only)
   subscribes the spec's action topics, policy_output (PolicyOutput; the version that acted)
@@ -47,7 +50,7 @@ from . import _common as c
 from . import messages as m
 
 NODE_NAME = "sim_bridge"
-CONTROLLERS = ("policy", "expert")
+CONTROLLERS = ("policy", "expert", "correction")
 SPECS = {"metaworld": "spec_metaworld.yaml", "g1": "spec_g1.yaml"}  # each robot's spec in config/
 
 
@@ -225,8 +228,11 @@ class SimBridge(Node):
         return self._obs
 
     def _step(self, action: np.ndarray) -> None:
+        label, source = action, "demonstration"
+        if self._controller == "correction" and self._expert is not None:  # the expert's action here
+            label, source = np.clip(np.asarray(self._expert(self._current_obs()), np.float32), -1.0, 1.0), "correction"
         obs, reward, done, info = self._episode_sim().step(action)
-        if self._controller == "expert":
+        if self._controller in ("expert", "correction"):
             self._demo_pub.publish(
                 m.experience_msg(
                     c.KIT,
@@ -235,9 +241,9 @@ class SimBridge(Node):
                         task=self._episode_sim().env_name,
                         episode=self._episode(),
                         step=self._steps,
-                        source="demonstration",
+                        source=source,
                         obs=self._current_obs(),
-                        action=action,
+                        action=label,
                         reward=reward,
                         done=done,
                     ),
@@ -268,7 +274,7 @@ class SimBridge(Node):
                 steps=self._steps,
                 total_reward=self._reward,
                 controller=self._controller,
-                model_version=self._version if self._controller == "policy" else "",
+                model_version=self._version if self._controller != "expert" else "",
             )
         )
         self._last_result = f"{self._episode_sim().env_name} seed {self._seed()}: {'success' if success else 'failure'} in {self._steps} steps"

@@ -329,3 +329,54 @@ def test_an_observation_from_ros2_topic_pub_produces_an_action(probe, tmp_path):
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=15) == 0
+
+
+def test_corrections_through_sim_bridge_and_the_experience_buffer(probe, tmp_path):
+    """controller:=correction: the policy's action drives sim_bridge (here a probe that always
+    commands zero), every step goes out on ~/demonstrations labelled with the scripted expert's
+    action for the state reached, source `correction`, and the experience buffer stores it."""
+    import numpy as np
+    from std_msgs.msg import Float32MultiArray
+
+    from lifelong_ros.experience.store import ExperienceStore
+    from lifelong_ros.msg import ExperienceRecord
+    from lifelong_ros.nodes import _common as c
+    from lifelong_ros.nodes import messages as m
+    from lifelong_ros.sim.metaworld import MetaWorldSim
+
+    data = tmp_path / "data"
+    records: list = []
+    probe.node.create_subscription(ExperienceRecord, "/sim_bridge/demonstrations", records.append, 100)
+    act = probe.node.create_publisher(Float32MultiArray, "/lifelong_ros/action", 10)
+    probe.node.create_subscription(  # sensor data is best effort: a reliable subscription would get nothing
+        Float32MultiArray,
+        "/lifelong_ros/observation",
+        lambda _o: act.publish(Float32MultiArray(data=[0.0] * 4)),
+        c.SENSOR_QOS,
+    )
+    buffer = _start("experience_buffer", data, tmp_path / "experience_buffer.log")
+    bridge = _start(
+        "sim_bridge", data, tmp_path / "sim_bridge.log", "controller:=correction", "task:=reach-v3", "max_steps:=30"
+    )
+    try:
+        assert probe.status("experience_buffer").level < 2 and probe.status("sim_bridge").level < 2
+        end = time.monotonic() + 60
+        while len(records) < 40:
+            assert time.monotonic() < end, (
+                f"{len(records)} correction records in 60 s; sim_bridge log: "
+                + (tmp_path / "sim_bridge.log").read_text()[-2000:]
+            )
+            time.sleep(0.1)
+    finally:
+        for p in (bridge, buffer):
+            p.send_signal(signal.SIGINT)
+        assert bridge.wait(timeout=15) == 0 and buffer.wait(timeout=15) == 0
+    steps = [m.experience_from_msg(r, 39, 4) for r in records]
+    expert = MetaWorldSim("reach-v3").expert()
+    assert {s.source for s in steps} == {"correction"} and {s.task for s in steps} == {"reach-v3"}
+    labels = np.stack([s.action for s in steps])
+    assert np.abs(labels).max() > 0.1  # the expert's labels, not the zero commands that drove
+    np.testing.assert_allclose(labels, np.clip([expert(s.obs) for s in steps], -1, 1), atol=1e-5)
+    with ExperienceStore(data / "experience.sqlite3", readonly=True) as store:
+        stored = store.task_arrays("reach-v3", split="all")
+        assert len(stored) >= 40 and set(stored.source.tolist()) == {"correction"}
