@@ -9,6 +9,8 @@ the task is re-adapted from the same base on demonstrations + corrections). Meth
 learner's own job function (learning/recipes.py:run_request) on a copy of the base's on-disk store:
 
   ours       meta_ewc_replay from the base (MAML head init over the 45 tasks, online EWC + replay)
+  nearest    nearest_ewc_replay from the base (head inference: the known head that fits the K
+             demonstrations best starts the new head; then the same EWC + replay)
   finetune   naive from the base: plain fine-tuning of every weight, a fresh head, no EWC or replay
   scratch    naive from a random network
 
@@ -48,7 +50,12 @@ from lifelong_ros.serving.runtime import PolicyRuntime
 from lifelong_ros.sim.metaworld import MetaWorldSim
 from lifelong_ros.sim.rollout import successes
 
-METHODS = {"ours": ("meta_ewc_replay", True), "finetune": ("naive", True), "scratch": ("naive", False)}
+METHODS = {
+    "ours": ("meta_ewc_replay", True),
+    "nearest": ("nearest_ewc_replay", True),
+    "finetune": ("naive", True),
+    "scratch": ("naive", False),
+}
 DEMO_SEED0, CORR_SEED0, EVAL_SEED0, FORGET_SEED0 = 300_000, 400_000, 500_000, 200_000
 
 
@@ -114,7 +121,7 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
     sim = MetaWorldSim(task, 0, a.max_steps)
     with ExperienceStore(store_path, 39, 4) as store:
         demos_into(store, sim, task, k, DEMO_SEED0 + 1000 * seed)
-        opts = a.options if name == "ours" else {}
+        opts = a.options if name in ("ours", "nearest") else {}
         cand, adapt_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c0", opts)
         row: dict = {"adapt_s": adapt_s}
         if corr:
@@ -128,7 +135,7 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
     with PolicyRuntime(Path(cand.onnx_path).read_bytes(), "eval") as runtime:
         row["success"] = float(np.mean(successes(runtime, sim, range(EVAL_SEED0, EVAL_SEED0 + a.eval_episodes))))
     sim.close()
-    if from_base and name == "ours" and a.forget_tasks and corr == 0:
+    if from_base and name in ("ours", "nearest") and a.forget_tasks and corr == 0:
         old = list(registry.info(registry.active()).tasks)
         pick = [old[i] for i in np.random.default_rng(seed).choice(len(old), a.forget_tasks, replace=False)]
         seeds = range(FORGET_SEED0, FORGET_SEED0 + a.forget_episodes)
@@ -171,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--forget-episodes", type=int, default=10)
     ap.add_argument("--keep", action="store_true", help="keep every cell's store and candidates")
     ap.add_argument(
-        "--options", type=json.loads, default={}, help='recipe options of "ours" as JSON, e.g. {"replay_ratio": 0.8}'
+        "--options",
+        type=json.loads,
+        default={},
+        help='recipe options of "ours" and "nearest" as JSON, e.g. {"replay_ratio": 0.8}',
     )
     ap.add_argument("--out", type=Path, help="directory for the plot and the JSON")
     a = ap.parse_args(argv)
@@ -270,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         "pretrain_tasks_loss": {
             "runs": loss,
             "mean_loss": float(np.mean([x["before"] - x["after"] for x in loss])) if loss else None,
+            "mean_loss_by_method": {
+                n: float(np.mean([x["before"] - x["after"] for x in loss if x["cell"].startswith(f"{n}/")]))
+                for n in sorted({x["cell"].split("/")[0] for x in loss})
+            },
             "tasks_sampled": a.forget_tasks,
             "episodes": a.forget_episodes,
         },

@@ -23,13 +23,16 @@ class Recipe:
 
     strategy: str  # a name from lifelong_ros.learning.strategies.STRATEGIES
     meta_head_init: bool = False  # meta-learned initialisation of the new task's head (the meta_* options)
+    nearest_head_init: bool = False  # the new head starts as the known task's head that fits its demonstrations best
 
 
-# Every strategy is a recipe of the same name; meta_ewc_replay adds the meta-learned head init to ewc_replay.
+# Every strategy is a recipe of the same name; meta_ewc_replay adds the meta-learned head init to
+# ewc_replay, nearest_ewc_replay the head inferred from the known tasks (no meta-training).
 RECIPES: Mapping[str, Recipe] = MappingProxyType(
     {
         "ewc_replay": Recipe("ewc_replay"),
         "meta_ewc_replay": Recipe("ewc_replay", meta_head_init=True),
+        "nearest_ewc_replay": Recipe("ewc_replay", nearest_head_init=True),
         **{name: Recipe(name) for name in STRATEGIES},
     }
 )

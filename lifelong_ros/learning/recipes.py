@@ -135,6 +135,22 @@ def init_head_by_meta_learning(
     }
 
 
+def init_head_from_nearest(
+    model: PolicyNet, known: list[str], obs: np.ndarray, act: np.ndarray
+) -> dict[str, float | str]:
+    """Head inference for a new task: of the known tasks' heads (``known``, in head order, the new
+    head right after them) on the shared backbone, the one whose actions fit the new demonstrations
+    best (BC error) becomes the new head's start."""
+    head = len(known)
+    with torch.no_grad():
+        f, a = model.features(torch.as_tensor(obs)), torch.as_tensor(act)
+        errors = [float(torch.mean((f @ model.head_w[h] + model.head_b[h] - a) ** 2)) for h in range(head)]
+        best = int(np.argmin(errors))
+        model.head_w[head] = model.head_w[best]
+        model.head_b[head] = model.head_b[best]
+    return {"nearest_task": known[best], "nearest_head_loss": errors[best]}
+
+
 def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarray, np.ndarray, dict]:
     batch = store.task_arrays(task, split="train", sources=list(TRAIN_SOURCES))
     if len(batch.obs) == 0:
@@ -224,6 +240,8 @@ def run_request(
             meta_metrics = init_head_by_meta_learning(
                 model, store, old_tasks, head, obs, act, opts, req.seed, on_progress, should_stop
             )
+        elif recipe.nearest_head_init and old_tasks and head == model.num_heads - 1:
+            meta_metrics = init_head_from_nearest(model, tasks[:head], obs, act)
         if parent is not None and parent.consolidation is not None and plugins:
             tensors, config = parent.consolidation
             trainer.load_state(tensors, config)

@@ -141,3 +141,21 @@ def test_should_stop_cancels_meta_training_promptly_and_bad_config_is_refused():
         MetaConfig("mamal")
     with pytest.raises(ValueError, match=r"adapt_params \['nope'\]"):
         MetaLearner(tiny(), MetaConfig("anil", adapt_params=("nope",)))
+
+
+def test_nearest_head_init_copies_the_known_head_that_fits_the_new_demonstrations():
+    """Head inference (nearest_ewc_replay): demonstrations produced by head 1 make head 1 the new
+    head's start, and the choice follows the data (head 0's demonstrations pick head 0)."""
+    from lifelong_ros.learning.recipes import init_head_from_nearest
+
+    torch.manual_seed(0)
+    net = PolicyNet(PolicyConfig(obs_dim=6, act_dim=2, hidden=(16,), num_heads=3))
+    obs = torch.randn(64, 6)
+    for source, name in ((1, "b"), (0, "a")):
+        with torch.no_grad():
+            act = net(obs, torch.full((64,), source))
+        got = init_head_from_nearest(net, ["a", "b"], obs.numpy(), act.numpy())
+        assert got["nearest_task"] == name and got["nearest_head_loss"] < 1e-10
+        assert torch.equal(net.head_w[2], net.head_w[source]) and torch.equal(net.head_b[2], net.head_b[source])
+        with torch.no_grad():
+            net.head_w[2].normal_()  # a fresh head again for the next case

@@ -107,7 +107,7 @@ def test_recipe_options_split_between_training_and_strategy():
     )
     assert recipe == RecipeOptions(lr=1.0, hidden=(32, 32), meta_shots=16)
     assert strategy == EWCReplayOptions(ewc_lambda=5.0)
-    assert set(RECIPES) == set(STRATEGIES) | {"meta_ewc_replay"}
+    assert set(RECIPES) == set(STRATEGIES) | {"meta_ewc_replay", "nearest_ewc_replay"}
     with pytest.raises(
         ValueError,
         match=r"'ewc_lamda'.*did you mean 'ewc_lambda'.*strategy ewc_replay: ewc_lambda.*"
