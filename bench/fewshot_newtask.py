@@ -44,7 +44,7 @@ from lifelong_ros.experience.sources import DEMONSTRATION
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.learning.jobs import AdaptRequest
 from lifelong_ros.learning.recipes import run_request
-from lifelong_ros.pretrain import PretrainSettings, evaluate_tasks, ml45_test_tasks, pretrain
+from lifelong_ros.pretrain import BASE_ADAPT_OPTIONS, PretrainSettings, evaluate_tasks, ml45_test_tasks, pretrain
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
 from lifelong_ros.sim.metaworld import MetaWorldSim
@@ -121,7 +121,7 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
     sim = MetaWorldSim(task, 0, a.max_steps)
     with ExperienceStore(store_path, 39, 4) as store:
         demos_into(store, sim, task, k, DEMO_SEED0 + 1000 * seed)
-        opts = a.options if name in ("ours", "nearest") else {}
+        opts = (BASE_ADAPT_OPTIONS if a.options is None else a.options) if name in ("ours", "nearest") else {}
         cand, adapt_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c0", opts)
         row: dict = {"adapt_s": adapt_s}
         if corr:
@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--options",
         type=json.loads,
-        default={},
-        help='recipe options of "ours" and "nearest" as JSON, e.g. {"replay_ratio": 0.8}',
+        default=None,
+        help='recipe options of "ours" and "nearest" as JSON, e.g. {"replay_ratio": 0.8} '
+        "(default: pretrain.BASE_ADAPT_OPTIONS)",
     )
     ap.add_argument("--out", type=Path, help="directory for the plot and the JSON")
     a = ap.parse_args(argv)
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": a.eval_episodes,
         "max_steps": a.max_steps,
         "steps": a.steps,
-        "options_ours": a.options,
+        "options_ours": BASE_ADAPT_OPTIONS if a.options is None else a.options,
         "methods": {n: {"recipe": METHODS[n][0], "from_base": METHODS[n][1]} for n in names},
         "table": table,
         "p_values_sign_test": p_values,

@@ -29,7 +29,7 @@ from lifelong_ros.learning.metrics import plot_matrix, summarize
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.orchestration import Orchestrator, RetryPolicy, Update
 from lifelong_ros.params import check_params_file
-from lifelong_ros.pretrain import find_base, import_base
+from lifelong_ros.pretrain import BASE_ADAPT_OPTIONS, find_base, import_base
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.serving.runtime import PolicyRuntime
@@ -532,7 +532,10 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     if settings.gate_enabled and settings.gate_rollouts > 0:
         pool = RolloutPool(settings.gate_workers or None, max_steps=settings.max_steps, robot=settings.robot)
         pool.warm(settings.tasks[:1])  # start the workers while the first demonstrations are recorded
-    retry = RetryPolicy(retries=settings.retries)
+    # from a base: its recipe options (more replay of the 45 tasks), and retries that strengthen EWC
+    # and add steps but keep that replay (task-balanced replay would grow every batch 46-fold)
+    options = {**BASE_ADAPT_OPTIONS, **settings.options} if base is not None else settings.options
+    retry = RetryPolicy(retries=settings.retries, balanced_replay=base is None)
     gate = SafetyGate(registry, GateConfig.from_dict(gate_cfg))
     tasks = settings.tasks
     n = len(tasks)
@@ -579,7 +582,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     )
                 for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe
                     steps_k, options_k, seed_k = retry.attempt(
-                        k, settings.method, settings.steps, settings.options, settings.seed + i
+                        k, settings.method, settings.steps, options, settings.seed + i
                     )
                     active = registry.active()
                     bar = tqdm(
