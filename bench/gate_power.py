@@ -148,14 +148,14 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
         m.load_state_dict(torch.load(mdir / f"active-{active_steps}.pt"))
         return m
 
-    def from_active(steps, seed, tasks_data):
-        return train(load_active(), tasks_data, steps, seed), TASKS
+    def from_active(steps, seed, tasks_data, lr=1e-3):
+        return train(load_active(), tasks_data, steps, seed, lr), TASKS
 
     specs: list[tuple[str, str, object]] = []
     budgets = [(600, 0)] if quick else [(800, 0), (1500, 0), (1500, 1), (2500, 2)]
     base_name = f"replay-{budgets[-1][0]}-s{budgets[-1][1]}"  # the noisy candidates start from it
     if not quick:  # enough consolidations that the false-rejection rate is measured on >= 20 safe updates
-        budgets += [(2500, s) for s in range(3, 9)] + [(b, s) for b in (3000, 4000) for s in range(6)]
+        budgets += [(2500, s) for s in range(3, 9)] + [(3000, s) for s in range(3)] + [(4000, 0)]
     for steps, seed in budgets:
         specs.append(
             (
@@ -164,6 +164,15 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
                 lambda s=steps, sd=seed: from_active(s, sd, data(TASKS)),
             )
         )
+    if not quick:  # gentler: a tenth of the learning rate keeps the earlier tasks' behaviour closer
+        for steps, seed in [(b, s) for b in (300, 1000) for s in range(5)]:
+            specs.append(
+                (
+                    f"replay-lr1e-4-{steps}-s{seed}",
+                    "good: replay consolidation, lr 1e-4",
+                    lambda st=steps, sd=seed: from_active(st, sd, data(TASKS), lr=1e-4),
+                )
+            )
     specs.append(("naive-1500", "bad: naive fine-tuning", lambda: from_active(1500, 0, data([new]))))
     if not quick:
         specs.append(("naive-400", "bad: naive fine-tuning", lambda: from_active(400, 1, data([new]))))
