@@ -9,23 +9,30 @@ candidate, and prints ONE JSON object:
 * detection_rate: candidates that lower an earlier task by >= 0.2 (true success) and are rejected;
 * false_rejection_rate: candidates within 0.05 of the active model on every earlier task, whose
   new task clearly clears the floor, that are rejected;
-* gate time per update (median, p90, max), episodes per update.
+* gate time per update (median, p90, max), episodes per update;
+* serving_during_gate: the active policy serves in closed loop in this process (PolicyRuntime and
+  a simulator, at the demo's control rate) while every gate runs; the rate it achieved;
+* the same rates for the candidates GateConfig.offline_reject_factor was not calibrated on
+  (``not_in_calibration``), and for the offline checks deciding as they do without a simulator.
 
 Candidates: good (replay consolidation at several step budgets and seeds) and bad (naive
 fine-tuning, undertrained, weight noise at several scales, poisoned demonstrations of an earlier
 task, noise on one earlier task's head only). Everything expensive is cached under ``--work``
-(demonstrations, trained models, true successes by model sha256), so an interrupted run resumes.
+(demonstrations, trained models, true successes by model sha256), so an interrupted run resumes;
+``--truth-only`` builds the population and measures its truth without gating.
 
     nice -n 5 python bench/gate_power.py              # full population, 100 truth episodes per cell
-    python bench/gate_power.py --quick                # smoke test: 5 candidates, 10 truth episodes
+    python bench/gate_power.py --quick                # smoke test: 4 candidates, 10 truth episodes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +40,14 @@ import numpy as np
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3", "button-press-topdown-v3", "drawer-open-v3"]
 TRAIN_SEED0, HELDOUT_SEED0, TRUTH_SEED0 = 0, 100_000, 300_000
+# GateConfig.offline_reject_factor was calibrated on these candidates' offline reports (the full
+# population's first 15); the rates are also given for the others alone, which it never saw
+CALIBRATION = {
+    *(f"replay-{b}-s{s}" for b, s in [(800, 0), (1500, 0), (1500, 1), (2500, 2)]),
+    *("naive-1500", "naive-400", "undertrained-20", "poisoned-push", "noise-0.1", "noise-0.3", "noise-1.0"),
+    *(f"head-noise-{t}" for t in TASKS[:4]),
+}
+SOFT = ("regression", "improvement", "action_bounds", "action_bounds_perturbed")  # gate._DEFERRABLE
 
 
 def log(msg: str) -> None:
@@ -133,11 +148,14 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
         m.load_state_dict(torch.load(mdir / f"active-{active_steps}.pt"))
         return m
 
-    def from_active(steps, seed, tasks_data):
-        return train(load_active(), tasks_data, steps, seed), TASKS
+    def from_active(steps, seed, tasks_data, lr=1e-3):
+        return train(load_active(), tasks_data, steps, seed, lr), TASKS
 
     specs: list[tuple[str, str, object]] = []
     budgets = [(600, 0)] if quick else [(800, 0), (1500, 0), (1500, 1), (2500, 2)]
+    base_name = f"replay-{budgets[-1][0]}-s{budgets[-1][1]}"  # the noisy candidates start from it
+    if not quick:  # enough consolidations that the false-rejection rate is measured on >= 20 safe updates
+        budgets += [(2500, s) for s in range(3, 9)] + [(3000, s) for s in range(3)] + [(4000, 0)]
     for steps, seed in budgets:
         specs.append(
             (
@@ -146,6 +164,15 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
                 lambda s=steps, sd=seed: from_active(s, sd, data(TASKS)),
             )
         )
+    if not quick:  # gentler: a tenth of the learning rate keeps the earlier tasks' behaviour closer
+        for steps, seed in [(300, s) for s in range(5)] + [(600, 0), (600, 1)] + [(1000, s) for s in range(5)]:
+            specs.append(
+                (
+                    f"replay-lr1e-4-{steps}-s{seed}",
+                    "good: replay consolidation, lr 1e-4",
+                    lambda st=steps, sd=seed: from_active(st, sd, data(TASKS), lr=1e-4),
+                )
+            )
     specs.append(("naive-1500", "bad: naive fine-tuning", lambda: from_active(1500, 0, data([new]))))
     if not quick:
         specs.append(("naive-400", "bad: naive fine-tuning", lambda: from_active(400, 1, data([new]))))
@@ -157,7 +184,6 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
                 lambda: from_active(1500, 0, data(TASKS, poison="push-v3")),
             )
         )
-    base_name = f"replay-{budgets[-1][0]}-s{budgets[-1][1]}"
 
     def noisy(scale: float, head: int | None, seed: int):
         m = fresh()
@@ -175,10 +201,19 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
                 p.add_(noise)
         return m.eval(), TASKS
 
-    for scale in [0.5] if quick else [0.1, 0.3, 1.0]:
+    for scale in [0.5] if quick else [0.03, 0.1, 0.3, 1.0]:
         specs.append((f"noise-{scale}", f"bad: weight noise x{scale} std", lambda sc=scale: noisy(sc, None, 1)))
     for j in [1] if quick else range(4):
         specs.append((f"head-noise-{TASKS[j]}", f"bad: regression on {TASKS[j]} only", lambda jj=j: noisy(1.0, jj, 2)))
+    if not quick:  # milder: a BC error the offline stage sees, with a closed-loop effect to be measured
+        for j in (1, 3):
+            specs.append(
+                (
+                    f"head-noise-0.5-{TASKS[j]}",
+                    f"mild: noise x0.5 on {TASKS[j]}'s head",
+                    lambda jj=j: noisy(0.5, jj, 3),
+                )
+            )
     cands = []
     # good candidates first: the noisy ones are made from the last of them
     for name, kind, make in specs:
@@ -207,6 +242,76 @@ def true_success(work: Path, pool, onnx: bytes, episodes: int, label: str) -> di
     return out
 
 
+class Serving:
+    """The active policy serving in closed loop in this process while the gate runs, as in the demo:
+    PolicyRuntime.infer and a simulator step per tick at a fixed control rate (no catch-up burst
+    after a late tick); every tick's end time is kept so the rate achieved during each gate can be read."""
+
+    def __init__(self, onnx: bytes, tasks: list[str], rate_hz: float, max_steps: int):
+        from lifelong_ros.serving.runtime import PolicyRuntime
+        from lifelong_ros.sim.metaworld import MetaWorldSim
+
+        self.runtime = PolicyRuntime(onnx, version="active")
+        self.sims = [MetaWorldSim(t, steps_after_success=10, max_steps=max_steps) for t in tasks]
+        self.period = 1.0 / rate_hz
+        self.ticks: list[float] = []
+        self.infer_us: list[float] = []
+        self.late = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="serving", daemon=True)
+
+    def _run(self) -> None:
+        next_tick, episode = time.perf_counter(), 0
+        while not self._stop.is_set():
+            head = episode % len(self.sims)
+            sim = self.sims[head]
+            obs, done = sim.reset(TRUTH_SEED0 + episode), False
+            while not done and not self._stop.is_set():
+                next_tick += self.period
+                delay = next_tick - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                else:
+                    self.late += 1
+                    next_tick = max(next_tick, time.perf_counter() - self.period)
+                t0 = time.perf_counter_ns()
+                out = self.runtime.infer(obs, head)
+                self.infer_us.append((time.perf_counter_ns() - t0) / 1e3)
+                obs, _, done, _ = sim.step(out.action)
+                self.ticks.append(time.perf_counter())
+            episode += 1
+
+    def __enter__(self) -> Serving:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.runtime.close()
+
+    def rates(self, t0: float, t1: float) -> list[float]:
+        """Ticks per second in each whole second of [t0, t1] (the whole span when shorter)."""
+        ticks = np.asarray(self.ticks)
+        ticks = ticks[(ticks >= t0) & (ticks < t1)]
+        if t1 - t0 < 1.0:
+            return [len(ticks) / (t1 - t0)]
+        edges = t0 + np.arange(int(t1 - t0) + 1)
+        return [float(n) for n in np.histogram(ticks, edges)[0]]
+
+
+def _rates(rows: list[dict], key: str, safe: list[dict], regressed: list[dict]) -> dict:
+    sub_r = [r for r in regressed if r in rows]
+    sub_s = [r for r in safe if r in rows]
+    return {
+        "candidates": len(rows),
+        "detection_rate": (sum(r[key] == "rejected" for r in sub_r) / len(sub_r)) if sub_r else None,
+        "regressed_candidates": len(sub_r),
+        "false_rejection_rate": (sum(r[key] == "rejected" for r in sub_s) / len(sub_s)) if sub_s else None,
+        "safe_candidates": len(sub_s),
+    }
+
+
 def _meta_tasks(onnx: bytes) -> str:
     import onnx as onnx_lib
 
@@ -216,12 +321,23 @@ def _meta_tasks(onnx: bytes) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke test: 5 candidates, 10 truth episodes per cell")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 4 candidates, 10 truth episodes per cell")
     ap.add_argument("--work", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "lifelong_gate_power"))
     ap.add_argument("--truth-episodes", type=int, default=None, help="episodes per (model, task) for the truth")
     ap.add_argument("--truth-workers", type=int, default=2)
+    ap.add_argument(
+        "--truth-only",
+        action="store_true",
+        help="build the population and measure (cache) its true success, then stop without gating",
+    )
     ap.add_argument("--max-steps", type=int, default=150, help="episode cap, the same for truth and gate")
     ap.add_argument("--max-pairs", type=int, default=50)
+    ap.add_argument(
+        "--serve-rate-hz",
+        type=float,
+        default=None,
+        help="control rate of the active policy served in this process while the gate runs (default: the demo's)",
+    )
     ap.add_argument(
         "--gate-set",
         action="append",
@@ -232,6 +348,7 @@ def main() -> int:
     args = ap.parse_args()
     truth_n = args.truth_episodes or (10 if args.quick else 100)
 
+    from lifelong_ros.demo import DemoSettings
     from lifelong_ros.safety.gate import GateConfig, RegressionSuite, SafetyGate
     from lifelong_ros.safety.registry import ModelRegistry
     from lifelong_ros.sim.pool import RolloutPool, default_workers
@@ -256,20 +373,35 @@ def main() -> int:
         | overrides
     )
     rows = []
-    with truth_pool, gate_pool:
+    with truth_pool, gate_pool, contextlib.ExitStack() as stack:
         active_truth = true_success(work, truth_pool, active["onnx"], truth_n, "active")
-        for i, c in enumerate(cands):
-            truth = true_success(work, truth_pool, c["onnx"], truth_n, c["name"])
+        truths = [true_success(work, truth_pool, c["onnx"], truth_n, c["name"]) for c in cands]
+        if args.truth_only:
+            print(json.dumps({"active": active_truth} | {c["name"]: t for c, t in zip(cands, truths)}, indent=1))
+            return 0
+        serve_hz = args.serve_rate_hz or DemoSettings.serve_rate_hz
+        for f in gate_pool.warm(TASKS):  # workers up before the first gate, as in the running loop
+            f.result()
+        serving = stack.enter_context(Serving(active["onnx"], active["tasks"], serve_hz, args.max_steps))
+        time.sleep(2.0)  # the serving loop settles before the first gate
+        window_rates: list[float] = []
+        for i, (c, truth) in enumerate(zip(cands, truths)):
             reg = ModelRegistry(work / "registries" / c["name"])
             if reg.active() is None:
                 v1 = reg.register(active["onnx"], tasks=active["tasks"], method="joint", target_task=TASKS[3])
                 reg.set_decision(v1, "approved", "bench")
                 reg.promote(v1)
             vid = reg.register(c["onnx"], tasks=TASKS, method=c["name"], target_task=TASKS[4])
+            late0 = serving.late
             t0 = time.perf_counter()
             run_before = gate_pool.episodes_run
             rep = SafetyGate(reg, cfg).evaluate(vid, suites, TASKS[4], episodes=gate_pool, decide=False)
-            gate_s = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            gate_s = t1 - t0
+            rates = serving.rates(t0, t1)
+            window_rates += rates
+            soft = [ch for ch in rep.checks if ch.kind in SOFT and isinstance(ch.threshold, float) and ch.threshold]
+            worst = max(soft, key=lambda ch: ch.value / ch.threshold) if soft else None
             drops = {t: active_truth[t] - truth[t] for t in TASKS[:4]}
             row = {
                 "name": c["name"],
@@ -285,15 +417,34 @@ def main() -> int:
                 ),
                 "decision": rep.decision,
                 "failed": rep.failed,
+                "deferred": rep.deferred,
+                # the offline stage's worst BC / out-of-bounds finding, as a multiple of its threshold
+                "offline_worst": None if worst is None else [worst.name, round(worst.value / worst.threshold, 2)],
+                "rejected_before_closed_loop": any(
+                    not ch.passed for ch in rep.checks if not ch.kind.startswith("closed_loop")
+                ),
+                # the same checks deciding as they do without a simulator (nothing deferred)
+                "decision_without_simulator": (
+                    "rejected"
+                    if rep.deferred or any(not ch.passed for ch in rep.checks if not ch.kind.startswith("closed_loop"))
+                    else "approved"
+                ),
+                "calibration": c["name"] in CALIBRATION,
                 "gate_s": round(gate_s, 2),
                 "episodes_run": gate_pool.episodes_run - run_before,
+                "serving_hz_min": round(min(rates), 1),
+                "serving_late_ticks": serving.late - late0,
                 "pairs": {c2.task: c2.detail.get("pairs") for c2 in rep.checks if c2.kind.startswith("closed_loop")},
             }
             rows.append(row)
-            log(f"[{i + 1}/{len(cands)}] {c['name']}: {row['class']} -> {rep.decision} {rep.failed} in {gate_s:.1f} s")
+            log(
+                f"[{i + 1}/{len(cands)}] {c['name']}: {row['class']} -> {rep.decision} {rep.failed} "
+                f"(deferred {rep.deferred}) in {gate_s:.1f} s, serving {min(rates):.0f}-{max(rates):.0f} Hz"
+            )
     regressed = [r for r in rows if r["class"] == "regressed"]
     safe = [r for r in rows if r["class"] == "safe"]
     times = np.array([r["gate_s"] for r in rows])
+    lat = np.asarray(serving.infer_us)
     result = {
         "bench": "gate_power",
         "quick": args.quick,
@@ -314,6 +465,21 @@ def main() -> int:
             "max": float(times.max()),
         },
         "episodes_per_update_median": float(np.median([r["episodes_run"] for r in rows])),
+        "serving_during_gate": {
+            "target_hz": serve_hz,
+            "achieved_hz_median": float(np.median(window_rates)),
+            "achieved_hz_min": float(np.min(window_rates)),
+            "statistic": "ticks in each whole second while a gate ran",
+            "late_ticks": serving.late,
+            "ticks": len(serving.ticks),
+            "infer_us_p50": float(np.percentile(lat, 50)),
+            "infer_us_p99": float(np.percentile(lat, 99)),
+        },
+        "offline_reject_factor": cfg.offline_reject_factor,
+        "rejected_before_closed_loop": sum(r["rejected_before_closed_loop"] for r in rows),
+        "deferred_to_closed_loop": sum(bool(r["deferred"]) for r in rows),
+        "not_in_calibration": _rates([r for r in rows if not r["calibration"]], "decision", safe, regressed),
+        "offline_checks_without_simulator": _rates(rows, "decision_without_simulator", safe, regressed),
         "targets": {"detection_rate": ">= 0.95", "false_rejection_rate": "<= 0.05", "gate_s_per_update": "<= 15"},
         "candidates": rows,
         "wall_s": round(time.perf_counter() - t_start, 1),

@@ -46,9 +46,13 @@ def test_unbounded_action_limits_are_valid_but_nan_is_not(tmp_path):
             r"executor='event' \(did you mean 'events'\?\)",
         ),
         ("/**/safety_monitor:\n  ros__parameters:\n    gate:\n      shadow_steps: -1\n", "gate"),
+        (
+            "/**/safety_monitor:\n  ros__parameters:\n    gate:\n      offline_reject_factor: 0.5\n",
+            r"offline_reject_factor=0.5: expected a number >= 1",
+        ),
         ("/**/sim_bridg:\n  ros__parameters:\n    rate_hz: 5.0\n", r"did you mean 'sim_bridge'\?"),
     ],
-    ids=["shared-type", "shared-list", "range", "choice", "gate-section", "section-name"],
+    ids=["shared-type", "shared-list", "range", "choice", "gate-section", "gate-offline-factor", "section-name"],
 )
 def test_a_bad_value_anywhere_in_the_file_is_one_config_error(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):

@@ -434,13 +434,61 @@ def test_closed_loop_target_must_reach_the_floor(setup):
     assert rep.failed == ["closed_loop_success[pick]"] and rep.check("closed_loop_success[pick]").value < 0.8
 
 
-def test_offline_stage_rejects_alone_and_skips_the_closed_loop(setup):
-    reg, v1, _v2, tasks = setup
-    bad = register(reg, new_model(3, seed=3), tasks, parent=v1)
+def test_a_hard_offline_finding_rejects_alone_and_skips_the_closed_loop(setup):
+    """Latency (like integrity, signature, non-finite outputs) is never left to the closed loop."""
+    reg, _v1, v2, tasks = setup
     runner = ScriptedRunner({(r, t): 1.0 for r in ("candidate", "active") for t in tasks})
-    rep = SafetyGate(reg, NOT_TIMING).evaluate(bad, suites(tasks), episodes=runner, decide=False)
-    assert rep.decision == "rejected" and runner.jobs == []
-    assert not any(c.kind.startswith("closed_loop") for c in rep.checks)
+    rep = SafetyGate(reg, {"latency_budget_ms": 1e-6}).evaluate(v2, suites(tasks), episodes=runner, decide=False)
+    assert rep.decision == "rejected" and rep.failed == ["latency_p99"] and runner.jobs == []
+    assert not any(c.kind.startswith("closed_loop") for c in rep.checks) and rep.deferred == []
+
+
+def noisy_head(model, head: int, scale: float):
+    """``model`` with Gaussian noise (``scale`` x the heads' weight std) on one task's head only."""
+    m = model.clone()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        m.head_w[head].add_(torch.randn(m.head_w[head].shape, generator=g) * scale * m.head_w.std())
+    return m
+
+
+def test_with_a_simulator_a_mild_bc_regression_is_left_to_the_closed_loop(setup, trained):
+    """Held-out BC error over its threshold, but not grossly (10x here): without a simulator it
+    rejects; with one the closed loop decides, approving or rejecting, and the report says so."""
+    reg, v1, _v2, tasks = setup
+    mild = register(reg, noisy_head(trained[1], 1, 1.0), tasks, parent=v1)
+    offline = SafetyGate(reg, NOT_TIMING).evaluate(mild, suites(tasks), decide=False)
+    c = offline.check("regression[push]")
+    assert offline.decision == "rejected" and offline.failed == ["regression[push]"], offline.summary()
+    assert offline.deferred == [] and c.threshold < c.value < 50 * c.threshold
+    fine = ScriptedRunner({(r, t): 1.0 for r in ("candidate", "active") for t in tasks})
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(mild, suites(tasks), episodes=fine, decide=False)
+    assert rep.decision == "approved" and rep.deferred == ["regression[push]"], rep.summary()
+    d = rep.check("regression[push]")
+    assert d.passed and d.deferred and d.value == pytest.approx(c.value)
+    assert d.detail["rejects_alone_above"] == pytest.approx(50 * d.threshold)
+    assert rep.check("closed_loop[push]").passed and any(t == "push" for _, t, _ in fine.jobs)
+    assert "left to the closed loop: regression[push]" in rep.reason() and "DEFER regression[push]" in rep.summary()
+    assert GateReport.from_dict(rep.to_dict()).deferred == ["regression[push]"]
+    worse = {(r, t): 1.0 for r in ("candidate", "active") for t in tasks} | {("candidate", "push"): 0.6}
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(mild, suites(tasks), episodes=ScriptedRunner(worse), decide=True)
+    assert rep.decision == "rejected" and rep.failed == ["closed_loop[push]"], rep.summary()
+    assert rep.deferred == ["regression[push]"] and reg.info(mild).state == "rejected"
+
+
+def test_with_a_simulator_a_gross_bc_regression_still_rejects_without_episodes(setup, trained):
+    reg, v1, _v2, tasks = setup
+    gross = register(reg, noisy_head(trained[1], 1, 5.0), tasks, parent=v1)
+    runner = ScriptedRunner({(r, t): 1.0 for r in ("candidate", "active") for t in tasks})
+    rep = SafetyGate(reg, NOT_TIMING).evaluate(gross, suites(tasks), episodes=runner, decide=False)
+    c = rep.check("regression[push]")
+    assert rep.decision == "rejected" and "regression[push]" in rep.failed and runner.jobs == []
+    assert c.value > c.detail["rejects_alone_above"] == pytest.approx(50 * c.threshold)
+    # the factor is what separates the two: raised, the same finding goes to the closed loop
+    lenient = SafetyGate(reg, NOT_TIMING | {"offline_reject_factor": 1e4}).evaluate(
+        gross, suites(tasks), episodes=runner, decide=False
+    )
+    assert "regression[push]" in lenient.deferred and runner.jobs != []
 
 
 def test_a_broken_episode_runner_fails_closed(setup):
@@ -513,6 +561,7 @@ def test_at_risk_ranks_by_bc_error_ratio_and_treats_missing_evidence_as_risky():
         ({"closed_loop_alpha": 0}, "closed_loop_alpha=0"),
         ({"closed_loop_max_pairs": 0}, "closed_loop_max_pairs=0"),
         ({"closed_loop_min_success": 1.5}, "closed_loop_min_success=1.5"),
+        ({"offline_reject_factor": 0.5}, "offline_reject_factor=0.5"),
     ],
 )
 def test_closed_loop_settings_are_checked(cfg, match):
@@ -529,3 +578,23 @@ def test_latency_without_an_active_model_is_judged_beside_an_interleaved_referen
     assert c.passed and c.detail["reference_p99_ms"] > 0 and "reference" in c.detail["rule"]
     slow = SafetyGate(reg, {"latency_budget_ms": 1e-6, "latency_samples": 50, "latency_rounds": 1})
     assert "latency_p99" in slow.evaluate(v1, suites(tasks[:2]), decide=False).failed  # the median counts
+
+
+def test_a_deferred_finding_is_always_judged_in_closed_loop_even_beyond_closed_loop_max_tasks(
+    setup, trained, monkeypatch
+):
+    """closed_loop_max_tasks never leaves a deferred offline finding unjudged: the task with it gets
+    paired episodes even when the BC ranking would pick another task for the one closed-loop slot."""
+    import lifelong_ros.safety.gate as gate_module
+
+    reg, v1, _v2, tasks = setup
+    mild = register(reg, noisy_head(trained[1], 1, 1.0), tasks, parent=v1)  # push: a mild BC regression
+    monkeypatch.setattr(gate_module, "at_risk", lambda tasks, mse, k: set(sorted(t for t in tasks if t != "push")[:k]))
+    runner = ScriptedRunner({(r, t): 1.0 for r in ("candidate", "active") for t in tasks})
+    rep = SafetyGate(reg, NOT_TIMING | {"closed_loop_max_tasks": 1}).evaluate(
+        mild, suites(tasks), episodes=runner, decide=False
+    )
+    assert rep.deferred == ["regression[push]"], rep.summary()
+    picked = rep.check("closed_loop_tasks")
+    assert picked.detail["closed_loop"] == ["push"] and picked.detail["offline_only"] == ["reach"]
+    assert rep.check("closed_loop[push]").passed and {t for _, t, _ in runner.jobs} == {"push", "pick"}
