@@ -22,15 +22,24 @@ import numpy as np
 import torch
 
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
+from lifelong_ros.learning.recipes import NORMALIZER_STD_FLOOR
 from lifelong_ros.learning.trainer import ContinualTrainer, Experience, TrainOptions
 from lifelong_ros.sim.episodes import stack_episodes
-from lifelong_ros.sim.humanoid.env import ACT_DIM, OBS_DIM, G1Sim, available_tasks, collect_demonstrations, evaluate
+from lifelong_ros.sim.humanoid.env import (
+    ACT_DIM,
+    OBS_DIM,
+    G1Sim,
+    available_tasks,
+    collect_demonstrations,
+    evaluate,
+    observation_scale,
+)
 
 EVAL_SEED0 = 200_000
 HIDDEN = (256, 256)
 
 
-def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: float) -> dict:
+def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: float, normalizer: str) -> dict:
     sim = G1Sim(task, steps_after_success=10)
     t0 = time.perf_counter()
     eps: list = []
@@ -43,9 +52,12 @@ def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: floa
     obs, act = stack_episodes(eps)
     torch.manual_seed(seed)
     model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1))
-    x = torch.from_numpy(obs)
-    model.obs_mean.copy_(x.mean(0))
-    model.obs_std.copy_(x.std(0).clamp_min(0.05))
+    if normalizer == "robot":
+        model.set_input_scale(*observation_scale())
+    else:
+        model.set_normalizer(obs)
+        with torch.no_grad():
+            model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
     exp = Experience.from_arrays(obs, act, 0, name=task)
     options = TrainOptions(steps=steps, batch_size=256, lr=1e-3, lr_final=1e-5, seed=seed)
     t0 = time.perf_counter()
@@ -83,13 +95,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps (batch 256, cosine lr 1e-3 -> 1e-5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.015, help="DART noise on executed demo actions (0 = none)")
+    parser.add_argument(
+        "--normalizer",
+        choices=("robot", "data"),
+        default="robot",
+        help="input normalisation: the G1's fixed scale (env.observation_scale), or fitted to the task's demonstrations",
+    )
     args = parser.parse_args()
     for name in ("demos", "episodes", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    per_task = {t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise) for t in args.tasks}
+    per_task = {
+        t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise, args.normalizer) for t in args.tasks
+    }
     print(
         json.dumps(
             {

@@ -83,10 +83,12 @@ def new_request(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     job_id: str | None = None,
+    obs_scale: tuple[list[float], list[float]] | None = None,
 ) -> AdaptRequest:
     """A request to learn ``task`` from the store, starting from the active version (or from scratch).
 
     The request checks its method and options when it is built, before any work starts.
+    ``obs_scale``: the input normalisation of a model started from scratch (AdaptRequest.obs_scale).
     """
     parent = registry.active()
     job_id = job_id or f"{task}-{uuid.uuid4().hex[:8]}"
@@ -101,6 +103,7 @@ def new_request(
         out_dir=str(Path(work_dir) / job_id),
         options=dict(options or {}),
         job_id=job_id,
+        obs_scale=obs_scale if parent is None else None,
     )
 
 
@@ -226,6 +229,7 @@ class Orchestrator:
         episodes: EpisodeRunner | None = None,
         sources: Sequence[str] = GROUND_TRUTH_SOURCES,
         approve_ungated: bool = False,
+        obs_scale: tuple[list[float], list[float]] | None = None,
     ):
         self.registry = registry
         self.store_path = Path(store_path)
@@ -235,6 +239,7 @@ class Orchestrator:
         self.episodes = episodes
         self.sources = tuple(sources)
         self.approve_ungated = approve_ungated
+        self.obs_scale = obs_scale  # the robot's input normalisation for a first model (new_request)
 
     def submit(
         self,
@@ -260,6 +265,7 @@ class Orchestrator:
             seed=seed,
             options=options,
             job_id=job_id,
+            obs_scale=self.obs_scale,
         )
         return self.learner.submit(request, on_progress)
 

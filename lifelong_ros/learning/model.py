@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -87,6 +87,19 @@ class PolicyNet(nn.Module):
         x = torch.as_tensor(obs, dtype=torch.float32)
         self.obs_mean.copy_(x.mean(0))
         self.obs_std.copy_(x.std(0).clamp_min(1e-2))
+
+    def set_input_scale(self, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> None:
+        """Fix the input normalisation to a given scale (a robot's, not one task's data): ``(obs - mean) / std``."""
+        m = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        s = torch.as_tensor(np.asarray(std, dtype=np.float32))
+        if m.shape != self.obs_mean.shape or s.shape != self.obs_std.shape:
+            raise ValueError(
+                f"input scale of {tuple(m.shape)} means and {tuple(s.shape)} stds; expected {self.config.obs_dim} of each"
+            )
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s > 0).all()):
+            raise ValueError(f"input scale std {s.tolist()} / mean {m.tolist()}: expected finite values, every std > 0")
+        self.obs_mean.copy_(m)
+        self.obs_std.copy_(s)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.backbone((obs - self.obs_mean) / self.obs_std)

@@ -186,9 +186,12 @@ def run_request(
                 multi_head=opts.multi_head,
             )
             model = PolicyNet(cfg)
-            model.set_normalizer(obs)
-            with torch.no_grad():
-                model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
+            if req.obs_scale is not None:
+                model.set_input_scale(*req.obs_scale)
+            else:
+                model.set_normalizer(obs)
+                with torch.no_grad():
+                    model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
 
         old_tasks = [t for t in tasks if t != req.task and t in store.tasks()]
         if STRATEGIES[recipe.strategy].trains_on_all_tasks:
