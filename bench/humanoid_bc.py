@@ -29,6 +29,7 @@ from lifelong_ros.sim.humanoid.env import (
     ACT_DIM,
     OBS_DIM,
     G1Sim,
+    action_prior,
     available_tasks,
     collect_demonstrations,
     evaluate,
@@ -39,7 +40,9 @@ EVAL_SEED0 = 200_000
 HIDDEN = (256, 256)
 
 
-def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: float, normalizer: str) -> dict:
+def run(
+    task: str, demos: int, episodes: int, steps: int, seed: int, noise: float, normalizer: str, action: str
+) -> dict:
     sim = G1Sim(task, steps_after_success=10)
     t0 = time.perf_counter()
     eps: list = []
@@ -51,7 +54,9 @@ def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: floa
     demo_s = time.perf_counter() - t0
     obs, act = stack_episodes(eps)
     torch.manual_seed(seed)
-    model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1))
+    model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1, residual=action == "residual"))
+    if action == "residual":
+        model.set_action_prior(*action_prior())
     if normalizer == "robot":
         model.set_input_scale(*observation_scale())
     else:
@@ -101,6 +106,12 @@ def main() -> None:
         default="robot",
         help="input normalisation: the G1's fixed scale (env.observation_scale), or fitted to the task's demonstrations",
     )
+    parser.add_argument(
+        "--action",
+        choices=("residual", "absolute"),
+        default="residual",
+        help="the network predicts the change to the action that holds the joints (env.action_prior), or the action",
+    )
     args = parser.parse_args()
     for name in ("demos", "episodes", "steps"):
         if getattr(args, name) < 1:
@@ -108,7 +119,8 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     per_task = {
-        t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise, args.normalizer) for t in args.tasks
+        t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise, args.normalizer, args.action)
+        for t in args.tasks
     }
     print(
         json.dumps(

@@ -84,11 +84,13 @@ def new_request(
     options: Mapping[str, Any] | None = None,
     job_id: str | None = None,
     obs_scale: tuple[list[float], list[float]] | None = None,
+    action_prior: tuple[list[float], list[float]] | None = None,
 ) -> AdaptRequest:
     """A request to learn ``task`` from the store, starting from the active version (or from scratch).
 
     The request checks its method and options when it is built, before any work starts.
-    ``obs_scale``: the input normalisation of a model started from scratch (AdaptRequest.obs_scale).
+    ``obs_scale``, ``action_prior``: the input normalisation and the prior action of a model started
+    from scratch (AdaptRequest); a parent keeps its own.
     """
     parent = registry.active()
     job_id = job_id or f"{task}-{uuid.uuid4().hex[:8]}"
@@ -104,6 +106,7 @@ def new_request(
         options=dict(options or {}),
         job_id=job_id,
         obs_scale=obs_scale if parent is None else None,
+        action_prior=action_prior if parent is None else None,
     )
 
 
@@ -230,6 +233,7 @@ class Orchestrator:
         sources: Sequence[str] = GROUND_TRUTH_SOURCES,
         approve_ungated: bool = False,
         obs_scale: tuple[list[float], list[float]] | None = None,
+        action_prior: tuple[list[float], list[float]] | None = None,
     ):
         self.registry = registry
         self.store_path = Path(store_path)
@@ -239,7 +243,8 @@ class Orchestrator:
         self.episodes = episodes
         self.sources = tuple(sources)
         self.approve_ungated = approve_ungated
-        self.obs_scale = obs_scale  # the robot's input normalisation for a first model (new_request)
+        self.obs_scale = obs_scale  # the robot's input normalisation and prior action for a first model
+        self.action_prior = action_prior  # (new_request)
 
     def submit(
         self,
@@ -266,6 +271,7 @@ class Orchestrator:
             options=options,
             job_id=job_id,
             obs_scale=self.obs_scale,
+            action_prior=self.action_prior,
         )
         return self.learner.submit(request, on_progress)
 

@@ -107,6 +107,9 @@ class AdaptRequest:
     # robot's own scale (sim.backends), so that every later task's observations fall in range. None =
     # fitted to the first task's demonstrations. A parent's normalisation is always kept.
     obs_scale: tuple[list[float], list[float]] | None = None
+    # A model trained from scratch predicts a change to the prior action gain * obs[:act_dim] + bias
+    # (PolicyConfig.residual; the robot's, sim.backends). None = it predicts the action itself.
+    action_prior: tuple[list[float], list[float]] | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.shots < 0:
@@ -118,6 +121,12 @@ class AdaptRequest:
                 raise ValueError(
                     f"obs_scale: {len(mean)} means and {len(std)} stds (std min {min(std, default=None)}); "
                     "expected as many of each, finite, every std > 0"
+                )
+        if self.action_prior is not None:
+            gain, bias = self.action_prior
+            if len(gain) != len(bias) or not all(math.isfinite(v) for v in (*gain, *bias)):
+                raise ValueError(
+                    f"action_prior: {len(gain)} gains and {len(bias)} biases; expected as many of each, all finite"
                 )
 
 

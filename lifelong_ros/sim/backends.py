@@ -31,6 +31,9 @@ class SimBackend:
     # its input by; None = fitted to the first task's demonstrations (Meta-World's 39-d observation
     # has no fixed layout across tasks to derive one from).
     _obs_scale: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # (gain, bias): a new policy predicts a change to the prior action gain * obs[:act_dim] + bias,
+    # the one that holds the commanded joints where they are; None = it predicts the action itself.
+    _action_prior: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
 
     def obs_scale(self) -> tuple[list[float], list[float]] | None:
         """(mean, std) lists for AdaptRequest.obs_scale, or None (fit to data)."""
@@ -38,6 +41,13 @@ class SimBackend:
             return None
         mean, std = self._obs_scale()
         return [float(v) for v in mean], [float(v) for v in std]
+
+    def action_prior(self) -> tuple[list[float], list[float]] | None:
+        """(gain, bias) lists for AdaptRequest.action_prior, or None (the policy predicts the action)."""
+        if self._action_prior is None:
+            return None
+        gain, bias = self._action_prior()
+        return [float(v) for v in gain], [float(v) for v in bias]
 
     def make(self, task: str, steps_after_success: int = 10, max_steps: int | None = None) -> Simulator:
         """A simulator of ``task``; ``max_steps`` caps the task's own episode length (None = no cap)."""
@@ -79,6 +89,12 @@ def _g1_obs_scale() -> tuple[np.ndarray, np.ndarray]:
     return observation_scale()
 
 
+def _g1_action_prior() -> tuple[np.ndarray, np.ndarray]:
+    from lifelong_ros.sim.humanoid.env import action_prior
+
+    return action_prior()
+
+
 def _g1_tasks() -> list[str]:
     from lifelong_ros.sim.humanoid.tasks import available_tasks
 
@@ -108,6 +124,7 @@ BACKENDS: dict[str, SimBackend] = {
         _g1_tasks,
         _g1_sim,
         _g1_obs_scale,
+        _g1_action_prior,
     ),
 }
 

@@ -90,6 +90,15 @@ def observation_scale() -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def action_prior() -> tuple[np.ndarray, np.ndarray]:
+    """(gain, bias) [ACT_DIM] float32 with ``gain * obs[:ACT_DIM] + bias`` the action that holds the
+    commanded joints where they are (``Indices.to_action`` of their positions, unclipped): the prior a
+    residual policy predicts its change to (learning.model.PolicyConfig.residual)."""
+    ix = Indices.of(g1_model())
+    gain = 2.0 / (ix.high - ix.low)
+    return gain.astype(np.float32), (-ix.low * gain - 1.0).astype(np.float32)
+
+
 class G1Sim:
     """One G1 table-top task; ``reset(seed)`` picks the variation deterministically."""
 
