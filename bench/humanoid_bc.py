@@ -3,13 +3,16 @@
 For each task: the scripted expert's episodes on variation seeds 0..N-1 (failed ones dropped),
 recorded with DART noise (``--noise``: Gaussian noise added to the executed action, the expert's
 clean action recorded; without it the cloned policy drifts off the demonstrated states at once),
-a PolicyNet (the project's model: observation normalisation inside, MLP 47->256->256->17) trained
+a PolicyNet (the project's model: observation normalisation inside, MLP 47->256->256->17; by default
+normalised by the G1's own observation scale and predicting the change to the action that holds the
+joints, ``--normalizer data`` / ``--action absolute`` for the alternatives) trained
 with the project's ContinualTrainer on the BC loss, then closed-loop success on held-out
 variations (seeds from 200_000, the demo's evaluation range). Baseline in the same process: the
 expert on the same held-out seeds. Prints ONE JSON object.
 
     python bench/humanoid_bc.py                         # 50 demonstrations, 20 held-out episodes per task
     python bench/humanoid_bc.py --tasks g1-lift --steps 2000
+    python bench/humanoid_bc.py --tasks g1-place g1-push --normalizer data --action absolute  # the old recipe
 """
 
 from __future__ import annotations
@@ -126,7 +129,8 @@ def main() -> None:
         json.dumps(
             {
                 "benchmark": "humanoid_bc",
-                "model": f"PolicyNet {OBS_DIM}->{'->'.join(map(str, HIDDEN))}->{ACT_DIM}, one task per model",
+                "model": f"PolicyNet {OBS_DIM}->{'->'.join(map(str, HIDDEN))}->{ACT_DIM}, one task per model, "
+                f"{args.normalizer} normaliser, {args.action} action",
                 "tasks": per_task,
                 "min_bc_success": min(r["bc_success"] for r in per_task.values()),
                 "acceptance": {"bc_success_per_task": ">= 0.8"},
