@@ -28,8 +28,8 @@ class SimBackend:
     available_tasks: Callable[[], list[str]]
     _make: Callable[[str, int, int | None], Simulator]
     # The robot's observation scale, (mean, std) per observation value, that a new policy normalises
-    # its input by; None = fitted to the first task's demonstrations (Meta-World's 39-d observation
-    # has no fixed layout across tasks to derive one from).
+    # its input by; None = fitted to the first task's demonstrations (Meta-World keeps that: a fixed
+    # scale was measured only on the G1, bench/humanoid_bc.py).
     _obs_scale: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
     # (gain, bias): a new policy predicts a change to the prior action gain * obs[:act_dim] + bias,
     # the one that holds the commanded joints where they are; None = it predicts the action itself.
