@@ -3,13 +3,16 @@
 For each task: the scripted expert's episodes on variation seeds 0..N-1 (failed ones dropped),
 recorded with DART noise (``--noise``: Gaussian noise added to the executed action, the expert's
 clean action recorded; without it the cloned policy drifts off the demonstrated states at once),
-a PolicyNet (the project's model: observation normalisation inside, MLP 47->256->256->17) trained
+a PolicyNet (the project's model: observation normalisation inside, MLP 47->256->256->17; by default
+normalised by the G1's own observation scale and predicting the change to the action that holds the
+joints, ``--normalizer data`` / ``--action absolute`` for the alternatives) trained
 with the project's ContinualTrainer on the BC loss, then closed-loop success on held-out
 variations (seeds from 200_000, the demo's evaluation range). Baseline in the same process: the
 expert on the same held-out seeds. Prints ONE JSON object.
 
     python bench/humanoid_bc.py                         # 50 demonstrations, 20 held-out episodes per task
     python bench/humanoid_bc.py --tasks g1-lift --steps 2000
+    python bench/humanoid_bc.py --tasks g1-place g1-push --normalizer data --action absolute  # the old recipe
 """
 
 from __future__ import annotations
@@ -22,15 +25,27 @@ import numpy as np
 import torch
 
 from lifelong_ros.learning.model import PolicyConfig, PolicyNet, bc_loss
+from lifelong_ros.learning.recipes import NORMALIZER_STD_FLOOR
 from lifelong_ros.learning.trainer import ContinualTrainer, Experience, TrainOptions
 from lifelong_ros.sim.episodes import stack_episodes
-from lifelong_ros.sim.humanoid.env import ACT_DIM, OBS_DIM, G1Sim, available_tasks, collect_demonstrations, evaluate
+from lifelong_ros.sim.humanoid.env import (
+    ACT_DIM,
+    OBS_DIM,
+    G1Sim,
+    action_prior,
+    available_tasks,
+    collect_demonstrations,
+    evaluate,
+    observation_scale,
+)
 
 EVAL_SEED0 = 200_000
 HIDDEN = (256, 256)
 
 
-def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: float) -> dict:
+def run(
+    task: str, demos: int, episodes: int, steps: int, seed: int, noise: float, normalizer: str, action: str
+) -> dict:
     sim = G1Sim(task, steps_after_success=10)
     t0 = time.perf_counter()
     eps: list = []
@@ -42,10 +57,15 @@ def run(task: str, demos: int, episodes: int, steps: int, seed: int, noise: floa
     demo_s = time.perf_counter() - t0
     obs, act = stack_episodes(eps)
     torch.manual_seed(seed)
-    model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1))
-    x = torch.from_numpy(obs)
-    model.obs_mean.copy_(x.mean(0))
-    model.obs_std.copy_(x.std(0).clamp_min(0.05))
+    model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1, residual=action == "residual"))
+    if action == "residual":
+        model.set_action_prior(*action_prior())
+    if normalizer == "robot":
+        model.set_input_scale(*observation_scale())
+    else:
+        model.set_normalizer(obs)
+        with torch.no_grad():
+            model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
     exp = Experience.from_arrays(obs, act, 0, name=task)
     options = TrainOptions(steps=steps, batch_size=256, lr=1e-3, lr_final=1e-5, seed=seed)
     t0 = time.perf_counter()
@@ -83,18 +103,34 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000, help="Adam steps (batch 256, cosine lr 1e-3 -> 1e-5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.015, help="DART noise on executed demo actions (0 = none)")
+    parser.add_argument(
+        "--normalizer",
+        choices=("robot", "data"),
+        default="robot",
+        help="input normalisation: the G1's fixed scale (env.observation_scale), or fitted to the task's demonstrations",
+    )
+    parser.add_argument(
+        "--action",
+        choices=("residual", "absolute"),
+        default="residual",
+        help="the network predicts the change to the action that holds the joints (env.action_prior), or the action",
+    )
     args = parser.parse_args()
     for name in ("demos", "episodes", "steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} {getattr(args, name)}: expected at least 1")
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    per_task = {t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise) for t in args.tasks}
+    per_task = {
+        t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise, args.normalizer, args.action)
+        for t in args.tasks
+    }
     print(
         json.dumps(
             {
                 "benchmark": "humanoid_bc",
-                "model": f"PolicyNet {OBS_DIM}->{'->'.join(map(str, HIDDEN))}->{ACT_DIM}, one task per model",
+                "model": f"PolicyNet {OBS_DIM}->{'->'.join(map(str, HIDDEN))}->{ACT_DIM}, one task per model, "
+                f"{args.normalizer} normaliser, {args.action} action",
                 "tasks": per_task,
                 "min_bc_success": min(r["bc_success"] for r in per_task.values()),
                 "acceptance": {"bc_success_per_task": ">= 0.8"},

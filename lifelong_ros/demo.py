@@ -559,6 +559,8 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             work_dir=paths.learner_dir(data),
             episodes=pool,
             approve_ungated=not settings.gate_enabled,
+            obs_scale=settings.sim.obs_scale(),
+            action_prior=settings.sim.action_prior(),
         )
         for i, task in enumerate(tasks):
             print(f"\n[{i + 1}/{n}] new task {task}: recording {settings.demos_per_task} demonstrations")

@@ -83,10 +83,14 @@ def new_request(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     job_id: str | None = None,
+    obs_scale: tuple[list[float], list[float]] | None = None,
+    action_prior: tuple[list[float], list[float]] | None = None,
 ) -> AdaptRequest:
     """A request to learn ``task`` from the store, starting from the active version (or from scratch).
 
     The request checks its method and options when it is built, before any work starts.
+    ``obs_scale``, ``action_prior``: the input normalisation and the prior action of a model started
+    from scratch (AdaptRequest); a parent keeps its own.
     """
     parent = registry.active()
     job_id = job_id or f"{task}-{uuid.uuid4().hex[:8]}"
@@ -101,6 +105,8 @@ def new_request(
         out_dir=str(Path(work_dir) / job_id),
         options=dict(options or {}),
         job_id=job_id,
+        obs_scale=obs_scale if parent is None else None,
+        action_prior=action_prior if parent is None else None,
     )
 
 
@@ -226,6 +232,8 @@ class Orchestrator:
         episodes: EpisodeRunner | None = None,
         sources: Sequence[str] = GROUND_TRUTH_SOURCES,
         approve_ungated: bool = False,
+        obs_scale: tuple[list[float], list[float]] | None = None,
+        action_prior: tuple[list[float], list[float]] | None = None,
     ):
         self.registry = registry
         self.store_path = Path(store_path)
@@ -235,6 +243,8 @@ class Orchestrator:
         self.episodes = episodes
         self.sources = tuple(sources)
         self.approve_ungated = approve_ungated
+        self.obs_scale = obs_scale  # the robot's input normalisation and prior action for a first model
+        self.action_prior = action_prior  # (new_request)
 
     def submit(
         self,
@@ -260,6 +270,8 @@ class Orchestrator:
             seed=seed,
             options=options,
             job_id=job_id,
+            obs_scale=self.obs_scale,
+            action_prior=self.action_prior,
         )
         return self.learner.submit(request, on_progress)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,6 +31,10 @@ class PolicyConfig:
     hidden: tuple[int, ...] = (256, 256)
     num_heads: int = 1
     multi_head: bool = True
+    # The network predicts a change to a prior action read off the observation: action =
+    # act_gain * obs[:act_dim] + act_bias + net(obs) (for a robot whose first observations are the
+    # commanded joints' positions: the action that holds them, the G1). False = the action itself.
+    residual: bool = False
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -45,6 +49,7 @@ class PolicyConfig:
             hidden=tuple(int(h) for h in d["hidden"]),
             num_heads=int(d["num_heads"]),
             multi_head=bool(d.get("multi_head", True)),
+            residual=bool(d.get("residual", False)),
         )
 
 
@@ -59,6 +64,8 @@ class PolicyNet(nn.Module):
     # Buffers (register_buffer in __init__): declared so they type as tensors, not Tensor | Module.
     obs_mean: torch.Tensor
     obs_std: torch.Tensor
+    act_gain: torch.Tensor  # residual models only
+    act_bias: torch.Tensor
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -77,6 +84,13 @@ class PolicyNet(nn.Module):
         nn.init.uniform_(self.head_w, -1.0 / width**0.5, 1.0 / width**0.5)
         self.register_buffer("obs_mean", torch.zeros(config.obs_dim))
         self.register_buffer("obs_std", torch.ones(config.obs_dim))
+        if config.residual:
+            if config.act_dim > config.obs_dim:
+                raise ValueError(
+                    f"a residual policy reads its prior action off obs[:act_dim]; got act_dim {config.act_dim} > obs_dim {config.obs_dim}"
+                )
+            self.register_buffer("act_gain", torch.zeros(config.act_dim))
+            self.register_buffer("act_bias", torch.zeros(config.act_dim))
 
     @property
     def num_heads(self) -> int:
@@ -87,6 +101,42 @@ class PolicyNet(nn.Module):
         x = torch.as_tensor(obs, dtype=torch.float32)
         self.obs_mean.copy_(x.mean(0))
         self.obs_std.copy_(x.std(0).clamp_min(1e-2))
+
+    def set_input_scale(self, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> None:
+        """Fix the input normalisation to a given scale (a robot's, not one task's data): ``(obs - mean) / std``."""
+        m = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        s = torch.as_tensor(np.asarray(std, dtype=np.float32))
+        if m.shape != self.obs_mean.shape or s.shape != self.obs_std.shape:
+            raise ValueError(
+                f"input scale of {tuple(m.shape)} means and {tuple(s.shape)} stds; expected {self.config.obs_dim} of each"
+            )
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all() and (s > 0).all()):
+            raise ValueError(f"input scale std {s.tolist()} / mean {m.tolist()}: expected finite values, every std > 0")
+        self.obs_mean.copy_(m)
+        self.obs_std.copy_(s)
+
+    def set_action_prior(self, gain: Sequence[float] | np.ndarray, bias: Sequence[float] | np.ndarray) -> None:
+        """Fix a residual policy's prior action ``gain * obs[:act_dim] + bias`` (see PolicyConfig.residual)."""
+        if not self.config.residual:
+            raise ValueError(
+                "set_action_prior on a policy with residual=False; build it with PolicyConfig(residual=True)"
+            )
+        g = torch.as_tensor(np.asarray(gain, dtype=np.float32))
+        b = torch.as_tensor(np.asarray(bias, dtype=np.float32))
+        if g.shape != self.act_gain.shape or b.shape != self.act_bias.shape:
+            raise ValueError(
+                f"action prior of {tuple(g.shape)} gains and {tuple(b.shape)} biases; expected {self.config.act_dim} of each"
+            )
+        if not (torch.isfinite(g).all() and torch.isfinite(b).all()):
+            raise ValueError(f"action prior gain {g.tolist()} / bias {b.tolist()}: expected finite values")
+        self.act_gain.copy_(g)
+        self.act_bias.copy_(b)
+
+    def prior(self, obs: torch.Tensor) -> torch.Tensor:
+        """The prior action the network's output is added to: zeros unless the policy is residual."""
+        if not self.config.residual:
+            return torch.zeros(obs.shape[0], self.config.act_dim, dtype=obs.dtype)
+        return obs[:, : self.config.act_dim] * self.act_gain + self.act_bias
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return self.backbone((obs - self.obs_mean) / self.obs_std)
@@ -100,7 +150,8 @@ class PolicyNet(nn.Module):
         # (forward + backward) than gathering an [N, F, A] weight tensor for a batched matmul.
         every = (h @ self.head_w.permute(1, 0, 2).reshape(feat, heads * act)).view(n, heads, act)
         pick = task_id.view(n, 1, 1).expand(n, 1, act)
-        return torch.gather(every, 1, pick).squeeze(1) + self.head_b[task_id]
+        out = torch.gather(every, 1, pick).squeeze(1) + self.head_b[task_id]
+        return out + self.prior(obs) if self.config.residual else out
 
     def ensure_heads(self, n: int) -> None:
         """Grow to at least ``n`` heads (new heads freshly initialised); a no-op in single-head mode."""

@@ -90,7 +90,8 @@ def init_head_by_meta_learning(
         feats = {}
         for t in old_tasks:
             b = store.sample(min(4096, 50 * k), tasks=t, split="train", rng=seed)
-            feats[t] = (model.features(torch.as_tensor(b.obs)), torch.as_tensor(b.action))
+            x = torch.as_tensor(b.obs)  # the head learns what the backbone adds to the prior action
+            feats[t] = (model.features(x), torch.as_tensor(b.action) - model.prior(x))
         # Gradient steps on a linear head are stable only for lr < 2 / (largest eigenvalue of the
         # feature covariance): learn on features scaled to unit mean squared norm, unscale at the end.
         scale = float(torch.cat([f for f, _ in feats.values()]).pow(2).sum(1).mean().sqrt().clamp_min(1e-6))
@@ -118,7 +119,8 @@ def init_head_by_meta_learning(
     if should_stop():
         raise AdaptCancelled("cancelled during meta-training")
     with torch.no_grad():  # adapt the meta-learned head to the new task's demonstrations (head only)
-        new_f, new_a = model.features(torch.as_tensor(obs)) / scale, torch.as_tensor(act)
+        x = torch.as_tensor(obs)
+        new_f, new_a = model.features(x) / scale, torch.as_tensor(act) - model.prior(x)
     fast = learner.adapted_params((new_f,), new_a, steps=opts.head_steps)
     head_loss = float(torch.mean((new_f @ fast["weight"].T + fast["bias"] - new_a) ** 2))
     if not np.isfinite(head_loss):
@@ -200,11 +202,17 @@ def run_request(
                 hidden=opts.hidden,
                 num_heads=1,
                 multi_head=opts.multi_head,
+                residual=req.action_prior is not None,
             )
             model = PolicyNet(cfg)
-            model.set_normalizer(obs)
-            with torch.no_grad():
-                model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
+            if req.action_prior is not None:
+                model.set_action_prior(*req.action_prior)
+            if req.obs_scale is not None:
+                model.set_input_scale(*req.obs_scale)
+            else:
+                model.set_normalizer(obs)
+                with torch.no_grad():
+                    model.obs_std.clamp_(min=NORMALIZER_STD_FLOOR)
 
         old_tasks = [t for t in tasks if t != req.task and t in store.tasks()]
         if STRATEGIES[recipe.strategy].trains_on_all_tasks:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from lifelong_ros.sim.episodes import Episode, Simulator, expert_episodes
 
 
@@ -25,6 +27,27 @@ class SimBackend:
     demo_noise: float
     available_tasks: Callable[[], list[str]]
     _make: Callable[[str, int, int | None], Simulator]
+    # The robot's observation scale, (mean, std) per observation value, that a new policy normalises
+    # its input by; None = fitted to the first task's demonstrations (Meta-World keeps that: a fixed
+    # scale was measured only on the G1, bench/humanoid_bc.py).
+    _obs_scale: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # (gain, bias): a new policy predicts a change to the prior action gain * obs[:act_dim] + bias,
+    # the one that holds the commanded joints where they are; None = it predicts the action itself.
+    _action_prior: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+
+    def obs_scale(self) -> tuple[list[float], list[float]] | None:
+        """(mean, std) lists for AdaptRequest.obs_scale, or None (fit to data)."""
+        if self._obs_scale is None:
+            return None
+        mean, std = self._obs_scale()
+        return [float(v) for v in mean], [float(v) for v in std]
+
+    def action_prior(self) -> tuple[list[float], list[float]] | None:
+        """(gain, bias) lists for AdaptRequest.action_prior, or None (the policy predicts the action)."""
+        if self._action_prior is None:
+            return None
+        gain, bias = self._action_prior()
+        return [float(v) for v in gain], [float(v) for v in bias]
 
     def make(self, task: str, steps_after_success: int = 10, max_steps: int | None = None) -> Simulator:
         """A simulator of ``task``; ``max_steps`` caps the task's own episode length (None = no cap)."""
@@ -60,6 +83,18 @@ def _g1_sim(task: str, steps_after_success: int, max_steps: int | None) -> Simul
     return G1Sim(task, steps_after_success, own if max_steps is None else min(own, max_steps))
 
 
+def _g1_obs_scale() -> tuple[np.ndarray, np.ndarray]:
+    from lifelong_ros.sim.humanoid.env import observation_scale
+
+    return observation_scale()
+
+
+def _g1_action_prior() -> tuple[np.ndarray, np.ndarray]:
+    from lifelong_ros.sim.humanoid.env import action_prior
+
+    return action_prior()
+
+
 def _g1_tasks() -> list[str]:
     from lifelong_ros.sim.humanoid.tasks import available_tasks
 
@@ -88,6 +123,8 @@ BACKENDS: dict[str, SimBackend] = {
         0.015,
         _g1_tasks,
         _g1_sim,
+        _g1_obs_scale,
+        _g1_action_prior,
     ),
 }
 

@@ -71,3 +71,25 @@ def test_export_is_one_self_contained_file_with_dynamic_batch_and_metadata():
         out = sess.run(None, {"obs": obs, "task_id": task})[0]
         ref = net(torch.as_tensor(obs), torch.as_tensor(task)).detach().numpy()
         np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_a_residual_policy_adds_the_prior_action_read_off_the_observation_in_torch_and_onnx():
+    torch.manual_seed(0)
+    net = PolicyNet(PolicyConfig(obs_dim=6, act_dim=2, hidden=(16,), num_heads=2, residual=True))
+    gain, bias = np.array([2.0, -0.5], np.float32), np.array([-1.0, 0.25], np.float32)
+    net.set_action_prior(gain, bias)
+    obs = np.random.default_rng(3).normal(size=(5, 6)).astype(np.float32)
+    task = np.array([0, 1, 0, 1, 1], np.int64)
+    plain = PolicyNet(PolicyConfig(obs_dim=6, act_dim=2, hidden=(16,), num_heads=2))
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("act_")})
+    ref = net(torch.as_tensor(obs), torch.as_tensor(task)).detach().numpy()
+    expected = plain(torch.as_tensor(obs), torch.as_tensor(task)).detach().numpy() + obs[:, :2] * gain + bias
+    np.testing.assert_allclose(ref, expected, atol=1e-6)
+    sess = ort.InferenceSession(export_onnx(net), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"obs": obs, "task_id": task})[0], ref, atol=1e-5)
+    clone = load_policy(net.config.to_dict(), net.state_dict())  # the config round-trips the residual
+    np.testing.assert_allclose(clone(torch.as_tensor(obs), torch.as_tensor(task)).detach().numpy(), ref, atol=0)
+    with pytest.raises(ValueError, match=r"action prior of \(3,\) gains"):
+        net.set_action_prior([1.0] * 3, [0.0] * 3)
+    with pytest.raises(ValueError, match="set_action_prior on a policy with residual=False"):
+        plain.set_action_prior(gain, bias)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from lifelong_ros.sim.humanoid import tasks as T
-from lifelong_ros.sim.humanoid.env import ACT_DIM, OBS_DIM, G1Sim, available_tasks, collect_demonstrations
+from lifelong_ros.sim.humanoid.env import (
+    ACT_DIM,
+    OBS_DIM,
+    G1Sim,
+    available_tasks,
+    collect_demonstrations,
+    observation_scale,
+)
 from lifelong_ros.sim.humanoid.scene import COMMANDED_JOINTS
 
 TASKS = ["g1-reach", "g1-lift", "g1-place", "g1-push", "g1-button"]
@@ -54,6 +61,20 @@ def test_the_scripted_expert_succeeds_and_the_episode_ends_soon_after(sims, task
         assert len(ep.obs) < sim.max_steps and ep.done[-1] and not ep.done[:-1].any()
         assert ep.obs.shape[1:] == (OBS_DIM,) and ep.action.shape[1:] == (ACT_DIM,)
         assert np.abs(ep.action).max() <= 1.0 and np.isfinite(ep.obs).all()
+
+
+def test_every_tasks_observations_lie_within_a_few_stds_of_the_robots_observation_scale(sims):
+    mean, std = observation_scale()
+    assert mean.shape == std.shape == (OBS_DIM,) and (std > 0).all()
+    z = np.concatenate([np.abs(sims[t].run_episode(sims[t].expert(), 13).obs - mean) / std for t in TASKS])
+    velocities = slice(ACT_DIM, 2 * ACT_DIM)
+    assert np.delete(z, velocities, axis=1).max() < 3.0  # joint positions, object pose, target, sizes
+    assert np.percentile(z[:, velocities], 95) < 3.0  # the hand's fingers snap shut faster: a few spikes
+    # the scale is the robot's, not one task's: the first task's own statistics put place's far outside
+    reach = sims["g1-reach"].run_episode(sims["g1-reach"].expert(), 13).obs
+    place = sims["g1-place"].run_episode(sims["g1-place"].expert(), 13).obs
+    own = np.abs(place - reach.mean(0)) / np.maximum(reach.std(0), 0.05)
+    assert np.delete(own, velocities, axis=1).max() > 10.0
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -48,8 +48,55 @@ ACTION_LOW = -1.0
 ACTION_HIGH = 1.0
 
 
+# The robot's own observation scale (``observation_scale``), per part of the observation: what a
+# policy network normalises its input by, the same for every task, so that no task's observations
+# fall far outside the range a first task happened to cover.
+JOINT_VELOCITY_SCALE = 1.0  # rad/s
+OBJECT_CENTRE = (0.38, -0.15, TABLE_TOP_Z + 0.05)  # middle of the task area, a little above the table (m)
+OBJECT_SPREAD = (0.06, 0.06, 0.05)  # objects and targets stay within about 2 of these of the centre
+QUATERNION_SPREAD = 0.2  # yaw within +-0.5 rad: the quaternion's z within +-0.25 of (1, 0, 0, 0)
+SIZE_CENTRE, SIZE_SPREAD = 0.03, 0.01  # object half extents 0.012 - 0.045 m
+
+
 def available_tasks() -> list[str]:
     return T.available_tasks()
+
+
+def observation_scale() -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) [OBS_DIM] float32 of the observation, from the robot and the scene, not from data:
+    joint positions centred on their command range with a quarter of its width as the std, joint
+    velocities at JOINT_VELOCITY_SCALE, object and target positions around the task area."""
+    ix = Indices.of(g1_model())
+    mean = np.concatenate(
+        [
+            (ix.low + ix.high) / 2,
+            np.zeros(N_JOINTS),
+            OBJECT_CENTRE,
+            (1.0, 0.0, 0.0, 0.0),
+            OBJECT_CENTRE,
+            [SIZE_CENTRE] * 3,
+        ]
+    )
+    std = np.concatenate(
+        [
+            (ix.high - ix.low) / 4,
+            np.full(N_JOINTS, JOINT_VELOCITY_SCALE),
+            OBJECT_SPREAD,
+            [QUATERNION_SPREAD] * 4,
+            OBJECT_SPREAD,
+            [SIZE_SPREAD] * 3,
+        ]
+    )
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def action_prior() -> tuple[np.ndarray, np.ndarray]:
+    """(gain, bias) [ACT_DIM] float32 with ``gain * obs[:ACT_DIM] + bias`` the action that holds the
+    commanded joints where they are (``Indices.to_action`` of their positions, unclipped): the prior a
+    residual policy predicts its change to (learning.model.PolicyConfig.residual)."""
+    ix = Indices.of(g1_model())
+    gain = 2.0 / (ix.high - ix.low)
+    return gain.astype(np.float32), (-ix.low * gain - 1.0).astype(np.float32)
 
 
 class G1Sim:
