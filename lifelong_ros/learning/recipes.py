@@ -145,7 +145,8 @@ def init_head_from_nearest(
     best (BC error) becomes the new head's start."""
     head = len(known)
     with torch.no_grad():
-        f, a = model.features(torch.as_tensor(obs)), torch.as_tensor(act)
+        x = torch.as_tensor(obs)
+        f, a = model.features(x), torch.as_tensor(act) - model.prior(x)  # a residual head predicts the change
         errors = [float(torch.mean((f @ model.head_w[h] + model.head_b[h] - a) ** 2)) for h in range(head)]
         best = int(np.argmin(errors))
         model.head_w[head] = model.head_w[best]
