@@ -220,6 +220,14 @@ LEARNER = [
     DATA_DIR,
     DIAGNOSTICS_PERIOD,
     Param("default_method", "ewc_replay", "Recipe used when an Adapt goal leaves `method` empty"),
+    Param(
+        "robot",
+        "none",
+        "The robot whose input scale and prior action a first model (no active version) takes "
+        "(sim/backends.py: g1 = joint ranges and workspace, a residual hold-the-joints action); "
+        "none or metaworld = fitted to the first task's data, absolute actions",
+        choices=("none", "metaworld", "g1"),
+    ),
     Param("default_steps", 1500, "Optimiser steps when an Adapt goal leaves `max_steps` at 0", min=1, max=10_000_000),
     Param("seed", 0, "Seed of every adaptation (runs are deterministic under it)", min=0, max=2**31 - 1),
     Param("threads", 1, "Torch threads of the worker process (keeps the policy server's cores free)", min=1, max=256),

@@ -33,6 +33,7 @@ from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.msg import ModelVersion
 from lifelong_ros.orchestration import RetryPolicy, new_request, register_candidate
 from lifelong_ros.safety.registry import ModelRegistry
+from lifelong_ros.sim.backends import backend
 
 from . import _common as c
 from . import messages as m
@@ -164,6 +165,7 @@ class LearnerNode(Node):
         """One adapt -> register -> gate pass: (Adapt result, True when the gate rejected the candidate)."""
         feedback("loading", 0, 0, math.nan, force=True)
         active = self.registry.active()
+        robot = backend(self._p["robot"]) if self._p["robot"] != "none" and active is None else None
         request = new_request(
             self.registry,
             goal.task,
@@ -174,6 +176,8 @@ class LearnerNode(Node):
             shots=int(goal.shots),
             seed=seed,
             options=options,
+            obs_scale=robot.obs_scale() if robot else None,  # a first model only (new_request)
+            action_prior=robot.action_prior() if robot else None,
         )
         self._job = job = self.learner.submit(request, on_progress=lambda ph, st, loss: feedback(ph, st, steps, loss))
         deadline = t0 + self._budget(goal)
