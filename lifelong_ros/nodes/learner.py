@@ -111,14 +111,16 @@ class LearnerNode(Node):
             self._job = None
             with self._busy_lock:
                 self._busy = ""
+        # the result goes with the terminal state: rclpy (Jazzy) answers a waiting get_result with what
+        # succeed/abort/canceled were given, before this callback returns
         if goal_handle.is_cancel_requested:
-            goal_handle.canceled()
+            goal_handle.canceled(result)
             self._counts["cancelled"] += 1
         elif result.success:
-            goal_handle.succeed()
+            goal_handle.succeed(result)
             self._counts["succeeded"] += 1
         else:
-            goal_handle.abort()
+            goal_handle.abort(result)
             self._counts["failed"] += 1
         self._last = f"{goal.task}: {result.message}"
         return result

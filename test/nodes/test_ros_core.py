@@ -222,3 +222,23 @@ def test_offline_learn_node_ignores_ros_arguments():
         "t",
     ]
     assert _strip_ros_args(["--bag", "b", "--ros-args", "--log-level", "debug"]) == ["--bag", "b"]
+
+
+def test_every_action_ends_with_its_result():
+    """rclpy (Jazzy) answers a client waiting for the result with what succeed/abort/canceled were
+    given, before the execute callback returns: a bare call sends an empty result (a cancelled Gate
+    goal once reached its client with no message). Every terminal call passes the result."""
+    bare = []
+    for path in sorted(NODES_DIR.glob("*.py")):
+        for n in ast.walk(ast.parse(path.read_text())):
+            terminal = isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            if terminal and n.func.attr in ("succeed", "abort", "canceled") and not n.args and not n.keywords:
+                bare.append(f"{path.name}:{n.lineno} {n.func.attr}()")
+    assert bare == []
+    ends = [
+        n
+        for path in sorted(NODES_DIR.glob("*.py"))
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Attribute) and n.attr in ("succeed", "abort", "canceled")
+    ]
+    assert len(ends) >= 6  # learner and safety monitor: the check looks at the real calls
