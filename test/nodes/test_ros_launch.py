@@ -255,8 +255,11 @@ def test_adapt_goal_streams_feedback_and_an_approved_candidate_is_served(world, 
     assert handle.accepted
     result = wait(handle.get_result_async(), 600, "Adapt result").result
     assert result.success, result.message
+    world["candidate"], world["approved"] = result.candidate_version, result.approved  # the tests below
+    # feedback is streamed through training and gating; the goal's first message ("loading") goes
+    # out as the goal starts and may precede the client's feedback subscription being matched
     phases = {f.phase for f in feedback}
-    assert "loading" in phases and "gating" in phases and any(f.step > 0 for f in feedback), phases
+    assert {"train", "gating"} <= phases and any(f.step > 0 for f in feedback), phases
     assert result.candidate_version and result.candidate_version != world["first"]
     assert result.gate_report.candidate_version == result.candidate_version and len(result.gate_report.checks) > 0
     assert {m.name for m in result.metrics} >= {"final_loss"}
@@ -269,7 +272,6 @@ def test_adapt_goal_streams_feedback_and_an_approved_candidate_is_served(world, 
     if all(c.passed for c in result.gate_report.checks if not c.name.startswith("closed_loop")):
         # the offline stage passed, so the safety monitor ran paired episodes in the embedded simulator
         assert {f"closed_loop[{FIRST}]", f"closed_loop_success[{NEW}]"} <= names, sorted(names)
-    world["candidate"], world["approved"] = result.candidate_version, result.approved
     t0 = time.monotonic()
     if result.approved:
         assert result.active_version == result.candidate_version
