@@ -532,10 +532,9 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
     if settings.gate_enabled and settings.gate_rollouts > 0:
         pool = RolloutPool(settings.gate_workers or None, max_steps=settings.max_steps, robot=settings.robot)
         pool.warm(settings.tasks[:1])  # start the workers while the first demonstrations are recorded
-    # from a base: its recipe options (more replay of the 45 tasks), and retries that strengthen EWC
-    # and add steps but keep that replay (task-balanced replay would grow every batch 46-fold)
+    # from a base: its recipe options (more replay of the 45 tasks; RetryPolicy keeps that ratio)
     options = {**BASE_ADAPT_OPTIONS, **settings.options} if base is not None else settings.options
-    retry = RetryPolicy(retries=settings.retries, balanced_replay=base is None)
+    retry = RetryPolicy(retries=settings.retries)
     gate = SafetyGate(registry, GateConfig.from_dict(gate_cfg))
     tasks = settings.tasks
     n = len(tasks)
@@ -583,10 +582,11 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                         f"({corrections['records']} records, {corrections['seconds']:.1f} s)"
                     )
                 for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe
-                    steps_k, options_k, seed_k = retry.attempt(
-                        k, settings.method, settings.steps, options, settings.seed + i
-                    )
                     active = registry.active()
+                    n_known = len(registry.info(active).tasks) if active else 0
+                    steps_k, options_k, seed_k = retry.attempt(
+                        k, settings.method, settings.steps, options, settings.seed + i, n_known
+                    )
                     bar = tqdm(
                         total=steps_k,
                         desc=f"learning {task} ({settings.method}, attempt {len(attempts) + 1})",

@@ -35,15 +35,18 @@ class RetryPolicy:
     with a stronger recipe than the one before.
 
     Attempt k (0 = as requested) trains ``step_factor**k`` times the steps, with ``ewc_factor**k``
-    times the EWC penalty (recipes that have one), task-balanced replay (recipes that replay) and a
-    new seed. A regression on an earlier task calls for stronger consolidation; a target task that
-    fell short of its success floor, for more steps.
+    times the EWC penalty (recipes that have one), task-balanced replay (recipes that replay; only
+    while the parent knows at most ``balanced_max_tasks`` tasks: balanced replay gives every earlier
+    task a new-task batch, so a 45-task base would make each step 46 batches; beyond that the
+    requested replay ratio stays) and a new seed. A regression on an earlier task calls for stronger
+    consolidation; a target task that fell short of its success floor, for more steps.
     """
 
     retries: int = 2
     step_factor: float = 1.5
     ewc_factor: float = 4.0
     balanced_replay: bool = True
+    balanced_max_tasks: int = 10
 
     def __post_init__(self) -> None:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
@@ -54,9 +57,10 @@ class RetryPolicy:
                 raise ValueError(f"{name}={v!r}: expected a number in [1, 100]")
 
     def attempt(
-        self, k: int, method: str, steps: int, options: Mapping[str, Any] | None, seed: int
+        self, k: int, method: str, steps: int, options: Mapping[str, Any] | None, seed: int, known_tasks: int = 0
     ) -> tuple[int, dict[str, Any], int]:
-        """(steps, options, seed) of attempt ``k`` of an adaptation requested with these."""
+        """(steps, options, seed) of attempt ``k`` of an adaptation requested with these, from a parent
+        that serves ``known_tasks`` tasks."""
         opts = dict(options or {})
         if k == 0:
             return steps, opts, seed
@@ -66,7 +70,7 @@ class RetryPolicy:
             defaults = dataclasses.asdict(STRATEGIES[recipe.strategy].options()) if recipe else {}
             base = float(opts.get("ewc_lambda", defaults.get("ewc_lambda", 1.0)))
             opts["ewc_lambda"] = base * self.ewc_factor**k
-        if "replay_ratio" in fields and self.balanced_replay:
+        if "replay_ratio" in fields and self.balanced_replay and known_tasks <= self.balanced_max_tasks:
             opts["replay_ratio"] = "balanced"
         return max(1, round(steps * self.step_factor**k)), opts, seed + 1000 * k
 

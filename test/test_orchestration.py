@@ -159,6 +159,9 @@ def test_retry_policy_strengthens_each_attempt_within_what_the_recipe_takes():
     assert steps == 4000 and seed != 7
     assert opts == {"ewc_lambda": 160.0, "replay_ratio": "balanced"}
     parse_recipe_options("meta_ewc_replay", opts)  # a stronger recipe is still a valid one
+    # from a parent with many tasks (a 45-task base) the requested replay ratio stays
+    _, opts, _ = policy.attempt(1, "meta_ewc_replay", 1000, {"replay_ratio": 0.8}, 7, known_tasks=45)
+    assert opts == {"replay_ratio": 0.8, "ewc_lambda": 400.0}
     # a recipe without EWC or replay only gets more steps: never an option it does not take
     steps, opts, _ = policy.attempt(1, "naive", 1000, {}, 0)
     assert steps == 2000 and opts == {}

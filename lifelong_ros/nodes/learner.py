@@ -134,8 +134,14 @@ class LearnerNode(Node):
         attempts: list[str] = []
         result: Any = None
         for k in range(retry.retries + 1):
+            active = self.registry.active()
             steps, options, seed = retry.attempt(
-                k, method, int(goal.max_steps or self._p["default_steps"]), None, int(self._p["seed"])
+                k,
+                method,
+                int(goal.max_steps or self._p["default_steps"]),
+                None,
+                int(self._p["seed"]),
+                len(self.registry.info(active).tasks) if active else 0,
             )
             result, rejected = self._attempt(goal_handle, goal, t0, feedback, method, steps, options, seed, k)
             recipe = f"{steps} steps" + (f", {options}" if options else "")
