@@ -19,12 +19,15 @@ wall time of the adaptation(s) plus the corrected episodes. The base's loss on p
 after `ours` adapts (K=5) is measured on a sample of them. One JSON object; a plot with --out.
 
     python bench/fewshot_newtask.py --data-dir DIR [--quick] [--seeds 3] [--out DIR]
-    (without --data-dir a pretraining run is made first: the default budget, or --quick's)
+    (without --data-dir a pretraining run is made first: the default budget, or --quick's;
+    --jobs N runs cells in N processes; with --out an interrupted run resumes from its finished cells,
+    and --report makes the JSON and plot of those alone)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shutil
@@ -39,7 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lifelong_ros import paths
-from lifelong_ros.corrections import collect_corrections
+from lifelong_ros.corrections import TAKEOVER_AFTER, collect_corrections
 from lifelong_ros.experience.sources import DEMONSTRATION
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.learning.jobs import AdaptRequest
@@ -126,11 +129,16 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
         row: dict = {"adapt_s": adapt_s}
         if corr:
             with PolicyRuntime(Path(cand.onnx_path).read_bytes(), "c0") as runtime:
-                rnd = collect_corrections(
-                    runtime, task, store, range(CORR_SEED0 + 1000 * seed, CORR_SEED0 + 1000 * seed + corr), sim=sim
-                )
+                seeds = range(CORR_SEED0 + 1000 * seed, CORR_SEED0 + 1000 * seed + corr)
+                rnd = collect_corrections(runtime, task, store, seeds, sim=sim, takeover_after=a.takeover_after or None)
             cand, again_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c1", opts)
-            row.update(corrections_s=rnd.seconds, corrections_policy_success=rnd.policy_success)
+            row.update(
+                corrections_s=rnd.seconds,
+                corrections_policy_success=rnd.policy_success,
+                corrections_takeovers=sum(t is not None for t in rnd.takeovers),
+                corrections_records=rnd.records,
+                corrections_discarded=rnd.discarded,
+            )
             row["adapt_s"] = adapt_s + rnd.seconds + again_s
     with PolicyRuntime(Path(cand.onnx_path).read_bytes(), "eval") as runtime:
         row["success"] = float(np.mean(successes(runtime, sim, range(EVAL_SEED0, EVAL_SEED0 + a.eval_episodes))))
@@ -143,6 +151,30 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
     if not a.keep:
         shutil.rmtree(d)
     return row
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def cells_file(a: argparse.Namespace) -> Path:
+    """Finished cells of runs with these settings (``--out``): an interrupted run picks up from them."""
+    keys = ("data_dir", "steps", "eval_episodes", "max_steps", "forget_tasks", "forget_episodes", "options")
+    settings = {k: str(getattr(a, k)) for k in keys} | {"takeover_after": a.takeover_after}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return a.out / f"cells-{digest}.jsonl"
+
+
+def finished_cells(a: argparse.Namespace) -> dict[tuple, dict]:
+    path = cells_file(a)
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[tuple(rec["cell"])] = rec["row"]
+    return out
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -176,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--forget-tasks", type=int, default=None, help="pretraining tasks checked for loss")
     ap.add_argument("--forget-episodes", type=int, default=10)
+    ap.add_argument(
+        "--takeover-after",
+        type=int,
+        default=TAKEOVER_AFTER,
+        help="steps without a new best reward before the expert takes a corrected episode over (0: never, pure DAgger)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep every cell's store and candidates")
     ap.add_argument(
         "--options",
@@ -184,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         help='recipe options of "ours" and "nearest" as JSON, e.g. {"replay_ratio": 0.8} '
         "(default: pretrain.BASE_ADAPT_OPTIONS)",
     )
-    ap.add_argument("--out", type=Path, help="directory for the plot and the JSON")
+    ap.add_argument(
+        "--out", type=Path, help="directory for the plot, the JSON and finished cells (a rerun resumes from them)"
+    )
+    ap.add_argument("--jobs", type=int, default=1, help="cells run in this many worker processes")
+    ap.add_argument(
+        "--report", action="store_true", help="with --out: report the cells earlier runs finished, run nothing"
+    )
     a = ap.parse_args(argv)
     q = a.quick
     a.seeds = a.seeds or (1 if q else 3)
@@ -222,23 +266,59 @@ def main(argv: list[str] | None = None) -> int:
             base_pretrain[seed] = evaluate_tasks(
                 info.path / paths.MODEL_FILE, pick, range(FORGET_SEED0, FORGET_SEED0 + a.forget_episodes)
             )
+    # seed by seed, so a run stopped early (--report) holds whole seeds; baselines with corrections last
+    cells = sorted(
+        (
+            (task, seed, k, c, name)
+            for task in tasks
+            for seed in range(a.seeds)
+            for k in shots
+            for c in corrs
+            for name in names
+        ),
+        key=lambda cell: (cell[4] != "ours" and cell[3] > 0, cell[1]),
+    )
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+    done = finished_cells(a) if a.out else {}
+    results: dict[tuple, dict] = {}
     rows: dict[str, list[dict]] = {}
-    bar = tqdm(total=len(tasks) * a.seeds * len(shots) * len(corrs) * len(names), desc="cells", file=sys.stderr)
-    for task in tasks:
-        for seed in range(a.seeds):
-            for k in shots:
-                for c in corrs:
-                    for name in names:
-                        row = run_cell(base, work, task, seed, k, c, name, a)
-                        row.update(task=task, seed=seed)
-                        rows.setdefault(f"{name}/k{k}_c{c}", []).append(row)
-                        tqdm.write(
-                            f"{task} seed {seed} K={k} C={c} {name}: success {row['success']:.2f}, "
-                            f"adapt {row['adapt_s']:.0f} s",
-                            file=sys.stderr,
-                        )
-                        bar.update(1)
+    bar = tqdm(total=len(cells), desc="cells", file=sys.stderr)
+
+    def finish(cell: tuple, row: dict, fresh: bool) -> None:
+        task, seed, k, c, name = cell
+        row.update(task=task, seed=seed)
+        results[cell] = row
+        if fresh and a.out:
+            with open(cells_file(a), "a") as f:
+                f.write(json.dumps({"cell": list(cell), "row": row}) + "\n")
+        tqdm.write(
+            f"{task} seed {seed} K={k} C={c} {name}: success {row['success']:.2f}, adapt {row['adapt_s']:.0f} s"
+            + ("" if fresh else " (from an earlier run)"),
+            file=sys.stderr,
+        )
+        bar.update(1)
+
+    for cell in cells:
+        if cell in done:
+            finish(cell, done[cell], fresh=False)
+    todo = [cell for cell in cells if cell not in done]
+    if a.report:  # the table of what earlier runs finished, nothing run
+        cells, todo = [cell for cell in cells if cell in done], []
+    if a.jobs > 1:  # cells in parallel worker processes, one torch thread each
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            futures = {pool.submit(run_cell, base, work, *cell, a): cell for cell in todo}
+            for fut in as_completed(futures):
+                finish(futures[fut], fut.result(), fresh=True)
+    else:
+        for cell in todo:
+            finish(cell, run_cell(base, work, *cell, a), fresh=True)
     bar.close()
+    for cell in cells:  # the table in the cells' order, whichever finished first
+        rows.setdefault(f"{cell[4]}/k{cell[2]}_c{cell[3]}", []).append(results[cell])
     table: dict[str, dict] = {}
     for key, rs in rows.items():
         name, cell = key.split("/")
@@ -247,9 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     if "ours" in table:
         for base_name in (n for n in names if n != "ours"):
             for cell in table["ours"]:
-                ours = [r["success"] for r in rows[f"ours/{cell}"]]
-                other = [r["success"] for r in rows[f"{base_name}/{cell}"]]
-                p_values[f"ours_gt_{base_name}_{cell}"] = sign_test_greater(ours, other)
+                if f"{base_name}/{cell}" not in rows:
+                    continue
+                other = {(r["task"], r["seed"]): r["success"] for r in rows[f"{base_name}/{cell}"]}
+                pairs = [
+                    (r["success"], other[r["task"], r["seed"]])
+                    for r in rows[f"ours/{cell}"]
+                    if (r["task"], r["seed"]) in other
+                ]
+                p_values[f"ours_gt_{base_name}_{cell}"] = sign_test_greater(
+                    [x for x, _ in pairs], [y for _, y in pairs]
+                )
     loss = []
     for key, rs in rows.items():
         for r in rs:
@@ -274,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_episodes": a.eval_episodes,
         "max_steps": a.max_steps,
         "steps": a.steps,
+        "takeover_after": a.takeover_after,
         "options_ours": BASE_ADAPT_OPTIONS if a.options is None else a.options,
         "methods": {n: {"recipe": METHODS[n][0], "from_base": METHODS[n][1]} for n in names},
         "table": table,

@@ -333,6 +333,12 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=150, help="episode cap, the same for truth and gate")
     ap.add_argument("--max-pairs", type=int, default=50)
     ap.add_argument(
+        "--gate-workers",
+        type=int,
+        default=0,
+        help="episode workers of the gate (default: cores - 1, the product's default; they run at nice +5)",
+    )
+    ap.add_argument(
         "--serve-rate-hz",
         type=float,
         default=None,
@@ -363,7 +369,7 @@ def main() -> int:
         for t in TASKS
     ]
     truth_pool = RolloutPool(args.truth_workers, max_steps=args.max_steps)
-    gate_pool = RolloutPool(default_workers(), max_steps=args.max_steps)
+    gate_pool = RolloutPool(args.gate_workers or default_workers(), max_steps=args.max_steps)
     overrides = {}
     for item in args.gate_set:
         key, _, value = item.partition("=")

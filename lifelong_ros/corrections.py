@@ -4,7 +4,11 @@ A few demonstrations show a task only along the expert's own path; once the poli
 it, it sees states nobody demonstrated and compounds its error. A correction round runs the
 current ONNX model through ``PolicyRuntime`` (the serving path the robot uses) in the simulator,
 labels each visited observation with the scripted expert's action, and appends those episodes to
-the experience store with source ``correction``. ``correction`` is a training source
+the experience store with source ``correction``. When the policy stalls (``takeover_after`` steps
+without a new best reward) the teacher takes over and finishes the episode, as a person at a
+teleoperation device would (HG-DAgger): the episode then shows the way out of the stuck state
+instead of hundreds of steps of it — pure DAgger's 500-step stalls outnumbered a single
+demonstration ten to one and lowered success (bench/fewshot_newtask.py, README). ``correction`` is a training source
 (experience/sources.py), so the next adaptation of the task trains on demonstrations plus
 corrections (learning/recipes.py: ``shots`` counts the demonstrations, every correction comes on
 top).
@@ -24,6 +28,11 @@ from lifelong_ros.sim.episodes import Simulator
 from lifelong_ros.sim.metaworld import MetaWorldSim
 from lifelong_ros.sim.rollout import head_for
 
+# Steps without a new best reward before the teacher takes over. Meta-World's scripted experts go up
+# to ~100 steps without one in their slowest phases (box-close, measured over 10 seeds), so a teacher
+# may take over an episode the policy would still have finished; that costs nothing but policy states.
+TAKEOVER_AFTER = 60
+
 
 @dataclass
 class CorrectionRound:
@@ -33,12 +42,16 @@ class CorrectionRound:
     version: str  # the model version that drove
     episodes: list[str] = field(default_factory=list)  # episode names in the store
     records: int = 0
-    successes: list[bool] = field(default_factory=list)  # did the policy succeed while it drove
+    successes: list[bool] = field(default_factory=list)  # did the episode succeed (the teacher may have finished it)
+    takeovers: list[int | None] = field(default_factory=list)  # the step the teacher took over, per episode
+    discarded: int = 0  # episodes that failed even with the teacher: not stored
     seconds: float = 0.0
 
     @property
     def policy_success(self) -> float:
-        return sum(self.successes) / len(self.successes) if self.successes else float("nan")
+        """Episodes the policy finished on its own (the teacher never took over), as a fraction."""
+        alone = [ok and t is None for ok, t in zip(self.successes, self.takeovers)]
+        return sum(alone) / len(alone) if alone else float("nan")
 
     def to_dict(self) -> dict:
         return {
@@ -47,6 +60,8 @@ class CorrectionRound:
             "episodes": len(self.episodes),
             "records": self.records,
             "policy_success": self.policy_success,
+            "takeovers": sum(t is not None for t in self.takeovers),
+            "discarded": self.discarded,
             "seconds": round(self.seconds, 3),
         }
 
@@ -65,10 +80,16 @@ def collect_corrections(
     steps_after_success: int = 10,
     max_steps: int = 500,
     split: Literal["train", "heldout"] = "train",
+    takeover_after: int | None = TAKEOVER_AFTER,
+    keep_failed: bool = False,
 ) -> CorrectionRound:
     """Run ``runtime``'s model on ``task`` for one episode per variation seed; record each visited
     state with the scripted expert's action (source ``correction``) into ``store``. ``sim``: the
-    task's simulator (any robot's; default a Meta-World one).
+    task's simulator (any robot's; default a Meta-World one). ``takeover_after``: steps without a new
+    best reward before the expert takes over (None: the policy drives to the end, pure DAgger).
+    An episode that fails even after the teacher took over is not stored unless ``keep_failed``:
+    labels that did not lead to success teach nothing but the teacher's own dead end (Meta-World's
+    box-close expert fails from 4 of 5 states a one-demonstration policy left it in).
 
     The policy's actions go through the runtime's output guard, exactly as served. An episode of a
     seed this version already corrected is not recorded twice (its name is taken).
@@ -92,11 +113,17 @@ def collect_corrections(
             name = correction_episode_name(runtime.version, seed)
             if name in done:
                 continue
-            ep = sim.run_episode(lambda o: runtime.infer(o, head).action, int(seed), label=expert)
+            ep = sim.run_episode(
+                lambda o: runtime.infer(o, head).action, int(seed), label=expert, takeover_after=takeover_after
+            )
+            out.successes.append(ep.success)
+            out.takeovers.append(ep.takeover)
+            if not ep.success and not keep_failed:
+                out.discarded += 1
+                continue
             store.append_episode(task, name, ep.obs, ep.action, ep.reward, ep.done, source=CORRECTION, split=split)
             out.episodes.append(name)
             out.records += len(ep.obs)
-            out.successes.append(ep.success)
     finally:
         if own:
             sim.close()

@@ -407,7 +407,8 @@ def collect_demo_corrections(
     store: ExperienceStore, registry: ModelRegistry, version: str, task: str, i: int, settings: DemoSettings
 ) -> dict[str, Any]:
     """``settings.corrections`` episodes of ``task`` driven by ``version`` (in the simulator, through
-    PolicyRuntime), every visited state labelled by the scripted expert, into the store."""
+    PolicyRuntime), every visited state labelled by the scripted expert, who takes over a stalled
+    episode (corrections.TAKEOVER_AFTER), into the store."""
     sim = settings.sim.make(task, settings.steps_after_success, settings.max_steps)
     seed0 = CORRECTION_SEED0 + 1000 * i
     try:
@@ -578,7 +579,9 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     corrections = collect_demo_corrections(store, registry, update.version, task, i, settings)
                     print(
                         f"  corrections: {settings.corrections} episodes driven by {update.version} "
-                        f"(its success {corrections['policy_success']:.2f}) labelled by the expert "
+                        f"(it finished {corrections['policy_success']:.2f} alone; the expert took over "
+                        f"{corrections['takeovers']}, {corrections['discarded']} failed and were dropped) "
+                        "labelled by the expert "
                         f"({corrections['records']} records, {corrections['seconds']:.1f} s)"
                     )
                 for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe

@@ -5,9 +5,10 @@ from demonstrations plus corrections — and succeeds more often than from the d
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from lifelong_ros.corrections import collect_corrections, correction_episode_name
+from lifelong_ros.corrections import CorrectionRound, collect_corrections, correction_episode_name
 from lifelong_ros.experience.sources import CORRECTION, DEMONSTRATION
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.learning.jobs import AdaptRequest
@@ -37,8 +38,39 @@ def test_expert_labels_replace_the_executed_action():
     sim.close()
 
 
+def test_the_teacher_takes_over_a_stalled_policy_and_finishes():
+    sim = MetaWorldSim(TASK, steps_after_success=0, max_steps=200)
+    expert = sim.expert()
+    still = lambda o: np.zeros(4, np.float32)  # noqa: E731 - a policy that never moves stalls at once
+    pure = sim.run_episode(still, 3, label=expert)
+    assert not pure.success and pure.takeover is None and len(pure.obs) == 200
+    taken = sim.run_episode(still, 3, label=expert, takeover_after=20)
+    t = taken.takeover
+    assert t is not None and 20 <= t < 100
+    r = taken.reward
+    assert r[t - 20 : t].max() <= r[: t - 20].max() + 1e-6  # the 20 steps before it brought no new best reward
+    assert taken.success and len(taken.obs) < 200  # the teacher drove the rest of the way
+    np.testing.assert_allclose(taken.action[: taken.takeover], pure.action[: taken.takeover], atol=1e-6)
+    sim.close()
+
+
+def test_takeover_needs_a_teacher():
+    sim = MetaWorldSim(TASK, steps_after_success=0, max_steps=10)
+    with pytest.raises(ValueError, match="takeover_after=5"):
+        sim.run_episode(lambda o: np.zeros(4, np.float32), 0, takeover_after=5)
+    with pytest.raises(ValueError, match="takeover_after=0"):
+        sim.run_episode(lambda o: np.zeros(4, np.float32), 0, label=sim.expert(), takeover_after=0)
+    sim.close()
+
+
+def test_policy_success_counts_only_episodes_the_policy_finished_alone():
+    rnd = CorrectionRound(TASK, "v0001", successes=[True, True, False], takeovers=[None, 40, 60])
+    assert rnd.policy_success == pytest.approx(1 / 3)
+    assert rnd.to_dict()["takeovers"] == 2
+
+
 def test_corrections_raise_success_over_one_demonstration(tmp_path):
-    sim = MetaWorldSim(TASK, steps_after_success=0, max_steps=150)
+    sim = MetaWorldSim(TASK, steps_after_success=0, max_steps=250)  # time for the teacher to finish
     store_path = tmp_path / "experience.sqlite3"
     store = ExperienceStore(store_path, 39, 4)
     for ep in collect_demonstrations(TASK, [0], sim=sim):
@@ -46,12 +78,17 @@ def test_corrections_raise_success_over_one_demonstration(tmp_path):
 
     cand, runtime = _adapt(store_path, tmp_path / "r0")
     demo_only = float(np.mean(successes(runtime, sim, EVAL_SEEDS)))
+    kept = 0
     for r in range(2):  # two rounds of five corrected episodes, each driven by the newest policy
         seeds = range(1000 + 10 * r, 1005 + 10 * r)
         got = collect_corrections(runtime, TASK, store, seeds, sim=sim)
-        assert got.episodes == [correction_episode_name(runtime.version, s) for s in seeds]
-        assert got.records > 0 and len(got.successes) == 5
-        again = collect_corrections(runtime, TASK, store, seeds, sim=sim)  # the same seeds: nothing twice
+        assert len(got.successes) == len(got.takeovers) == 5
+        # an episode is stored if it succeeded (alone or after the teacher took over), under its seed's name
+        ok_seeds = [s for s, ok in zip(seeds, got.successes) if ok]
+        assert got.episodes == [correction_episode_name(runtime.version, s) for s in ok_seeds]
+        assert got.discarded == 5 - len(ok_seeds) and (got.records > 0) == bool(ok_seeds)
+        kept += len(ok_seeds)
+        again = collect_corrections(runtime, TASK, store, ok_seeds, sim=sim)  # stored seeds: nothing twice
         assert again.episodes == [] and again.records == 0
         cand, runtime = _adapt(store_path, tmp_path / f"r{r + 1}")
     corrected = float(np.mean(successes(runtime, sim, EVAL_SEEDS)))
@@ -59,8 +96,8 @@ def test_corrections_raise_success_over_one_demonstration(tmp_path):
     batch = store.task_arrays(TASK, sources=[CORRECTION])
     assert len(batch) > 0 and set(batch.source) == {CORRECTION}
     data = cand.metadata["data_range"]
-    assert data["correction_episodes"] == 10  # shots=1 counts the demonstration; every correction on top
-    assert len(data["episodes"]) == 11
+    assert kept >= 6 and data["correction_episodes"] == kept  # shots=1 counts the demonstration only
+    assert len(data["episodes"]) == kept + 1
     assert len(store.task_arrays(TASK, sources=[DEMONSTRATION])) < data["records"]
     store.close()
     sim.close()

@@ -155,6 +155,12 @@ def init_head_from_nearest(
 
 
 def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The new task's training rows: ``shots`` teacher episodes (all if 0) plus every correction.
+
+    Demonstrations weigh at least as much as corrections: when corrected rows outnumber them, the
+    demonstrations' rows are repeated to match. A corrected episode shows the way out of states the
+    policy strayed into; five of them outnumbered one clean demonstration up to ten to one and the
+    adapted policy lost the demonstrated path (README, "A new task from a few demonstrations")."""
     batch = store.task_arrays(task, split="train", sources=list(TRAIN_SOURCES))
     if len(batch.obs) == 0:
         raise ValueError(f"no training demonstrations of task {task!r} in {store.path}; record some first")
@@ -170,7 +176,14 @@ def _task_data(store: ExperienceStore, task: str, shots: int) -> tuple[np.ndarra
         obs, act = batch.obs, batch.action
     used = sorted({str(e) for e in episodes.tolist()})
     n_corr = len({str(e) for e in episodes[corrected].tolist()})
-    return obs, act, {"task": task, "episodes": used, "records": len(obs), "correction_episodes": n_corr}
+    info = {"task": task, "episodes": used, "records": len(obs), "correction_episodes": n_corr}
+    n_demo, n_corrected = int((~corrected).sum()), int(corrected.sum())
+    if n_demo and n_corrected > n_demo:
+        reps = int(round(n_corrected / n_demo))
+        obs = np.concatenate([np.tile(obs[~corrected], (reps, 1)), obs[corrected]])
+        act = np.concatenate([np.tile(act[~corrected], (reps, 1)), act[corrected]])
+        info["demonstration_repeats"] = reps
+    return obs, act, info
 
 
 def run_request(

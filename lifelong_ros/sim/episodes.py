@@ -30,6 +30,7 @@ class Episode:
     done: np.ndarray  # [T] bool, True on the last step
     success: bool
     task: SimTask
+    takeover: int | None = None  # the step at which the teacher (``label``) took over driving, if it did
 
 
 class Simulator(Protocol):
@@ -50,6 +51,7 @@ class Simulator(Protocol):
         placement: Any = None,
         *,
         label: Callable[[np.ndarray], np.ndarray] | None = None,
+        takeover_after: int | None = None,
     ) -> Episode: ...
 
     def close(self) -> None: ...
@@ -63,28 +65,44 @@ def record_episode(
     placement: Any = None,
     noise: float = 0.0,
     label: Callable[[np.ndarray], np.ndarray] | None = None,
+    takeover_after: int | None = None,
 ) -> Episode:
     """One episode of variation ``seed``; ``action_range`` = (low, high, act_dim). ``noise`` > 0 adds
     Gaussian noise of that standard deviation to every executed action while the policy's own action
     is recorded (DART: demonstrations that show how the expert recovers from small deviations).
 
     ``label`` (e.g. the scripted expert): ``policy`` drives, but every visited state is recorded with
-    ``label``'s action instead of the executed one (DAgger: corrections on the policy's own states)."""
+    ``label``'s action instead of the executed one (DAgger: corrections on the policy's own states).
+    ``takeover_after`` (with ``label``): once that many steps pass without a new best reward (the
+    policy is stuck), ``label`` drives for the rest of the episode, as a teacher at a teleoperation
+    device takes over a robot that stalls (HG-DAgger); the step is ``Episode.takeover``."""
     if not noise >= 0:
         raise ValueError(f"noise={noise}: expected a standard deviation >= 0")
+    if takeover_after is not None and (label is None or takeover_after < 1):
+        raise ValueError(f"takeover_after={takeover_after}: expected an int >= 1 together with a label")
     low, high, act_dim = action_range
     rng = np.random.default_rng([int(seed), 7]) if noise > 0 else None
     obs = sim.reset(seed, placement)
     rows_obs, rows_act, rewards = [], [], []
     done, info = False, {"success": False}
+    takeover, best, best_at = None, -np.inf, 0
     while not done:
-        act = np.asarray(policy(obs), dtype=np.float32).reshape(act_dim)
+        taught = None if label is None else np.asarray(label(obs), dtype=np.float32).reshape(act_dim)
+        if takeover is None:
+            act = np.asarray(policy(obs), dtype=np.float32).reshape(act_dim)
+        else:
+            act = np.clip(taught, low, high)  # type: ignore[arg-type]
         rows_obs.append(obs)
-        rows_act.append(act if label is None else np.asarray(label(obs), dtype=np.float32).reshape(act_dim))
+        rows_act.append(act if taught is None else taught)
         if rng is not None:
             act = np.clip(act + rng.normal(0.0, noise, act_dim), low, high).astype(np.float32)
         obs, reward, done, info = sim.step(act)
         rewards.append(reward)
+        if takeover_after is not None and takeover is None:
+            if reward > best + 1e-6:
+                best, best_at = reward, len(rewards)
+            elif len(rewards) - best_at >= takeover_after and not info["success"]:
+                takeover = len(rewards)
     done_flags = np.zeros(len(rows_obs), dtype=bool)
     done_flags[-1] = True
     return Episode(
@@ -94,6 +112,7 @@ def record_episode(
         done=done_flags,
         success=bool(info["success"]),
         task=SimTask(sim.env_name, int(seed)),
+        takeover=takeover,
     )
 
 

@@ -174,9 +174,19 @@ class MetaWorldSim:
         placement: np.ndarray | None = None,
         *,
         label: Callable[[np.ndarray], np.ndarray] | None = None,
+        takeover_after: int | None = None,
     ) -> Episode:
-        """``policy`` drives; with ``label`` each step records ``label``'s action (see record_episode)."""
-        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement, label=label)
+        """``policy`` drives; with ``label`` each step records ``label``'s action, and with
+        ``takeover_after`` it drives once the policy stalls (see record_episode)."""
+        return record_episode(
+            self,
+            policy,
+            seed,
+            (ACTION_LOW, ACTION_HIGH, ACT_DIM),
+            placement,
+            label=label,
+            takeover_after=takeover_after,
+        )
 
     def close(self) -> None:
         self._env.close()

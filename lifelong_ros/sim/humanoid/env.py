@@ -263,12 +263,16 @@ class G1Sim:
         noise: float = 0.0,
         *,
         label: Callable[[np.ndarray], np.ndarray] | None = None,
+        takeover_after: int | None = None,
     ) -> Episode:
         """One episode of variation ``seed``. ``noise`` > 0: Gaussian noise of that standard deviation
         is added to every action before it is executed, and the policy's own (noise-free) action is
         recorded (DART: demonstrations that show how the expert recovers from small deviations).
-        ``label`` (the scripted expert): each step records ``label``'s action (DAgger corrections)."""
-        return record_episode(self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement, noise, label)
+        ``label`` (the scripted expert): each step records ``label``'s action (DAgger corrections), and
+        with ``takeover_after`` it drives once the policy stalls (see record_episode)."""
+        return record_episode(
+            self, policy, seed, (ACTION_LOW, ACTION_HIGH, ACT_DIM), placement, noise, label, takeover_after
+        )
 
     def close(self) -> None:
         """Nothing to release (the compiled model is shared); for parity with MetaWorldSim."""
