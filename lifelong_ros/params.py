@@ -318,6 +318,13 @@ SIM_BRIDGE = [
         choices=("policy", "expert", "correction"),
     ),
     Param(
+        "takeover_after",
+        60,
+        "With controller 'correction': steps without a new best reward before the expert takes over and "
+        "finishes the episode (0: never; lifelong_ros/corrections.py:TAKEOVER_AFTER offline)",
+        min=0,
+    ),
+    Param(
         "publish_expert_commands",
         False,
         "With controller 'expert', also publish the expert's actions on the spec's action topics, as a "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lifelong_ros.corrections import CorrectionRound, collect_corrections, correction_episode_name
+from lifelong_ros.corrections import TAKEOVER_AFTER, CorrectionRound, collect_corrections, correction_episode_name
 from lifelong_ros.experience.sources import CORRECTION, DEMONSTRATION
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.learning.jobs import AdaptRequest
@@ -104,3 +104,10 @@ def test_corrections_raise_success_over_one_demonstration(tmp_path):
     # the same setup with 500 steps on 20 variations measured 0.00 from the demonstration alone, 0.35
     # after one round and 0.65 after two
     assert corrected >= demo_only + 0.25, (demo_only, corrected)
+
+
+def test_sim_bridge_takes_over_after_the_same_stall_as_offline_corrections():
+    from lifelong_ros import params as P
+
+    (param,) = [p for p in P.SIM_BRIDGE if p.name == "takeover_after"]
+    assert param.default == TAKEOVER_AFTER

@@ -7,7 +7,8 @@ the robot's scripted expert acts instead and every step is published as a demons
 the experience buffer records — how a new task is taught in the demo. With controller:=correction
 the policy acts and every step is published with the expert's action for the state the policy
 reached, source `correction` (DAgger, as lifelong_ros/corrections.py does offline; on a robot a
-person with a teleoperation device is that expert). A thin shell over sim/.
+person with a teleoperation device is that expert); once the policy stalls (takeover_after steps
+without a new best reward) the expert drives the rest of the episode. A thin shell over sim/.
 
 robot:=g1 serves the G1 with the interfaces of a ros2_control robot (config/spec_g1.yaml):
 JointState on /joint_states, the object pose and the task's target as PoseStamped, commands as
@@ -83,7 +84,8 @@ class SimBridge(Node):
         self._run_id = f"sim{time.time_ns() // 1_000_000}"
         self._k = -1  # episode counter
         self._steps, self._reward = 0, 0.0
-        self._counts = {"episodes": 0, "successes": 0, "steps": 0, "republished": 0, "bad_actions": 0}
+        self._best_reward, self._best_at, self._taken_over = -np.inf, 0, False  # controller:=correction
+        self._counts = {"episodes": 0, "successes": 0, "steps": 0, "republished": 0, "bad_actions": 0, "takeovers": 0}
         self._last_result = ""
         self._cmd_pubs: dict[str, Any] = {}  # created on first use (publish_expert_commands)
         self._camera = self._start_camera(p)
@@ -185,7 +187,8 @@ class SimBridge(Node):
             self._start_episode()
             return
         action: np.ndarray | None
-        if self._controller == "expert" and self._expert is not None:
+        expert_drives = self._controller == "expert" or (self._controller == "correction" and self._taken_over)
+        if expert_drives and self._expert is not None:
             action, self._pending = self._expert(self._obs), None
             if self._p_expert_commands:
                 self._publish_commands(np.clip(np.asarray(action, np.float32), -1.0, 1.0))
@@ -208,6 +211,7 @@ class SimBridge(Node):
         self._k += 1
         self._obs = self._episode_sim().reset(self._seed())
         self._steps, self._reward, self._pending = 0, 0.0, None
+        self._best_reward, self._best_at, self._taken_over = -np.inf, 0, False
         self._publish_obs()
 
     def _seed(self) -> int:
@@ -230,8 +234,12 @@ class SimBridge(Node):
     def _step(self, action: np.ndarray) -> None:
         label, source = action, "demonstration"
         if self._controller == "correction" and self._expert is not None:  # the expert's action here
-            label, source = np.clip(np.asarray(self._expert(self._current_obs()), np.float32), -1.0, 1.0), "correction"
+            source = "correction"
+            if not self._taken_over:  # (once it took over, the expert's action is the one applied)
+                label = np.clip(np.asarray(self._expert(self._current_obs()), np.float32), -1.0, 1.0)
         obs, reward, done, info = self._episode_sim().step(action)
+        if self._controller == "correction":
+            self._watch_for_stall(reward, bool(info["success"]))
         if self._controller in ("expert", "correction"):
             self._demo_pub.publish(
                 m.experience_msg(
@@ -259,6 +267,18 @@ class SimBridge(Node):
         else:
             self._obs = obs
             self._publish_obs()
+
+    def _watch_for_stall(self, reward: float, success: bool) -> None:
+        """controller:=correction: the expert takes over once ``takeover_after`` steps brought no new
+        best reward (as lifelong_ros/corrections.py does offline)."""
+        limit = int(self._p["takeover_after"])
+        if self._taken_over or limit <= 0:
+            return
+        if reward > self._best_reward + 1e-6:
+            self._best_reward, self._best_at = reward, self._steps + 1
+        elif self._steps + 1 - self._best_at >= limit and not success:
+            self._taken_over = True
+            self._counts["takeovers"] += 1
 
     def _finish_episode(self, success: bool) -> None:
         self._counts["episodes"] += 1

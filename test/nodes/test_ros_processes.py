@@ -380,3 +380,55 @@ def test_corrections_through_sim_bridge_and_the_experience_buffer(probe, tmp_pat
     with ExperienceStore(data / "experience.sqlite3", readonly=True) as store:
         stored = store.task_arrays("reach-v3", split="all")
         assert len(stored) >= 40 and set(stored.source.tolist()) == {"correction"}
+
+
+def test_the_expert_takes_over_a_stalled_policy_in_sim_bridge(probe, tmp_path):
+    """controller:=correction with takeover_after:=10: a policy that always commands zero stalls, the
+    expert drives the rest of the episode and reaches the goal; every step is still labelled with
+    the expert's action."""
+    import numpy as np
+    from std_msgs.msg import Float32MultiArray
+
+    from lifelong_ros.msg import EpisodeResult, ExperienceRecord
+    from lifelong_ros.nodes import _common as c
+    from lifelong_ros.nodes import messages as m
+    from lifelong_ros.sim.metaworld import MetaWorldSim
+
+    records: list = []
+    results: list = []
+    probe.node.create_subscription(ExperienceRecord, "/sim_bridge/demonstrations", records.append, 1000)
+    probe.node.create_subscription(EpisodeResult, "/sim_bridge/episode_result", results.append, 10)
+    act = probe.node.create_publisher(Float32MultiArray, "/lifelong_ros/action", 10)
+    probe.node.create_subscription(
+        Float32MultiArray,
+        "/lifelong_ros/observation",
+        lambda _o: act.publish(Float32MultiArray(data=[0.0] * 4)),
+        c.SENSOR_QOS,
+    )
+    bridge = _start(
+        "sim_bridge",
+        tmp_path / "data",
+        tmp_path / "sim_bridge.log",
+        "controller:=correction",
+        "task:=reach-v3",
+        "max_steps:=150",
+        "takeover_after:=10",
+        "steps_after_success:=0",
+    )
+    try:
+        end = time.monotonic() + 90
+        while not results:
+            assert time.monotonic() < end, (
+                "no episode ended in 90 s: " + (tmp_path / "sim_bridge.log").read_text()[-2000:]
+            )
+            time.sleep(0.1)
+    finally:
+        bridge.send_signal(signal.SIGINT)
+        assert bridge.wait(timeout=15) == 0
+    first = results[0]
+    assert first.success and first.steps < 150, (first.success, first.steps)  # zero commands alone never succeed
+    steps = [m.experience_from_msg(r, 39, 4) for r in records if r.episode == first.episode]
+    assert len(steps) == first.steps and {s.source for s in steps} == {"correction"}
+    expert = MetaWorldSim("reach-v3").expert()
+    labels = np.stack([s.action for s in steps])
+    np.testing.assert_allclose(labels, np.clip([expert(s.obs) for s in steps], -1, 1), atol=1e-5)
