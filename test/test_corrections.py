@@ -14,6 +14,7 @@ from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.learning.jobs import AdaptRequest
 from lifelong_ros.learning.recipes import run_request
 from lifelong_ros.serving.runtime import PolicyRuntime
+from lifelong_ros.sim.episodes import StallWatch
 from lifelong_ros.sim.metaworld import MetaWorldSim, collect_demonstrations
 from lifelong_ros.sim.rollout import successes
 
@@ -54,9 +55,20 @@ def test_the_teacher_takes_over_a_stalled_policy_and_finishes():
     sim.close()
 
 
+def test_a_policy_stalls_after_patience_steps_without_a_new_best_reward():
+    watch = StallWatch(3)
+    said = [watch.stalled(r, False) for r in (1.0, 2.0, 2.0, 1.5, 2.0, 2.0)]
+    assert said == [False, False, False, False, True, True]  # best 2.0 at step 2; step 5 is 3 later
+    assert not StallWatch(1).stalled(0.0, False)  # the first reward is a new best
+    done = StallWatch(1)
+    assert [done.stalled(1.0, True), done.stalled(1.0, True)] == [False, False]  # success is no stall
+    with pytest.raises(ValueError, match="takeover_after=0"):
+        StallWatch(0)
+
+
 def test_takeover_needs_a_teacher():
     sim = MetaWorldSim(TASK, steps_after_success=0, max_steps=10)
-    with pytest.raises(ValueError, match="takeover_after=5"):
+    with pytest.raises(ValueError, match="takeover_after=5: a takeover needs a teacher"):
         sim.run_episode(lambda o: np.zeros(4, np.float32), 0, takeover_after=5)
     with pytest.raises(ValueError, match="takeover_after=0"):
         sim.run_episode(lambda o: np.zeros(4, np.float32), 0, label=sim.expert(), takeover_after=0)
@@ -111,3 +123,19 @@ def test_sim_bridge_takes_over_after_the_same_stall_as_offline_corrections():
 
     (param,) = [p for p in P.SIM_BRIDGE if p.name == "takeover_after"]
     assert param.default == TAKEOVER_AFTER
+
+
+def test_demonstrations_weigh_at_least_as_much_as_corrections(tmp_path):
+    """Rows of one demonstration are repeated to match the corrected rows they are trained with."""
+    rng = np.random.default_rng(0)
+    store_path = tmp_path / "experience.sqlite3"
+    with ExperienceStore(store_path, 39, 4) as store:
+        for name, n, source in (("demo-0", 10, DEMONSTRATION), ("c-1", 30, CORRECTION), ("c-2", 35, CORRECTION)):
+            done = np.zeros(n, bool)
+            done[-1] = True
+            obs, act = rng.normal(size=(n, 39)).astype(np.float32), rng.uniform(-1, 1, (n, 4)).astype(np.float32)
+            store.append_episode(TASK, name, obs, act, np.zeros(n, np.float32), done, source=source, split="train")
+    req = AdaptRequest(TASK, str(store_path), method="naive", shots=1, steps=2, seed=0, out_dir=str(tmp_path / "c"))
+    data = run_request(req, lambda *_: None, lambda: False).metadata["data_range"]
+    assert data["records"] == 75 and data["correction_episodes"] == 2
+    assert data["demonstration_repeats"] == 6  # 65 corrected rows / 10 demonstrated, rounded

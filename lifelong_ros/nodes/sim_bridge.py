@@ -46,6 +46,7 @@ from lifelong_ros.msg import EpisodeResult, ExperienceRecord, PolicyOutput
 from lifelong_ros.ros_io.codecs import IMAGE
 from lifelong_ros.ros_io.spec import ImageStream, SpecError, load_spec, ros_classes
 from lifelong_ros.sim.backends import Simulator, backend
+from lifelong_ros.sim.episodes import StallWatch
 
 from . import _common as c
 from . import messages as m
@@ -84,7 +85,8 @@ class SimBridge(Node):
         self._run_id = f"sim{time.time_ns() // 1_000_000}"
         self._k = -1  # episode counter
         self._steps, self._reward = 0, 0.0
-        self._best_reward, self._best_at, self._taken_over = -np.inf, 0, False  # controller:=correction
+        self._stall: StallWatch | None = None  # controller:=correction with takeover_after > 0
+        self._taken_over = False
         self._counts = {"episodes": 0, "successes": 0, "steps": 0, "republished": 0, "bad_actions": 0, "takeovers": 0}
         self._last_result = ""
         self._cmd_pubs: dict[str, Any] = {}  # created on first use (publish_expert_commands)
@@ -211,7 +213,8 @@ class SimBridge(Node):
         self._k += 1
         self._obs = self._episode_sim().reset(self._seed())
         self._steps, self._reward, self._pending = 0, 0.0, None
-        self._best_reward, self._best_at, self._taken_over = -np.inf, 0, False
+        limit = int(self._p["takeover_after"])
+        self._stall, self._taken_over = (StallWatch(limit) if limit > 0 else None), False
         self._publish_obs()
 
     def _seed(self) -> int:
@@ -238,8 +241,10 @@ class SimBridge(Node):
             if not self._taken_over:  # (once it took over, the expert's action is the one applied)
                 label = np.clip(np.asarray(self._expert(self._current_obs()), np.float32), -1.0, 1.0)
         obs, reward, done, info = self._episode_sim().step(action)
-        if self._controller == "correction":
-            self._watch_for_stall(reward, bool(info["success"]))
+        watching = self._controller == "correction" and self._stall is not None and not self._taken_over
+        if watching and self._stall.stalled(reward, bool(info["success"])):  # type: ignore[union-attr]
+            self._taken_over = True  # the expert drives from the next step on
+            self._counts["takeovers"] += 1
         if self._controller in ("expert", "correction"):
             self._demo_pub.publish(
                 m.experience_msg(
@@ -267,18 +272,6 @@ class SimBridge(Node):
         else:
             self._obs = obs
             self._publish_obs()
-
-    def _watch_for_stall(self, reward: float, success: bool) -> None:
-        """controller:=correction: the expert takes over once ``takeover_after`` steps brought no new
-        best reward (as lifelong_ros/corrections.py does offline)."""
-        limit = int(self._p["takeover_after"])
-        if self._taken_over or limit <= 0:
-            return
-        if reward > self._best_reward + 1e-6:
-            self._best_reward, self._best_at = reward, self._steps + 1
-        elif self._steps + 1 - self._best_at >= limit and not success:
-            self._taken_over = True
-            self._counts["takeovers"] += 1
 
     def _finish_episode(self, success: bool) -> None:
         self._counts["episodes"] += 1

@@ -33,6 +33,27 @@ class Episode:
     takeover: int | None = None  # the step at which the teacher (``label``) took over driving, if it did
 
 
+@dataclass
+class StallWatch:
+    """Has the driving policy stalled? ``patience`` steps in a row without a new best reward and no
+    success. Fed every step's reward; a teacher takes over once it says so (HG-DAgger)."""
+
+    patience: int
+    best: float = -np.inf
+    best_at: int = 0
+    steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.patience, int) and self.patience >= 1):
+            raise ValueError(f"takeover_after={self.patience}: expected an int >= 1")
+
+    def stalled(self, reward: float, success: bool) -> bool:
+        self.steps += 1
+        if reward > self.best + 1e-6:
+            self.best, self.best_at = reward, self.steps
+        return not success and self.steps - self.best_at >= self.patience
+
+
 class Simulator(Protocol):
     """What every embedded simulator offers (``MetaWorldSim``, ``G1Sim``; by robot name: ``sim.backends``)."""
 
@@ -78,14 +99,15 @@ def record_episode(
     device takes over a robot that stalls (HG-DAgger); the step is ``Episode.takeover``."""
     if not noise >= 0:
         raise ValueError(f"noise={noise}: expected a standard deviation >= 0")
-    if takeover_after is not None and (label is None or takeover_after < 1):
-        raise ValueError(f"takeover_after={takeover_after}: expected an int >= 1 together with a label")
+    watch = None if takeover_after is None else StallWatch(takeover_after)
+    if watch is not None and label is None:
+        raise ValueError(f"takeover_after={takeover_after}: a takeover needs a teacher (label)")
     low, high, act_dim = action_range
     rng = np.random.default_rng([int(seed), 7]) if noise > 0 else None
     obs = sim.reset(seed, placement)
     rows_obs, rows_act, rewards = [], [], []
     done, info = False, {"success": False}
-    takeover, best, best_at = None, -np.inf, 0
+    takeover = None
     while not done:
         taught = None if label is None else np.asarray(label(obs), dtype=np.float32).reshape(act_dim)
         if takeover is None:
@@ -98,11 +120,8 @@ def record_episode(
             act = np.clip(act + rng.normal(0.0, noise, act_dim), low, high).astype(np.float32)
         obs, reward, done, info = sim.step(act)
         rewards.append(reward)
-        if takeover_after is not None and takeover is None:
-            if reward > best + 1e-6:
-                best, best_at = reward, len(rewards)
-            elif len(rewards) - best_at >= takeover_after and not info["success"]:
-                takeover = len(rewards)
+        if watch is not None and takeover is None and watch.stalled(reward, bool(info["success"])):
+            takeover = len(rewards)
     done_flags = np.zeros(len(rows_obs), dtype=bool)
     done_flags[-1] = True
     return Episode(
