@@ -44,7 +44,7 @@ class CorrectionRound:
     records: int = 0
     successes: list[bool] = field(default_factory=list)  # did the episode succeed (the teacher may have finished it)
     takeovers: list[int | None] = field(default_factory=list)  # the step the teacher took over, per episode
-    discarded: int = 0  # episodes that failed even with the teacher: not stored
+    discarded: int = 0  # failed episodes not stored (with a takeover)
     seconds: float = 0.0
 
     @property
@@ -87,9 +87,9 @@ def collect_corrections(
     state with the scripted expert's action (source ``correction``) into ``store``. ``sim``: the
     task's simulator (any robot's; default a Meta-World one). ``takeover_after``: steps without a new
     best reward before the expert takes over (None: the policy drives to the end, pure DAgger).
-    An episode that fails even after the teacher took over is not stored unless ``keep_failed``:
-    labels that did not lead to success teach nothing but the teacher's own dead end (Meta-World's
-    box-close expert fails from 4 of 5 states a one-demonstration policy left it in).
+    With a takeover, an episode that still fails is not stored unless ``keep_failed``: the teacher
+    could take over and did not finish, so its labels lead nowhere (Meta-World's box-close expert
+    fails from 4 of 5 states a one-demonstration policy left it in). Pure DAgger keeps every episode.
 
     The policy's actions go through the runtime's output guard, exactly as served. An episode of a
     seed this version already corrected is not recorded twice (its name is taken).
@@ -118,7 +118,7 @@ def collect_corrections(
             )
             out.successes.append(ep.success)
             out.takeovers.append(ep.takeover)
-            if not ep.success and not keep_failed:
+            if not ep.success and takeover_after is not None and not keep_failed:
                 out.discarded += 1
                 continue
             store.append_episode(task, name, ep.obs, ep.action, ep.reward, ep.done, source=CORRECTION, split=split)

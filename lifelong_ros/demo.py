@@ -21,7 +21,7 @@ import numpy as np
 
 from lifelong_ros import paths
 from lifelong_ros.config import ConfigError, check_known_keys, check_value, did_you_mean
-from lifelong_ros.corrections import collect_corrections
+from lifelong_ros.corrections import TAKEOVER_AFTER, collect_corrections
 from lifelong_ros.experience.store import ExperienceStore
 from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.learning.jobs import parse_recipe_options
@@ -68,6 +68,7 @@ _RULES: dict[str, tuple[type, float | None, float | None, bool]] = {
     "gate_workers": (int, 0, 256, False),
     "retries": (int, 0, 10, False),
     "corrections": (int, 0, 100, False),
+    "takeover_after": (int, 0, 500, False),
 }
 
 DEFAULT_ROBOT = "metaworld"
@@ -162,6 +163,9 @@ class DemoSettings:
     # after a task's adaptation, this many episodes driven by the new model are labelled by the expert
     # (DAgger, lifelong_ros/corrections.py) and the task is adapted again on demonstrations + corrections
     corrections: int = 0
+    # the expert takes a corrected episode over after this many steps without a new best reward
+    # (0 = never: pure DAgger, every episode kept)
+    takeover_after: int = TAKEOVER_AFTER
     # the pretrained base to start from (Meta-World): 'auto' = the data directory's, if `lifelong-ros
     # pretrain` put one there; 'none'; or a data directory holding one
     base: str = "auto"
@@ -408,12 +412,19 @@ def collect_demo_corrections(
 ) -> dict[str, Any]:
     """``settings.corrections`` episodes of ``task`` driven by ``version`` (in the simulator, through
     PolicyRuntime), every visited state labelled by the scripted expert, who takes over a stalled
-    episode (corrections.TAKEOVER_AFTER), into the store."""
+    episode (``settings.takeover_after``), into the store."""
     sim = settings.sim.make(task, settings.steps_after_success, settings.max_steps)
     seed0 = CORRECTION_SEED0 + 1000 * i
     try:
         with PolicyRuntime(registry.read_onnx(version), version) as runtime:
-            rnd = collect_corrections(runtime, task, store, range(seed0, seed0 + settings.corrections), sim=sim)
+            rnd = collect_corrections(
+                runtime,
+                task,
+                store,
+                range(seed0, seed0 + settings.corrections),
+                sim=sim,
+                takeover_after=settings.takeover_after or None,
+            )
     finally:
         sim.close()
     return rnd.to_dict()
