@@ -131,7 +131,7 @@ def run_cell(base: Path, work: Path, task: str, seed: int, k: int, corr: int, na
         if corr:
             with PolicyRuntime(Path(cand.onnx_path).read_bytes(), "c0") as runtime:
                 seeds = range(CORR_SEED0 + 1000 * seed, CORR_SEED0 + 1000 * seed + corr)
-                rnd = collect_corrections(runtime, task, store, seeds, sim=sim, takeover_after=a.takeover_after or None)
+                rnd = collect_corrections(runtime, task, store, seeds, sim=sim, takeover_after=a.takeover_after)
             cand, again_s = adapt(store_path, task, method, parent, k, a.steps, seed, d / "c1", opts)
             row.update(
                 corrections_s=rnd.seconds,

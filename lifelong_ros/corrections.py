@@ -80,14 +80,13 @@ def collect_corrections(
     steps_after_success: int = 10,
     max_steps: int = 500,
     split: Literal["train", "heldout"] = "train",
-    takeover_after: int | None = TAKEOVER_AFTER,
-    keep_failed: bool = False,
+    takeover_after: int = TAKEOVER_AFTER,
 ) -> CorrectionRound:
     """Run ``runtime``'s model on ``task`` for one episode per variation seed; record each visited
     state with the scripted expert's action (source ``correction``) into ``store``. ``sim``: the
     task's simulator (any robot's; default a Meta-World one). ``takeover_after``: steps without a new
-    best reward before the expert takes over (None: the policy drives to the end, pure DAgger).
-    With a takeover, an episode that still fails is not stored unless ``keep_failed``: the teacher
+    best reward before the expert takes over (0: never; the policy drives to the end, pure DAgger).
+    With a takeover, an episode that still fails is not stored: the teacher
     could take over and did not finish, so its labels lead nowhere (Meta-World's box-close expert
     fails from 4 of 5 states a one-demonstration policy left it in). Pure DAgger keeps every episode.
 
@@ -108,17 +107,18 @@ def collect_corrections(
     expert = sim.expert()
     done = {e.episode for e in store.episodes(task)} if task in store.tasks() else set()
     out = CorrectionRound(task, runtime.version)
+    patience = takeover_after if takeover_after > 0 else None
     try:
         for seed in seeds:
             name = correction_episode_name(runtime.version, seed)
             if name in done:
                 continue
             ep = sim.run_episode(
-                lambda o: runtime.infer(o, head).action, int(seed), label=expert, takeover_after=takeover_after
+                lambda o: runtime.infer(o, head).action, int(seed), label=expert, takeover_after=patience
             )
             out.successes.append(ep.success)
             out.takeovers.append(ep.takeover)
-            if not ep.success and takeover_after is not None and not keep_failed:
+            if not ep.success and patience is not None:
                 out.discarded += 1
                 continue
             store.append_episode(task, name, ep.obs, ep.action, ep.reward, ep.done, source=CORRECTION, split=split)

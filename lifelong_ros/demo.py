@@ -423,7 +423,7 @@ def collect_demo_corrections(
                 store,
                 range(seed0, seed0 + settings.corrections),
                 sim=sim,
-                takeover_after=settings.takeover_after or None,
+                takeover_after=settings.takeover_after,
             )
     finally:
         sim.close()
@@ -589,10 +589,9 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
                     assert update is not None
                     corrections = collect_demo_corrections(store, registry, update.version, task, i, settings)
                     print(
-                        f"  corrections: {settings.corrections} episodes driven by {update.version} "
-                        f"(it finished {corrections['policy_success']:.2f} alone; the expert took over "
-                        f"{corrections['takeovers']}, {corrections['discarded']} failed and were dropped) "
-                        "labelled by the expert "
+                        f"  corrections: {settings.corrections} episodes driven by {update.version}, labelled by "
+                        f"the expert: it finished {corrections['policy_success']:.2f} alone, the expert took over "
+                        f"{corrections['takeovers']}, {corrections['discarded']} failed and were dropped "
                         f"({corrections['records']} records, {corrections['seconds']:.1f} s)"
                     )
                 for k in range(retry.retries + 1):  # a rejection retries with a stronger recipe
@@ -668,7 +667,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             assert update is not None
             passed = t_approved is not None  # a later rejected round leaves the earlier approved version serving
             version = registry.active() if passed else update.version
-            to_verdict = (t_approved if passed and t_approved else time.perf_counter()) - t_last_demo
+            to_verdict = (t_approved if t_approved is not None else time.perf_counter()) - t_last_demo
             time_to_adapt = to_verdict if passed else None
             what = "time to adapt" if passed else "production unchanged after all attempts; time to verdict"
             rate = served / learn_total if learn_total else 0.0

@@ -134,7 +134,8 @@ def add_cli(sub: Any) -> None:
         type=int_at_least(0),
         metavar="N",
         help="after each adaptation, N episodes driven by the new model are labelled by the scripted expert "
-        "(DAgger) and the task is adapted again on demonstrations + corrections (default: 0)",
+        "(DAgger; the expert takes over a stalled episode, config demo.takeover_after) and the task is adapted "
+        "again on demonstrations + corrections (default: 0)",
     )
     p.add_argument(
         "--base",

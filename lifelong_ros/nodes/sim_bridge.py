@@ -241,8 +241,8 @@ class SimBridge(Node):
             if not self._taken_over:  # (once it took over, the expert's action is the one applied)
                 label = np.clip(np.asarray(self._expert(self._current_obs()), np.float32), -1.0, 1.0)
         obs, reward, done, info = self._episode_sim().step(action)
-        watching = self._controller == "correction" and self._stall is not None and not self._taken_over
-        if watching and self._stall.stalled(reward, bool(info["success"])):  # type: ignore[union-attr]
+        stall = self._stall if self._controller == "correction" and not self._taken_over else None
+        if stall is not None and stall.stalled(reward, bool(info["success"])):
             self._taken_over = True  # the expert drives from the next step on
             self._counts["takeovers"] += 1
         if self._controller in ("expert", "correction"):

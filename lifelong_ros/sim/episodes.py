@@ -110,10 +110,10 @@ def record_episode(
     takeover = None
     while not done:
         taught = None if label is None else np.asarray(label(obs), dtype=np.float32).reshape(act_dim)
-        if takeover is None:
-            act = np.asarray(policy(obs), dtype=np.float32).reshape(act_dim)
+        if takeover is not None and taught is not None:  # the teacher drives
+            act = np.clip(taught, low, high)
         else:
-            act = np.clip(taught, low, high)  # type: ignore[arg-type]
+            act = np.asarray(policy(obs), dtype=np.float32).reshape(act_dim)
         rows_obs.append(obs)
         rows_act.append(act if taught is None else taught)
         if rng is not None:
