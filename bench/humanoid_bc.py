@@ -3,16 +3,17 @@
 For each task: the scripted expert's episodes on variation seeds 0..N-1 (failed ones dropped),
 recorded with DART noise (``--noise``: Gaussian noise added to the executed action, the expert's
 clean action recorded; without it the cloned policy drifts off the demonstrated states at once),
-a PolicyNet (the project's model: observation normalisation inside, MLP 47->256->256->17; by default
-normalised by the G1's own observation scale and predicting the change to the action that holds the
-joints, ``--normalizer data`` / ``--action absolute`` for the alternatives) trained
+a PolicyNet (the project's model: observation normalisation inside, MLP 50(+6)->256->256->17; by default
+normalised by the G1's own observation scale, given the hand and the target relative to the object
+beside the observation, and predicting the change to the action that holds the joints;
+``--normalizer data`` / ``--no-differences`` / ``--action absolute`` for the alternatives) trained
 with the project's ContinualTrainer on the BC loss, then closed-loop success on held-out
 variations (seeds from 200_000, the demo's evaluation range). Baseline in the same process: the
 expert on the same held-out seeds. Prints ONE JSON object.
 
     python bench/humanoid_bc.py                         # 50 demonstrations, 20 held-out episodes per task
     python bench/humanoid_bc.py --tasks g1-lift --steps 2000
-    python bench/humanoid_bc.py --tasks g1-place g1-push --normalizer data --action absolute  # the old recipe
+    python bench/humanoid_bc.py --tasks g1-place --steps 3000 --no-differences   # the recipe before
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from lifelong_ros.learning.trainer import ContinualTrainer, Experience, TrainOpt
 from lifelong_ros.sim.episodes import stack_episodes
 from lifelong_ros.sim.humanoid.env import (
     ACT_DIM,
+    INPUT_DIFFERENCES,
     OBS_DIM,
     G1Sim,
     action_prior,
@@ -44,7 +46,15 @@ HIDDEN = (256, 256)
 
 
 def run(
-    task: str, demos: int, episodes: int, steps: int, seed: int, noise: float, normalizer: str, action: str
+    task: str,
+    demos: int,
+    episodes: int,
+    steps: int,
+    seed: int,
+    noise: float,
+    normalizer: str,
+    action: str,
+    differences: bool,
 ) -> dict:
     sim = G1Sim(task, steps_after_success=10)
     t0 = time.perf_counter()
@@ -57,7 +67,8 @@ def run(
     demo_s = time.perf_counter() - t0
     obs, act = stack_episodes(eps)
     torch.manual_seed(seed)
-    model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1, residual=action == "residual"))
+    diffs = INPUT_DIFFERENCES if differences else ()
+    model = PolicyNet(PolicyConfig(OBS_DIM, ACT_DIM, HIDDEN, 1, residual=action == "residual", differences=diffs))
     if action == "residual":
         model.set_action_prior(*action_prior())
     if normalizer == "robot":
@@ -100,7 +111,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=available_tasks(), choices=available_tasks())
     parser.add_argument("--demos", type=int, default=50)
     parser.add_argument("--episodes", type=int, default=20, help="held-out closed-loop episodes per task")
-    parser.add_argument("--steps", type=int, default=3000, help="Adam steps (batch 256, cosine lr 1e-3 -> 1e-5)")
+    parser.add_argument("--steps", type=int, default=6000, help="Adam steps (batch 256, cosine lr 1e-3 -> 1e-5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise", type=float, default=0.015, help="DART noise on executed demo actions (0 = none)")
     parser.add_argument(
@@ -115,6 +126,12 @@ def main() -> None:
         default="residual",
         help="the network predicts the change to the action that holds the joints (env.action_prior), or the action",
     )
+    parser.add_argument(
+        "--no-differences",
+        dest="differences",
+        action="store_false",
+        help="without the hand and target relative to the object as inputs (env.INPUT_DIFFERENCES)",
+    )
     args = parser.parse_args()
     for name in ("demos", "episodes", "steps"):
         if getattr(args, name) < 1:
@@ -122,7 +139,17 @@ def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     per_task = {
-        t: run(t, args.demos, args.episodes, args.steps, args.seed, args.noise, args.normalizer, args.action)
+        t: run(
+            t,
+            args.demos,
+            args.episodes,
+            args.steps,
+            args.seed,
+            args.noise,
+            args.normalizer,
+            args.action,
+            args.differences,
+        )
         for t in args.tasks
     }
     print(
@@ -130,7 +157,8 @@ def main() -> None:
             {
                 "benchmark": "humanoid_bc",
                 "model": f"PolicyNet {OBS_DIM}->{'->'.join(map(str, HIDDEN))}->{ACT_DIM}, one task per model, "
-                f"{args.normalizer} normaliser, {args.action} action",
+                f"{args.normalizer} normaliser, {args.action} action, "
+                f"{'with' if args.differences else 'without'} relative positions",
                 "tasks": per_task,
                 "min_bc_success": min(r["bc_success"] for r in per_task.values()),
                 "acceptance": {"bc_success_per_task": ">= 0.8"},

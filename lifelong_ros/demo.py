@@ -27,7 +27,7 @@ from lifelong_ros.fsutil import atomic_write_json
 from lifelong_ros.learning.jobs import parse_recipe_options
 from lifelong_ros.learning.metrics import plot_matrix, summarize
 from lifelong_ros.learning.worker import AdaptJob, Learner
-from lifelong_ros.orchestration import Orchestrator, RetryPolicy, Update
+from lifelong_ros.orchestration import Orchestrator, RetryPolicy, Update, robot_prior
 from lifelong_ros.params import check_params_file
 from lifelong_ros.pretrain import BASE_ADAPT_OPTIONS, find_base, import_base
 from lifelong_ros.safety.gate import GateConfig, SafetyGate
@@ -570,8 +570,7 @@ def run_demo(settings: DemoSettings, out: Path, progress: bool = True) -> dict:
             work_dir=paths.learner_dir(data),
             episodes=pool,
             approve_ungated=not settings.gate_enabled,
-            obs_scale=settings.sim.obs_scale(),
-            action_prior=settings.sim.action_prior(),
+            prior=robot_prior(settings.sim),
         )
         for i, task in enumerate(tasks):
             print(f"\n[{i + 1}/{n}] new task {task}: recording {settings.demos_per_task} demonstrations")

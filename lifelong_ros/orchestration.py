@@ -19,11 +19,12 @@ from typing import Any
 from lifelong_ros import paths
 from lifelong_ros.experience.sources import GROUND_TRUTH_SOURCES
 from lifelong_ros.experience.store import ExperienceStore
-from lifelong_ros.learning.jobs import RECIPES, AdaptRequest, Candidate, ProgressFn
+from lifelong_ros.learning.jobs import RECIPES, AdaptRequest, Candidate, ModelPrior, ProgressFn
 from lifelong_ros.learning.strategies import STRATEGIES
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.safety.gate import EpisodeRunner, GateReport, RegressionSuite, SafetyGate, suites_from_store
 from lifelong_ros.safety.registry import ModelRegistry, Swappable, Transition
+from lifelong_ros.sim.backends import SimBackend
 
 # Metadata keys of a learner candidate that the registry records in their own fields.
 _RECORDED_KEYS = ("tasks", "method", "parent", "config", "data_range", "metrics", "target_task", "onnx_sha256")
@@ -87,14 +88,12 @@ def new_request(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
     job_id: str | None = None,
-    obs_scale: tuple[list[float], list[float]] | None = None,
-    action_prior: tuple[list[float], list[float]] | None = None,
+    prior: ModelPrior | None = None,
 ) -> AdaptRequest:
     """A request to learn ``task`` from the store, starting from the active version (or from scratch).
 
     The request checks its method and options when it is built, before any work starts.
-    ``obs_scale``, ``action_prior``: the input normalisation and the prior action of a model started
-    from scratch (AdaptRequest); a parent keeps its own.
+    ``prior``: what the robot tells a model started from scratch (ModelPrior); a parent keeps its own.
     """
     parent = registry.active()
     job_id = job_id or f"{task}-{uuid.uuid4().hex[:8]}"
@@ -109,9 +108,14 @@ def new_request(
         out_dir=str(Path(work_dir) / job_id),
         options=dict(options or {}),
         job_id=job_id,
-        obs_scale=obs_scale if parent is None else None,
-        action_prior=action_prior if parent is None else None,
+        prior=prior if parent is None else None,
     )
+
+
+def robot_prior(robot: SimBackend | None) -> ModelPrior | None:
+    """What ``robot``'s simulator backend tells a model trained from scratch; None without one."""
+    fields = robot.model_prior() if robot else None
+    return ModelPrior(**fields) if fields else None
 
 
 def register_candidate(registry: ModelRegistry, candidate: Candidate, parent: str | None = None) -> str:
@@ -236,8 +240,7 @@ class Orchestrator:
         episodes: EpisodeRunner | None = None,
         sources: Sequence[str] = GROUND_TRUTH_SOURCES,
         approve_ungated: bool = False,
-        obs_scale: tuple[list[float], list[float]] | None = None,
-        action_prior: tuple[list[float], list[float]] | None = None,
+        prior: ModelPrior | None = None,
     ):
         self.registry = registry
         self.store_path = Path(store_path)
@@ -247,8 +250,7 @@ class Orchestrator:
         self.episodes = episodes
         self.sources = tuple(sources)
         self.approve_ungated = approve_ungated
-        self.obs_scale = obs_scale  # the robot's input normalisation and prior action for a first model
-        self.action_prior = action_prior  # (new_request)
+        self.prior = prior  # what the robot tells a first model (new_request)
 
     def submit(
         self,
@@ -274,8 +276,7 @@ class Orchestrator:
             seed=seed,
             options=options,
             job_id=job_id,
-            obs_scale=self.obs_scale,
-            action_prior=self.action_prior,
+            prior=self.prior,
         )
         return self.learner.submit(request, on_progress)
 

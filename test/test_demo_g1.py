@@ -74,7 +74,7 @@ def test_g1_demo_loop_teaches_gates_hot_swaps_and_evaluates_two_humanoid_tasks(t
 
     store = ExperienceStore(results["paths"]["store"], readonly=True)
     try:
-        assert (store.obs_dim, store.act_dim) == (47, 17)  # the humanoid's sizes, not Meta-World's
+        assert (store.obs_dim, store.act_dim) == (50, 17)  # the humanoid's sizes, not Meta-World's
         sources = set(store.task_arrays("g1-reach", split="all").source.tolist())
         assert {"demonstration", "policy"} <= sources
         assert len(store.task_arrays("g1-button", split="heldout")) > 0

@@ -92,6 +92,38 @@ def parse_recipe_options(
     )
 
 
+@dataclass(frozen=True)
+class ModelPrior:
+    """What a robot tells a model trained from scratch (``SimBackend.model_prior``), none of it learned:
+
+    - ``obs_scale``: (mean, std) per observation value the input is normalised by, the robot's own
+      scale, so that every later task's observations fall in range (None: fitted to the first task's
+      demonstrations);
+    - ``action_prior``: (gain, bias); the network predicts a change to gain * obs[:act_dim] + bias
+      (PolicyConfig.residual; None: it predicts the action itself);
+    - ``differences``: fixed relative-position inputs (PolicyConfig.differences).
+    """
+
+    obs_scale: tuple[list[float], list[float]] | None = None
+    action_prior: tuple[list[float], list[float]] | None = None
+    differences: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.obs_scale is not None:
+            mean, std = self.obs_scale
+            if len(mean) != len(std) or not all(math.isfinite(m) for m in mean) or not all(s > 0 for s in std):
+                raise ValueError(
+                    f"obs_scale: {len(mean)} means and {len(std)} stds (std min {min(std, default=None)}); "
+                    "expected as many of each, finite, every std > 0"
+                )
+        if self.action_prior is not None:
+            gain, bias = self.action_prior
+            if len(gain) != len(bias) or not all(math.isfinite(v) for v in (*gain, *bias)):
+                raise ValueError(
+                    f"action_prior: {len(gain)} gains and {len(bias)} biases; expected as many of each, all finite"
+                )
+
+
 @dataclass
 class AdaptRequest:
     """What to learn: a task from the experience store, with which recipe and budget."""
@@ -106,31 +138,13 @@ class AdaptRequest:
     out_dir: str = ""  # where the candidate files are written (created, must not exist)
     options: dict[str, Any] = field(default_factory=dict)  # RecipeOptions + the strategy's (lr, ewc_lambda, ...)
     job_id: str = ""  # stable id: a resubmitted job with the same id resumes from its checkpoint
-    # A model trained from scratch normalises its input by this (mean, std) per observation value: the
-    # robot's own scale (sim.backends), so that every later task's observations fall in range. None =
-    # fitted to the first task's demonstrations. A parent's normalisation is always kept.
-    obs_scale: tuple[list[float], list[float]] | None = None
-    # A model trained from scratch predicts a change to the prior action gain * obs[:act_dim] + bias
-    # (PolicyConfig.residual; the robot's, sim.backends). None = it predicts the action itself.
-    action_prior: tuple[list[float], list[float]] | None = None
+    # What the robot tells a model trained from scratch (sim.backends); a parent keeps its own.
+    prior: ModelPrior | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.shots < 0:
             raise ValueError(f"need steps >= 1 and shots >= 0, got steps={self.steps}, shots={self.shots}")
         parse_recipe_options(self.method, self.options)
-        if self.obs_scale is not None:
-            mean, std = self.obs_scale
-            if len(mean) != len(std) or not all(math.isfinite(m) for m in mean) or not all(s > 0 for s in std):
-                raise ValueError(
-                    f"obs_scale: {len(mean)} means and {len(std)} stds (std min {min(std, default=None)}); "
-                    "expected as many of each, finite, every std > 0"
-                )
-        if self.action_prior is not None:
-            gain, bias = self.action_prior
-            if len(gain) != len(bias) or not all(math.isfinite(v) for v in (*gain, *bias)):
-                raise ValueError(
-                    f"action_prior: {len(gain)} gains and {len(bias)} biases; expected as many of each, all finite"
-                )
 
 
 @dataclass

@@ -35,10 +35,30 @@ class PolicyConfig:
     # act_gain * obs[:act_dim] + act_bias + net(obs) (for a robot whose first observations are the
     # commanded joints' positions: the action that holds them, the G1). False = the action itself.
     residual: bool = False
+    # Fixed input features: for each (a, b, n) the difference obs[a:a+n] - obs[b:b+n], scaled by the
+    # input normalisation's std of obs[a:a+n], fed to the backbone beside the normalised
+    # observation. Relative positions (the object seen from the hand, the target from the object)
+    # that an MLP would otherwise have to learn to subtract from 50 demonstrations (the G1).
+    differences: tuple[tuple[int, int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        for d in self.differences:
+            a, b, n = d if len(d) == 3 else (-1, -1, 0)
+            if n < 1 or min(a, b) < 0 or max(a, b) + n > self.obs_dim:
+                raise ValueError(
+                    f"input difference {list(d)}: expected (a, b, n) with n >= 1 and both slices within the "
+                    f"{self.obs_dim} observation values"
+                )
+
+    @property
+    def input_dim(self) -> int:
+        """What the backbone reads: the observation plus the fixed differences."""
+        return self.obs_dim + sum(n for _, _, n in self.differences)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["differences"] = [list(v) for v in self.differences]
         return d
 
     @classmethod
@@ -50,6 +70,7 @@ class PolicyConfig:
             num_heads=int(d["num_heads"]),
             multi_head=bool(d.get("multi_head", True)),
             residual=bool(d.get("residual", False)),
+            differences=tuple((int(a), int(b), int(n)) for a, b, n in d.get("differences", ())),
         )
 
 
@@ -73,7 +94,7 @@ class PolicyNet(nn.Module):
             raise ValueError(f"need num_heads >= 1 (exactly 1 when multi_head=False), got {config.num_heads}")
         self.config = config
         layers: list[nn.Module] = []
-        width = config.obs_dim
+        width = config.input_dim
         for h in config.hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
@@ -139,7 +160,13 @@ class PolicyNet(nn.Module):
         return obs[:, : self.config.act_dim] * self.act_gain + self.act_bias
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.backbone((obs - self.obs_mean) / self.obs_std)
+        x = (obs - self.obs_mean) / self.obs_std
+        if self.config.differences:
+            rel = [
+                (obs[:, a : a + n] - obs[:, b : b + n]) / self.obs_std[a : a + n] for a, b, n in self.config.differences
+            ]
+            x = torch.cat([x, *rel], 1)
+        return self.backbone(x)
 
     def forward(self, obs: torch.Tensor, task_id: torch.Tensor) -> torch.Tensor:
         if not self.config.multi_head:

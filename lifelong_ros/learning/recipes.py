@@ -25,6 +25,7 @@ from lifelong_ros.learning.jobs import (
     AdaptCancelled,
     AdaptRequest,
     Candidate,
+    ModelPrior,
     RecipeOptions,
     parse_recipe_options,
 )
@@ -210,19 +211,21 @@ def run_request(
             model = parent.model
             model.ensure_heads(len(tasks))
         else:
+            prior = req.prior or ModelPrior()
             cfg = PolicyConfig(
                 obs_dim=store.obs_dim,
                 act_dim=store.act_dim,
                 hidden=opts.hidden,
                 num_heads=1,
                 multi_head=opts.multi_head,
-                residual=req.action_prior is not None,
+                residual=prior.action_prior is not None,
+                differences=prior.differences,
             )
             model = PolicyNet(cfg)
-            if req.action_prior is not None:
-                model.set_action_prior(*req.action_prior)
-            if req.obs_scale is not None:
-                model.set_input_scale(*req.obs_scale)
+            if prior.action_prior is not None:
+                model.set_action_prior(*prior.action_prior)
+            if prior.obs_scale is not None:
+                model.set_input_scale(*prior.obs_scale)
             else:
                 model.set_normalizer(obs)
                 with torch.no_grad():

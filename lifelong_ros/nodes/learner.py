@@ -31,7 +31,7 @@ from lifelong_ros.action import Adapt, Gate
 from lifelong_ros.learning.jobs import AdaptCancelled, AdaptError
 from lifelong_ros.learning.worker import AdaptJob, Learner
 from lifelong_ros.msg import ModelVersion
-from lifelong_ros.orchestration import RetryPolicy, new_request, register_candidate
+from lifelong_ros.orchestration import RetryPolicy, new_request, register_candidate, robot_prior
 from lifelong_ros.safety.registry import ModelRegistry
 from lifelong_ros.sim.backends import backend
 
@@ -184,8 +184,7 @@ class LearnerNode(Node):
             shots=int(goal.shots),
             seed=seed,
             options=options,
-            obs_scale=robot.obs_scale() if robot else None,  # a first model only (new_request)
-            action_prior=robot.action_prior() if robot else None,
+            prior=robot_prior(robot),  # a first model only (new_request)
         )
         self._job = job = self.learner.submit(request, on_progress=lambda ph, st, loss: feedback(ph, st, steps, loss))
         deadline = t0 + self._budget(goal)

@@ -1,7 +1,7 @@
 """The embedded simulators by robot name, behind one interface, so a front end can take ``--robot``.
 
 ``backend("metaworld")`` is Meta-World's Sawyer arm (39 -> 4), ``backend("g1")`` the Unitree G1
-humanoid with hands at a table (47 -> 17). Both simulators have the same methods (``Simulator``):
+humanoid with hands at a table (50 -> 17). Both simulators have the same methods (``Simulator``):
 tasks are data (a task name plus a variation seed), ``reset``/``step``/``run_episode``/``expert``.
 """
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 from lifelong_ros.sim.episodes import Episode, Simulator, expert_episodes
 
@@ -27,27 +26,15 @@ class SimBackend:
     demo_noise: float
     available_tasks: Callable[[], list[str]]
     _make: Callable[[str, int, int | None], Simulator]
-    # The robot's observation scale, (mean, std) per observation value, that a new policy normalises
-    # its input by; None = fitted to the first task's demonstrations (Meta-World keeps that: a fixed
-    # scale was measured only on the G1, bench/humanoid_bc.py).
-    _obs_scale: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
-    # (gain, bias): a new policy predicts a change to the prior action gain * obs[:act_dim] + bias,
-    # the one that holds the commanded joints where they are; None = it predicts the action itself.
-    _action_prior: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+    # What a new policy takes from the robot: its observation scale, the prior action that holds the
+    # commanded joints, the relative positions it is given (learning.jobs.ModelPrior's fields). None =
+    # nothing: the normaliser is fitted to the first task's demonstrations and the network predicts
+    # the action (Meta-World keeps that: these were measured only on the G1, bench/humanoid_bc.py).
+    _model_prior: Callable[[], dict[str, Any]] | None = None
 
-    def obs_scale(self) -> tuple[list[float], list[float]] | None:
-        """(mean, std) lists for AdaptRequest.obs_scale, or None (fit to data)."""
-        if self._obs_scale is None:
-            return None
-        mean, std = self._obs_scale()
-        return [float(v) for v in mean], [float(v) for v in std]
-
-    def action_prior(self) -> tuple[list[float], list[float]] | None:
-        """(gain, bias) lists for AdaptRequest.action_prior, or None (the policy predicts the action)."""
-        if self._action_prior is None:
-            return None
-        gain, bias = self._action_prior()
-        return [float(v) for v in gain], [float(v) for v in bias]
+    def model_prior(self) -> dict[str, Any] | None:
+        """The fields of the ModelPrior a model trained from scratch for this robot starts from."""
+        return None if self._model_prior is None else self._model_prior()
 
     def make(self, task: str, steps_after_success: int = 10, max_steps: int | None = None) -> Simulator:
         """A simulator of ``task``; ``max_steps`` caps the task's own episode length (None = no cap)."""
@@ -83,16 +70,15 @@ def _g1_sim(task: str, steps_after_success: int, max_steps: int | None) -> Simul
     return G1Sim(task, steps_after_success, own if max_steps is None else min(own, max_steps))
 
 
-def _g1_obs_scale() -> tuple[np.ndarray, np.ndarray]:
-    from lifelong_ros.sim.humanoid.env import observation_scale
+def _g1_model_prior() -> dict[str, Any]:
+    from lifelong_ros.sim.humanoid.env import INPUT_DIFFERENCES, action_prior, observation_scale
 
-    return observation_scale()
-
-
-def _g1_action_prior() -> tuple[np.ndarray, np.ndarray]:
-    from lifelong_ros.sim.humanoid.env import action_prior
-
-    return action_prior()
+    (mean, std), (gain, bias) = observation_scale(), action_prior()
+    return {
+        "obs_scale": ([float(v) for v in mean], [float(v) for v in std]),
+        "action_prior": ([float(v) for v in gain], [float(v) for v in bias]),
+        "differences": INPUT_DIFFERENCES,
+    }
 
 
 def _g1_tasks() -> list[str]:
@@ -116,15 +102,14 @@ BACKENDS: dict[str, SimBackend] = {
     "g1": SimBackend(
         "g1",
         "G1",
-        "Unitree G1 with hands at a table (MuJoCo Menagerie), 47-d observation, 17 joint position targets",
-        47,
+        "Unitree G1 with hands at a table (MuJoCo Menagerie), 50-d observation, 17 joint position targets",
+        50,
         17,
         ("g1-reach", "g1-lift", "g1-place", "g1-push", "g1-button"),
         0.015,
         _g1_tasks,
         _g1_sim,
-        _g1_obs_scale,
-        _g1_action_prior,
+        _g1_model_prior,
     ),
 }
 

@@ -1,5 +1,7 @@
 """The policy network: per-task heads, single-head mode, growth that keeps old tasks, ONNX export."""
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -93,3 +95,33 @@ def test_a_residual_policy_adds_the_prior_action_read_off_the_observation_in_tor
         net.set_action_prior([1.0] * 3, [0.0] * 3)
     with pytest.raises(ValueError, match="set_action_prior on a policy with residual=False"):
         plain.set_action_prior(gain, bias)
+
+
+def test_fixed_input_differences_reach_the_backbone_in_torch_and_onnx_and_round_trip_the_config():
+    torch.manual_seed(0)
+    cfg = PolicyConfig(obs_dim=6, act_dim=2, hidden=(16,), num_heads=1, differences=((4, 1, 2), (0, 3, 1)))
+    net = PolicyNet(cfg)
+    assert cfg.input_dim == 9 and net.backbone[0].in_features == 9
+    net.set_input_scale(np.zeros(6), np.array([1, 1, 1, 1, 2, 4], np.float32))
+    obs = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)
+    task = np.zeros(5, np.int64)
+    x = torch.as_tensor(obs)
+    # the backbone's input: the normalised observation, then each difference over its first slice's std
+    rel = np.concatenate([(obs[:, 4:6] - obs[:, 1:3]) / [2, 4], obs[:, 0:1] - obs[:, 3:4]], 1)
+    with torch.no_grad():
+        expected = net.backbone(
+            torch.as_tensor(np.concatenate([obs / [1, 1, 1, 1, 2, 4], rel], 1), dtype=torch.float32)
+        )
+        np.testing.assert_allclose(net.features(x).numpy(), expected.numpy(), atol=1e-6)
+        moved = obs.copy()
+        moved[:, 4] += 0.5  # the first slice moves, the difference with it
+        assert not np.allclose(net(torch.as_tensor(moved), torch.as_tensor(task)), net(x, torch.as_tensor(task)))
+    ref = net(x, torch.as_tensor(task)).detach().numpy()
+    sess = ort.InferenceSession(export_onnx(net), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"obs": obs, "task_id": task})[0], ref, atol=1e-5)
+    clone = load_policy(json.loads(json.dumps(net.config.to_dict())), net.state_dict())  # as meta.json keeps it
+    assert clone.config.differences == ((4, 1, 2), (0, 3, 1))
+    np.testing.assert_allclose(clone(x, torch.as_tensor(task)).detach().numpy(), ref, atol=0)
+    for bad in [((5, 0, 2),), ((0, 1, 0),), ((-1, 0, 1),), ((0, 1),)]:
+        with pytest.raises(ValueError, match=r"input difference .*: expected \(a, b, n\) with n >= 1"):
+            PolicyConfig(obs_dim=6, act_dim=2, differences=bad)  # type: ignore[arg-type]

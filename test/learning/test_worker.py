@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lifelong_ros.experience.store import ExperienceStore
+from lifelong_ros.learning.jobs import ModelPrior
 from lifelong_ros.learning.recipes import load_parent
 from lifelong_ros.learning.worker import AdaptCancelled, AdaptError, AdaptRequest, Learner
 from lifelong_ros.orchestration import register_candidate
@@ -85,12 +86,14 @@ def test_a_given_observation_scale_and_action_prior_shape_the_first_model_and_it
     mean = np.linspace(-1.0, 1.0, OBS).astype(np.float32)
     std = np.linspace(0.5, 3.0, OBS).astype(np.float32)
     gain, bias = [0.5, -1.0, 2.0, 0.0], [0.1, 0.0, -0.3, 0.2]
-    req = _request(store_path, tmp_path, "scaled", obs_scale=(mean.tolist(), std.tolist()), action_prior=(gain, bias))
+    prior = ModelPrior(obs_scale=(mean.tolist(), std.tolist()), action_prior=(gain, bias), differences=((2, 0, 2),))
+    req = _request(store_path, tmp_path, "scaled", prior=prior)
     cand = learner.submit(req).result(timeout=120)
     model = load_parent(cand.out_dir).model
     np.testing.assert_array_equal(model.obs_mean.numpy(), mean)
     np.testing.assert_array_equal(model.obs_std.numpy(), std)
     assert model.config.residual and model.act_gain.tolist() == gain
+    assert model.config.differences == ((2, 0, 2),)
     obs = np.random.default_rng(2).normal(size=(8, OBS)).astype(np.float32) * 4
     sess = ort.InferenceSession(Path(cand.onnx_path).read_bytes(), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"obs": obs, "task_id": np.zeros(8, np.int64)})[0]
@@ -99,9 +102,9 @@ def test_a_given_observation_scale_and_action_prior_shape_the_first_model_and_it
         model.set_input_scale(np.zeros(OBS), np.ones(OBS))
         assert not np.allclose(out, model(torch.as_tensor(obs), torch.zeros(8, dtype=torch.long)), atol=1e-3)
     with pytest.raises(ValueError, match=r"obs_scale: 39 means and 39 stds \(std min 0.0\)"):
-        _request(store_path, tmp_path, "bad", obs_scale=(mean.tolist(), [0.0] * OBS))
+        ModelPrior(obs_scale=(mean.tolist(), [0.0] * OBS))
     with pytest.raises(ValueError, match=r"action_prior: 4 gains and 3 biases"):
-        _request(store_path, tmp_path, "bad", action_prior=(gain, bias[:3]))
+        ModelPrior(action_prior=(gain, bias[:3]))
     with pytest.raises(ValueError, match=r"input scale of \(3,\) means"):
         model.set_input_scale([0.0] * 3, [1.0] * 3)
 

@@ -164,7 +164,7 @@ def test_bag_recorded_from_the_g1_sim_bridge_round_trips_through_the_store(probe
     assert report.steps >= n_cmd - 10, report.summary()  # only steps before the first frame may lack an image
     first = store.task_arrays("g1-lift", split="all")
     assert np.all(np.abs(first.action) <= 1.0 + 1e-6)  # radians on the wire, -1..1 in the store
-    assert first.obs[:, 47:].min() >= 0 and first.obs[:, 47:].max() <= 255 and first.obs[:, 47:].std() > 1
+    assert first.obs[:, 50:].min() >= 0 and first.obs[:, 50:].max() <= 255 and first.obs[:, 50:].std() > 1
     out = tmp_path / "exported"
     export_bag(store, out, spec, storage="mcap")
     again = ExperienceStore(tmp_path / "again.sqlite3", spec.obs_dim, spec.act_dim)
@@ -242,7 +242,7 @@ def test_sim_demo_launch_with_robot_g1(probe, tmp_path):
     for node in ("sim_bridge", "policy_server", "experience_buffer", "learner", "safety_monitor"):
         assert f"[{node}-" in text, f"{node} did not start: {text[-2000:]}"
     with ExperienceStore(data / "experience.sqlite3", readonly=True) as store:
-        assert (store.obs_dim, store.act_dim) == (47, 17)
+        assert (store.obs_dim, store.act_dim) == (50, 17)
         demos = store.task_arrays("g1-reach", split="all", sources=["demonstration"])
         assert len(demos) > 50, (len(demos), buffer)
 

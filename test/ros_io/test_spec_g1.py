@@ -46,7 +46,7 @@ def test_g1_spec_matches_the_simulators_layout_and_command_ranges(g1):
     from lifelong_ros.sim.humanoid.scene import COMMANDED_JOINTS
 
     assert (SPEC.obs_dim, SPEC.act_dim) == (OBS_DIM, ACT_DIM)
-    joints, pose, target, extents = SPEC.observation.streams
+    joints, pose, target, extents, hand = SPEC.observation.streams
     assert joints.joints == COMMANDED_JOINTS and joints.fields == ("position", "velocity")
     (cmd,) = SPEC.action.streams
     assert cmd.topic == "/forward_position_controller/commands" and cmd.type == "std_msgs/msg/Float64MultiArray"
@@ -63,6 +63,8 @@ def test_g1_spec_matches_the_simulators_layout_and_command_ranges(g1):
     np.testing.assert_allclose([q.w, q.x, q.y, q.z], quat, atol=1e-7)
     np.testing.assert_allclose(msgs[target.topic].pose.position.x, g1.variation.target[0], atol=1e-7)
     assert msgs[extents.topic].data.shape == (3,)
+    hand_pos = msgs[hand.topic].pose.position  # the hand's grasp point, as TF would report it
+    np.testing.assert_allclose([hand_pos.x, hand_pos.y, hand_pos.z], g1.grasp_point(), atol=1e-6)
     # a command in radians reaches the same joint targets the simulator computes from the action
     action = np.linspace(-1, 1, ACT_DIM).astype(np.float32)
     rad = SPEC.action.encode(action, rosbags_classes())[cmd.topic].data

@@ -31,7 +31,7 @@ def sims():
 
 def test_five_tasks_and_the_observation_and_action_sizes():
     assert available_tasks() == sorted(TASKS)
-    assert ACT_DIM == len(COMMANDED_JOINTS) == 17 and OBS_DIM == 47
+    assert ACT_DIM == len(COMMANDED_JOINTS) == 17 and OBS_DIM == 50
 
 
 def test_same_seed_same_variation_and_seeds_vary_object_type_pose_and_target(sims):
@@ -49,6 +49,9 @@ def test_same_seed_same_variation_and_seeds_vary_object_type_pose_and_target(sim
     np.testing.assert_allclose(obs[34:36], [var.x, var.y], atol=2e-3)  # the object where the variation put it
     np.testing.assert_allclose(obs[41:44], var.target, atol=1e-6)
     np.testing.assert_allclose(obs[44:47], T.half_extents(var.kind), atol=1e-6)
+    np.testing.assert_allclose(obs[47:50], sim.grasp_point(), atol=1e-6)  # the hand, from the measured joints
+    obs, *_ = sim.step(np.full(17, 0.3))  # the hand moves with the arm
+    assert np.linalg.norm(obs[47:50] - sim.grasp_point()) < 1e-6 and np.linalg.norm(obs[47:50] - obs[0]) > 0
 
 
 @pytest.mark.parametrize("task", TASKS)

@@ -11,11 +11,12 @@ index 0-1, middle 0-1), in that order; -1 .. 1 maps linearly onto each joint's c
 (``scene.COMMAND_RANGE``, else the joint's own range). Every other joint (legs, left arm) holds
 its initial pose.
 
-Observation (OBS_DIM = 47, float32): the 17 commanded joints' positions (rad) and velocities
+Observation (OBS_DIM = 50, float32): the 17 commanded joints' positions (rad) and velocities
 (rad/s), the object's position (m, world frame: x forward, y left, z up, origin on the floor under
-the pelvis) and orientation (quaternion w, x, y, z with w >= 0), the target point (m), and the
-object's half extents (m) - what a perception stack would report. For the button task the object
-is the button's cap.
+the pelvis) and orientation (quaternion w, x, y, z with w >= 0), the target point (m), the
+object's half extents (m) - what a perception stack would report - and the right hand's grasp
+point (m, world frame: forward kinematics of the measured joints, what TF reports for the hand on
+a ros2_control robot). For the button task the object is the button's cap.
 """
 
 from __future__ import annotations
@@ -42,7 +43,13 @@ from lifelong_ros.sim.humanoid.scene import (
 )
 
 N_JOINTS = len(COMMANDED_JOINTS)
-OBS_DIM = 2 * N_JOINTS + 3 + 4 + 3 + 3
+OBS_DIM = 2 * N_JOINTS + 3 + 4 + 3 + 3 + 3
+OBJECT_AT, TARGET_AT, HAND_AT = 2 * N_JOINTS, 2 * N_JOINTS + 7, 2 * N_JOINTS + 13  # positions in the observation
+# The relative positions a new policy is given beside the observation (PolicyConfig.differences):
+# the hand seen from the object, the target seen from the object. Without them an MLP has to learn
+# forward kinematics and the subtraction from 50 demonstrations: place's behaviour cloning reached
+# 0.35-0.5 (the hand's position alone), 0.8 with both (bench/humanoid_bc.py, README).
+INPUT_DIFFERENCES = ((HAND_AT, OBJECT_AT, 3), (TARGET_AT, OBJECT_AT, 3))
 ACT_DIM = N_JOINTS
 ACTION_LOW = -1.0
 ACTION_HIGH = 1.0
@@ -65,7 +72,7 @@ def available_tasks() -> list[str]:
 def observation_scale() -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) [OBS_DIM] float32 of the observation, from the robot and the scene, not from data:
     joint positions centred on their command range with a quarter of its width as the std, joint
-    velocities at JOINT_VELOCITY_SCALE, object and target positions around the task area."""
+    velocities at JOINT_VELOCITY_SCALE, object, target and hand positions around the task area."""
     ix = Indices.of(g1_model())
     mean = np.concatenate(
         [
@@ -75,6 +82,7 @@ def observation_scale() -> tuple[np.ndarray, np.ndarray]:
             (1.0, 0.0, 0.0, 0.0),
             OBJECT_CENTRE,
             [SIZE_CENTRE] * 3,
+            OBJECT_CENTRE,
         ]
     )
     std = np.concatenate(
@@ -85,6 +93,7 @@ def observation_scale() -> tuple[np.ndarray, np.ndarray]:
             [QUATERNION_SPREAD] * 4,
             OBJECT_SPREAD,
             [SIZE_SPREAD] * 3,
+            OBJECT_SPREAD,
         ]
     )
     return mean.astype(np.float32), std.astype(np.float32)
@@ -245,6 +254,7 @@ class G1Sim:
                 quat,
                 self.variation.target,
                 T.half_extents(self.variation.kind),
+                self.data.site_xpos[self.ix.site],
             ]
         ).astype(np.float32)
 
