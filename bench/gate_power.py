@@ -154,8 +154,9 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
     specs: list[tuple[str, str, object]] = []
     budgets = [(600, 0)] if quick else [(800, 0), (1500, 0), (1500, 1), (2500, 2)]
     base_name = f"replay-{budgets[-1][0]}-s{budgets[-1][1]}"  # the noisy candidates start from it
-    if not quick:  # enough consolidations that the false-rejection rate is measured on >= 20 safe updates
+    if not quick:  # enough consolidations that the false-rejection rate is bounded by >= 59 safe updates
         budgets += [(2500, s) for s in range(3, 9)] + [(3000, s) for s in range(3)] + [(4000, 0)]
+        budgets += [(2500, s) for s in range(9, 29)] + [(1500, s) for s in range(2, 12)]
     for steps, seed in budgets:
         specs.append(
             (
@@ -165,7 +166,7 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
             )
         )
     if not quick:  # gentler: a tenth of the learning rate keeps the earlier tasks' behaviour closer
-        for steps, seed in [(300, s) for s in range(5)] + [(600, 0), (600, 1)] + [(1000, s) for s in range(5)]:
+        for steps, seed in [(300, s) for s in range(5)] + [(600, 0), (600, 1)] + [(1000, s) for s in range(20)]:
             specs.append(
                 (
                     f"replay-lr1e-4-{steps}-s{seed}",
@@ -219,6 +220,17 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
     for name, kind, make in specs:
         cands.append({"name": name, "kind": kind, "onnx": cached(name, make)})
     return {"name": "active", "onnx": active, "tasks": earlier}, cands
+
+
+def _upper_bound(k: int, n: int, alpha: float = 0.05) -> float | None:
+    """One-sided (1 - alpha) Clopper-Pearson upper bound on a rate of ``k`` in ``n``."""
+    if n == 0:
+        return None
+    if k == n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1 - alpha, k + 1, n - k))
 
 
 def true_success(work: Path, pool, onnx: bytes, episodes: int, label: str) -> dict[str, float]:
@@ -463,6 +475,7 @@ def main() -> int:
         "detection_rate": (sum(r["decision"] == "rejected" for r in regressed) / len(regressed)) if regressed else None,
         "regressed_candidates": len(regressed),
         "false_rejection_rate": (sum(r["decision"] == "rejected" for r in safe) / len(safe)) if safe else None,
+        "false_rejection_upper_95": _upper_bound(sum(r["decision"] == "rejected" for r in safe), len(safe)),
         "safe_candidates": len(safe),
         "in_between_candidates": len(rows) - len(regressed) - len(safe),
         "gate_s_per_update": {

@@ -223,9 +223,10 @@ LEARNER = [
     Param(
         "robot",
         "none",
-        "The robot whose input scale and prior action a first model (no active version) takes "
-        "(sim/backends.py: g1 = joint ranges and workspace, a residual hold-the-joints action); "
-        "none or metaworld = fitted to the first task's data, absolute actions",
+        "The robot whose input scale, prior action and relative positions a first model (no active "
+        "version) takes (sim/backends.py: g1 = joint ranges and workspace, a residual hold-the-joints "
+        "action, hand and target relative to the object); none or metaworld = fitted to the first "
+        "task's data, absolute actions",
         choices=("none", "metaworld", "g1"),
     ),
     Param("default_steps", 1500, "Optimiser steps when an Adapt goal leaves `max_steps` at 0", min=1, max=10_000_000),
