@@ -6,6 +6,7 @@ translate messages and call the core.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -125,14 +126,33 @@ def make_executor(kind: str, threads: int = 2) -> Executor:
     dispatch in C++, the lowest per-message overhead of rclpy), ``single`` (SingleThreadedExecutor)
     or ``multi`` (MultiThreadedExecutor with ``threads`` threads)."""
     if kind == "events":
-        from rclpy.experimental import EventsExecutor
-
+        try:
+            from rclpy.experimental import EventsExecutor
+        except ImportError:  # rclpy before Jazzy's EventsExecutor (7.1.3 has none): the next fastest
+            rclpy.logging.get_logger("lifelong_ros").warning(
+                "executor 'events': this rclpy has no rclpy.experimental.EventsExecutor; spinning in 'single'"
+            )
+            return SingleThreadedExecutor()
         return EventsExecutor()
     if kind == "single":
         return SingleThreadedExecutor()
     if kind == "multi":
         return MultiThreadedExecutor(num_threads=threads)
     raise ValueError(f"executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
+
+
+# ---------------------------------------------------------------------------- actions
+def end_goal(terminal: Callable[..., Any], result: Any) -> Any:
+    """End an action goal with ``terminal`` (its handle's ``succeed``, ``abort`` or ``canceled``) and
+    return ``result`` for the execute callback to return. A newer Jazzy rclpy takes the result with
+    the terminal state and answers a client already waiting for it with exactly that (a bare call
+    sends it an empty result); rclpy 7.1.3 takes no argument and answers with the callback's
+    return value. Both get the result."""
+    if inspect.signature(terminal).parameters:
+        terminal(result)
+    else:
+        terminal()
+    return result
 
 
 # ---------------------------------------------------------------------------- parameters

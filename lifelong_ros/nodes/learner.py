@@ -111,19 +111,16 @@ class LearnerNode(Node):
             self._job = None
             with self._busy_lock:
                 self._busy = ""
-        # the result goes with the terminal state: rclpy (Jazzy) answers a waiting get_result with what
-        # succeed/abort/canceled were given, before this callback returns
-        if goal_handle.is_cancel_requested:
-            goal_handle.canceled(result)
-            self._counts["cancelled"] += 1
-        elif result.success:
-            goal_handle.succeed(result)
-            self._counts["succeeded"] += 1
-        else:
-            goal_handle.abort(result)
-            self._counts["failed"] += 1
         self._last = f"{goal.task}: {result.message}"
-        return result
+        # the result goes with the terminal state (c.end_goal)
+        if goal_handle.is_cancel_requested:
+            self._counts["cancelled"] += 1
+            return c.end_goal(goal_handle.canceled, result)
+        if result.success:
+            self._counts["succeeded"] += 1
+            return c.end_goal(goal_handle.succeed, result)
+        self._counts["failed"] += 1
+        return c.end_goal(goal_handle.abort, result)
 
     def _run(self, goal_handle: Any, goal: Any, t0: float) -> Any:
         """Adapt, register, gate; a candidate the gate rejects is retried with a stronger recipe

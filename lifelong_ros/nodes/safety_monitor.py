@@ -208,25 +208,19 @@ class SafetyMonitor(Node):
         def result(**fields: Any) -> Any:
             return m.gate_result(c.KIT, active_version=self.registry.active() or "", **fields)
 
-        def end(terminal: Any, res: Any) -> Any:
-            # the result goes with the terminal state: rclpy (Jazzy) answers a waiting get_result with
-            # what succeed/abort/canceled were given, before this callback returns
-            terminal(res)
-            return res
-
         feedback()
         while not self._gate_lock.acquire(timeout=self._p["gate_feedback_period_s"]):
             if goal_handle.is_cancel_requested:
                 why = f"cancelled while queued; {goal.version} was not evaluated"
-                return end(goal_handle.canceled, result(success=False, message=why))
+                return c.end_goal(goal_handle.canceled, result(success=False, message=why))
             feedback()
         try:
             if goal_handle.is_cancel_requested:
                 why = f"cancelled while queued; {goal.version} was not evaluated"
-                return end(goal_handle.canceled, result(success=False, message=why))
+                return c.end_goal(goal_handle.canceled, result(success=False, message=why))
             info, why = self._candidate(goal.version)  # decided meanwhile by another request?
             if info is None:
-                return end(goal_handle.abort, result(success=False, message=why))
+                return c.end_goal(goal_handle.abort, result(success=False, message=why))
             stop = threading.Event()
             ticker = threading.Thread(target=self._tick, args=(stop, feedback), daemon=True)
             feedback("evaluating")
@@ -241,8 +235,8 @@ class SafetyMonitor(Node):
         finally:
             self._gate_lock.release()
         if out.pop("cancelled", False):
-            return end(goal_handle.canceled, result(success=False, message=out["message"]))
-        return end(goal_handle.succeed if out["success"] else goal_handle.abort, m.gate_result(c.KIT, **out))
+            return c.end_goal(goal_handle.canceled, result(success=False, message=out["message"]))
+        return c.end_goal(goal_handle.succeed if out["success"] else goal_handle.abort, m.gate_result(c.KIT, **out))
 
     def _tick(self, stop: threading.Event, feedback: Any) -> None:
         while not stop.wait(self._p["gate_feedback_period_s"]):
