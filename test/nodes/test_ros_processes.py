@@ -361,12 +361,15 @@ def test_corrections_through_sim_bridge_and_the_experience_buffer(probe, tmp_pat
     try:
         assert probe.status("experience_buffer").level < 2 and probe.status("sim_bridge").level < 2
         end = time.monotonic() + 60
-        while len(records) < 40:
+        written = 0
+        while len(records) < 40 or written < 40:  # heard here, and written by the buffer (a race otherwise)
             assert time.monotonic() < end, (
-                f"{len(records)} correction records in 60 s; sim_bridge log: "
+                f"{len(records)} correction records in 60 s, {written} written; sim_bridge log: "
                 + (tmp_path / "sim_bridge.log").read_text()[-2000:]
             )
             time.sleep(0.1)
+            if len(records) >= 40:
+                written = int({kv.key: kv.value for kv in probe.status("experience_buffer").values}["written"])
     finally:
         for p in (bridge, buffer):
             p.send_signal(signal.SIGINT)
