@@ -136,7 +136,7 @@ def _nodes(context, *args, **kwargs):
         ),
         policy_server,
         Node(executable="experience_buffer", name="experience_buffer", **common),
-        Node(executable="learner", name="learner", remappings=[("gate", "safety_monitor/gate")], **common),
+        Node(executable="learner", name="learner", **common),
     ]
     if sim == "gazebo":
         bridge_config = LaunchConfiguration("gz_bridge_config").perform(context) or _share(

@@ -221,6 +221,12 @@ LEARNER = [
     DIAGNOSTICS_PERIOD,
     Param("default_method", "ewc_replay", "Recipe used when an Adapt goal leaves `method` empty"),
     Param(
+        "gate_action",
+        "safety_monitor/gate",
+        "The safety monitor's Gate action the learner sends candidates to (relative: in the learner's "
+        "namespace); a parameter, not a remapping: rcl 9.2.0's action clients ignore remap rules",
+    ),
+    Param(
         "robot",
         "none",
         "The robot whose input scale, prior action and relative positions a first model (no active "

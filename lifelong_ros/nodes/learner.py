@@ -8,7 +8,7 @@ with the gate's verdict. Cancel stops the worker job; nothing partial is registe
 Interfaces:
   action    ~/adapt (Adapt)
   publishes ~/candidate (ModelVersion, latched), /diagnostics
-  sends     gate (Gate action goals; remap to safety_monitor/gate)
+  sends     Gate action goals to the `gate_action` parameter's action (safety_monitor/gate)
   services  ~/get_status (GetStatus)
 """
 
@@ -62,7 +62,7 @@ class LearnerNode(Node):
         goals = ReentrantCallbackGroup()
         self._client_group = MutuallyExclusiveCallbackGroup()
         self._candidate_pub = self.create_publisher(ModelVersion, "~/candidate", c.LATCHED_QOS)
-        self._gate_client = ActionClient(self, Gate, "gate", callback_group=self._client_group)
+        self._gate_client = ActionClient(self, Gate, self._p["gate_action"], callback_group=self._client_group)
         self._server = ActionServer(
             self,
             Adapt,
