@@ -156,7 +156,7 @@ def build_population(work: Path, demos: dict, quick: bool) -> tuple[dict, list[d
     base_name = f"replay-{budgets[-1][0]}-s{budgets[-1][1]}"  # the noisy candidates start from it
     # More consolidations, for the false-rejection rate: a 95 % bound of 0.05 needs 59 safe updates
     # without a rejection, but most consolidations land 0.05-0.15 below the active model on an
-    # earlier task (in between), so these gave 18 safe candidates of 71 (README)
+    # earlier task (in between): 16 of the 71 consolidations came out safe (README)
     if not quick:
         budgets += [(2500, s) for s in range(3, 9)] + [(3000, s) for s in range(3)] + [(4000, 0)]
         budgets += [(2500, s) for s in range(9, 29)] + [(1500, s) for s in range(2, 12)]

@@ -48,7 +48,7 @@ OBJECT_AT, TARGET_AT, HAND_AT = 2 * N_JOINTS, 2 * N_JOINTS + 7, 2 * N_JOINTS + 1
 # The relative positions a new policy is given beside the observation (PolicyConfig.differences):
 # the hand seen from the object, the target seen from the object. Without them an MLP has to learn
 # forward kinematics and the subtraction from 50 demonstrations: place's behaviour cloning reached
-# 0.35-0.5 (the hand's position alone), 0.8 with both (bench/humanoid_bc.py, README).
+# 0.30-0.55 with the hand's position alone, 0.80-0.875 with both (bench/humanoid_bc.py, README).
 INPUT_DIFFERENCES = ((HAND_AT, OBJECT_AT, 3), (TARGET_AT, OBJECT_AT, 3))
 ACT_DIM = N_JOINTS
 ACTION_LOW = -1.0
@@ -254,7 +254,7 @@ class G1Sim:
                 quat,
                 self.variation.target,
                 T.half_extents(self.variation.kind),
-                self.data.site_xpos[self.ix.site],
+                self.grasp_point(),
             ]
         ).astype(np.float32)
 
